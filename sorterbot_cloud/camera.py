@@ -1,0 +1,283 @@
+"""Arm constants and the calibrated pinhole camera model of DESIGN.md.
+
+World frame: origin on the table plane at the base axis, z up, theta = 0 along +x,
+theta counter-clockwise seen from above. A frame taken at base pulse width ``p`` has
+``theta_p = (p - zero_pw) * rotation_range_as_deg / rotation_range_as_pw``; the camera
+centre sits at ``(offset_mm cos theta_p, offset_mm sin theta_p, height_mm)`` and looks
+along ``(cos theta_p, sin theta_p, 0)`` tilted down by ``pitch_deg``; image x points to
+the right of the viewing direction, image y down, no roll.
+
+The simulator renders through this model and the geometry stage inverts it, so both
+share this one implementation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from sorterbot_cloud.errors import InvalidArmConstants
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """Pinhole intrinsics plus the camera's mounting on the arm.
+
+    Parameters
+    ----------
+    fx, fy, cx, cy : float
+        Intrinsics in pixels at ``calib_width x calib_height``.
+    calib_width, calib_height : int
+        Image size (pixels) the intrinsics were calibrated at.
+    height_mm : float
+        Camera centre above the table plane.
+    offset_mm : float
+        Horizontal distance of the camera centre from the base axis.
+    pitch_deg : float
+        Downward tilt of the optical axis (0 horizontal, 90 straight down).
+    """
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    calib_width: int
+    calib_height: int
+    height_mm: float
+    offset_mm: float
+    pitch_deg: float
+
+    @classmethod
+    def reference(cls) -> "CameraModel":
+        """The reference arm: Raspberry Pi camera v2 at 1640x1232.
+
+        Field of view 62.2 x 48.8 degrees (Raspberry Pi camera v2 datasheet), so
+        ``fx = 820 / tan(31.1 deg) = 1360 px`` and ``fy = 616 / tan(24.4 deg) = 1360 px``.
+        Mounting (height 250 mm, offset 60 mm, pitch 50 deg) is the simulator's default
+        and is not from a datasheet.
+        """
+        return cls(
+            fx=820 / math.tan(math.radians(31.1)),
+            fy=616 / math.tan(math.radians(24.4)),
+            cx=820.0,
+            cy=616.0,
+            calib_width=1640,
+            calib_height=1232,
+            height_mm=250.0,
+            offset_mm=60.0,
+            pitch_deg=50.0,
+        )
+
+    def intrinsics(self, width_px: int, height_px: int) -> tuple[float, float, float, float]:
+        """Intrinsics ``(fx, fy, cx, cy)`` in pixels scaled to a ``width_px x height_px`` frame."""
+        sx = width_px / self.calib_width
+        sy = height_px / self.calib_height
+        return self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy
+
+    def pose(self, theta_deg: float) -> tuple[np.ndarray, np.ndarray]:
+        """Camera pose for a base angle.
+
+        Returns
+        -------
+        rotation : ndarray of shape (3, 3), float64
+            World-to-camera rotation; rows are the camera's right, down and forward axes
+            in world coordinates.
+        center_mm : ndarray of shape (3,), float64
+            Camera centre in the world frame.
+        """
+        t = math.radians(theta_deg)
+        p = math.radians(self.pitch_deg)
+        forward = np.array([math.cos(t) * math.cos(p), math.sin(t) * math.cos(p), -math.sin(p)])
+        right = np.array([math.sin(t), -math.cos(t), 0.0])
+        down = np.cross(forward, right)
+        rotation = np.stack([right, down, forward])
+        center = np.array([self.offset_mm * math.cos(t), self.offset_mm * math.sin(t), self.height_mm])
+        return rotation, center
+
+    def project(self, points_mm: np.ndarray, theta_deg: float, width_px: int, height_px: int) -> np.ndarray:
+        """Project world points into a frame taken at base angle ``theta_deg``.
+
+        Parameters
+        ----------
+        points_mm : ndarray of shape (N, 3), float, millimetres
+        theta_deg : float
+        width_px, height_px : int
+
+        Returns
+        -------
+        ndarray of shape (N, 3), float64
+            ``u_px, v_px, depth_mm``; depth <= 0 means behind the camera.
+        """
+        rotation, center = self.pose(theta_deg)
+        fx, fy, cx, cy = self.intrinsics(width_px, height_px)
+        cam = (np.asarray(points_mm, float).reshape(-1, 3) - center) @ rotation.T
+        depth = cam[:, 2]
+        safe = np.where(np.abs(depth) < 1e-9, 1e-9, depth)
+        return np.stack([fx * cam[:, 0] / safe + cx, fy * cam[:, 1] / safe + cy, depth], axis=1)
+
+    def rays(self, pixels_uv: np.ndarray, theta_deg: float, width_px: int, height_px: int) -> tuple[np.ndarray, np.ndarray]:
+        """World-frame viewing rays through pixels.
+
+        Returns
+        -------
+        center_mm : ndarray of shape (3,)
+        directions : ndarray of shape (N, 3), unit vectors
+        """
+        rotation, center = self.pose(theta_deg)
+        fx, fy, cx, cy = self.intrinsics(width_px, height_px)
+        uv = np.asarray(pixels_uv, float).reshape(-1, 2)
+        cam = np.stack([(uv[:, 0] - cx) / fx, (uv[:, 1] - cy) / fy, np.ones(len(uv))], axis=1)
+        world = cam @ rotation
+        return center, world / np.linalg.norm(world, axis=1, keepdims=True)
+
+    def backproject_to_plane(
+        self, pixels_uv: np.ndarray, theta_deg: float, width_px: int, height_px: int, plane_z_mm: float | np.ndarray = 0.0
+    ) -> np.ndarray:
+        """Intersect the rays through pixels with the horizontal plane ``z = plane_z_mm``.
+
+        Returns
+        -------
+        ndarray of shape (N, 3), float64, millimetres
+            Rows are NaN where the ray does not reach the plane (at or above the horizon).
+        """
+        center, dirs = self.rays(pixels_uv, theta_deg, width_px, height_px)
+        dz = dirs[:, 2]
+        t = (np.asarray(plane_z_mm, float) - center[2]) / np.where(dz < -1e-9, dz, np.nan)
+        points = center + t[:, None] * dirs
+        points[~(t > 0)] = np.nan
+        return points
+
+
+@dataclass(frozen=True)
+class ArmConstants:
+    """The arm constants a session trigger carries (DESIGN.md, Arm constants).
+
+    Parameters
+    ----------
+    arm_id : str or None
+    arm_radius : float
+        Legacy: pixels from the image centre down to the arm axis.
+    rotation_range_as_deg, rotation_range_as_pw : float
+        The base servo turns ``rotation_range_as_deg`` degrees over ``rotation_range_as_pw`` µs.
+    dist_min_as_pw, dist_max_as_pw : float
+        Reach servo pulse widths (µs) at the nearest and farthest reach.
+    camera : CameraModel or None
+        Calibrated camera; when present the calibrated conversion is used.
+    zero_pw : float
+        Base pulse width (µs) at which theta = 0 (calibrated mode).
+    r_min_mm, r_max_mm : float
+        Reach mapped onto ``dist_min_as_pw .. dist_max_as_pw`` (calibrated mode).
+    """
+
+    arm_radius: float
+    rotation_range_as_deg: float
+    rotation_range_as_pw: float
+    dist_min_as_pw: float
+    dist_max_as_pw: float
+    arm_id: str | None = None
+    camera: CameraModel | None = None
+    zero_pw: float = 1475.0
+    r_min_mm: float = 150.0
+    r_max_mm: float = 450.0
+
+    LEGACY_KEYS = ("arm_radius", "rotation_range_as_deg", "rotation_range_as_pw", "dist_min_as_pw", "dist_max_as_pw")
+    CAMERA_KEYS = ("fx", "fy", "cx", "cy", "calib_width", "calib_height", "height_mm", "offset_mm", "pitch_deg")
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the calibrated camera conversion applies."""
+        return self.camera is not None
+
+    def theta_of_pw(self, pw0: float) -> float:
+        """Base angle (degrees) of a base pulse width (µs), calibrated convention."""
+        return (pw0 - self.zero_pw) * self.rotation_range_as_deg / self.rotation_range_as_pw
+
+    def pw0_of_theta(self, theta_deg: float) -> float:
+        """Base pulse width (µs) of a base angle (degrees), calibrated convention."""
+        return self.zero_pw + theta_deg * self.rotation_range_as_pw / self.rotation_range_as_deg
+
+    def pw1_of_r(self, r_mm: float) -> float:
+        """Reach pulse width (µs) of a distance from the base axis (mm), linear over r_min..r_max."""
+        return self.dist_min_as_pw + (r_mm - self.r_min_mm) / (self.r_max_mm - self.r_min_mm) * (
+            self.dist_max_as_pw - self.dist_min_as_pw
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> "ArmConstants":
+        """Validate and build arm constants from the trigger's JSON body.
+
+        Raises
+        ------
+        InvalidArmConstants
+            If ``data`` is not an object, a required key is missing, a value is not a
+            finite number, or a range is empty (e.g. ``rotation_range_as_pw == 0``).
+        """
+        if not isinstance(data, Mapping):
+            raise InvalidArmConstants(f"arm constants must be a JSON object, got {type(data).__name__}")
+
+        def number(source: Mapping, key: str, where: str = "") -> float:
+            if key not in source:
+                raise InvalidArmConstants(f"missing arm constant {where}{key!r}")
+            value = source[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InvalidArmConstants(f"arm constant {where}{key!r} must be a finite number, got {value!r}")
+            return float(value)
+
+        kwargs: dict[str, Any] = {key: number(data, key) for key in cls.LEGACY_KEYS}
+        if kwargs["rotation_range_as_pw"] == 0 or kwargs["rotation_range_as_deg"] == 0:
+            raise InvalidArmConstants("rotation_range_as_deg and rotation_range_as_pw must be non-zero")
+        if kwargs["dist_max_as_pw"] == kwargs["dist_min_as_pw"]:
+            raise InvalidArmConstants("dist_min_as_pw and dist_max_as_pw must differ")
+        arm_id = data.get("arm_id")
+        if arm_id is not None and not isinstance(arm_id, (str, int)):
+            raise InvalidArmConstants(f"arm_id must be a string, got {arm_id!r}")
+        kwargs["arm_id"] = None if arm_id is None else str(arm_id)
+        camera = data.get("camera")
+        if camera is not None:
+            if not isinstance(camera, Mapping):
+                raise InvalidArmConstants("camera must be a JSON object")
+            cam = {key: number(camera, key, "camera.") for key in cls.CAMERA_KEYS}
+            if min(cam["fx"], cam["fy"], cam["calib_width"], cam["calib_height"], cam["height_mm"]) <= 0:
+                raise InvalidArmConstants("camera fx, fy, calib_width, calib_height and height_mm must be positive")
+            if not 0 < cam["pitch_deg"] <= 90:
+                raise InvalidArmConstants(f"camera.pitch_deg must be in (0, 90], got {cam['pitch_deg']}")
+            cam["calib_width"] = int(cam["calib_width"])
+            cam["calib_height"] = int(cam["calib_height"])
+            kwargs["camera"] = CameraModel(**cam)
+            for key in ("zero_pw", "r_min_mm", "r_max_mm"):
+                kwargs[key] = number(data, key)
+            if kwargs["r_max_mm"] <= kwargs["r_min_mm"]:
+                raise InvalidArmConstants("r_max_mm must be greater than r_min_mm")
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """JSON-ready mapping accepted by :meth:`from_mapping`."""
+        out = {key: getattr(self, key) for key in self.LEGACY_KEYS}
+        if self.arm_id is not None:
+            out["arm_id"] = self.arm_id
+        if self.camera is not None:
+            out["camera"] = asdict(self.camera)
+            out.update(zero_pw=self.zero_pw, r_min_mm=self.r_min_mm, r_max_mm=self.r_max_mm)
+        return out
+
+    @classmethod
+    def reference(cls, arm_id: str = "ARM001", calibrated: bool = True) -> "ArmConstants":
+        """Constants of the reference arm (DESIGN.md): 130 degrees over 1400 µs.
+
+        Legacy keys follow the original ``arm_config.yaml`` scale for a 1640x1232 frame.
+        """
+        return cls(
+            arm_id=arm_id,
+            arm_radius=1400.0,
+            rotation_range_as_deg=130.0,
+            rotation_range_as_pw=1400.0,
+            dist_min_as_pw=1200.0,
+            dist_max_as_pw=1900.0,
+            camera=CameraModel.reference() if calibrated else None,
+            zero_pw=1475.0,
+            r_min_mm=150.0,
+            r_max_mm=450.0,
+        )

@@ -1,0 +1,55 @@
+"""``sorterbot-cloud`` command line.
+
+Sub-commands live next to the code they drive and are attached here lazily, so
+``sorterbot-cloud --help`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: command name -> "module:attribute" of a click command or group.
+COMMANDS = {
+    "serve": "sorterbot_cloud.service_cli:serve",
+    "replay": "sorterbot_cloud.service_cli:replay",
+    "demo": "sorterbot_cloud.service_cli:demo",
+    "overview": "sorterbot_cloud.service_cli:overview",
+    "bench": "sorterbot_cloud.bench:bench",
+    "evaluate-sessions": "sorterbot_cloud.bench:evaluate_sessions",
+    "simulate": "sorterbot_cloud.sim.cli:simulate",
+    "train-detector": "locator.cli:train_detector",
+    "evaluate-detector": "locator.cli:evaluate_detector",
+    "train-embedder": "vectorizer.cli:train_embedder",
+    "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports each sub-command only when it is run."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # a component not built yet
+            if exc.name and module_name.startswith(exc.name):
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup)
+def main() -> None:
+    """SorterBot Cloud: detect, embed, deduplicate, cluster and plan for sorting arms."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Settings, built once from a YAML config file and the environment.
+
+Nothing reads the environment at import time: call :meth:`Settings.load`.
+Precedence: keyword overrides > environment variables > config file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE = PROJECT_ROOT / "config.yaml"
+MODES = ("local", "aws-dev", "production")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Service settings.
+
+    Parameters
+    ----------
+    mode : {'local', 'aws-dev', 'production'}
+    pg_conn : str or None
+        libpq connection string; None starts the embedded PostgreSQL under ``data_dir``.
+    data_dir : Path
+        Embedded database, image archive and overviews live here.
+    max_body_bytes : int
+        Largest accepted request body.
+    detector_weights, embedder_weights : Path
+        Model files (each with a ``.json`` sidecar).
+    detector_score_threshold : float
+        Detections below this score are dropped.
+    detector_nms_iou : float
+        IoU threshold of the detector's per-class NMS.
+    detector_min_size_px : int
+        Shorter side (pixels) the detector resizes frames to.
+    dedup_distance_factor : float
+        Two detections merge when their footprint centres are closer than this factor
+        times the larger estimated object size.
+    kmeans_n_init, random_state : int
+        K-Means restarts and seed.
+    api_token : str or None
+        Bearer token required on every route but ``/healthz`` when set.
+    control_panel_host : str or None
+        Where log records are POSTed when set.
+    deploy_region : str or None
+    s3_bucket : str or None
+        Explicit bucket; otherwise ``sorterbot-<RESOURCE_SUFFIX>`` from SSM in aws modes.
+    aws_endpoint_url : str or None
+        Override for S3/SSM endpoints (moto in tests).
+    pool_max_size : int
+        Database connection pool size.
+    """
+
+    mode: str = "local"
+    pg_conn: str | None = None
+    data_dir: Path = PROJECT_ROOT / "var"
+    max_body_bytes: int = 16 * 1024 * 1024
+    detector_weights: Path = PROJECT_ROOT / "weights" / "detector.pt"
+    embedder_weights: Path = PROJECT_ROOT / "weights" / "embedder.pt"
+    detector_score_threshold: float = 0.5
+    detector_nms_iou: float = 0.5
+    detector_min_size_px: int = 608
+    dedup_distance_factor: float = 0.6
+    kmeans_n_init: int = 10
+    random_state: int = 0
+    api_token: str | None = None
+    control_panel_host: str | None = None
+    deploy_region: str | None = None
+    s3_bucket: str | None = None
+    aws_endpoint_url: str | None = None
+    pool_max_size: int = 8
+    log_json: bool | None = None
+
+    ENV = {
+        "MODE": "mode",
+        "PG_CONN": "pg_conn",
+        "DATA_DIR": "data_dir",
+        "MAX_BODY_BYTES": "max_body_bytes",
+        "DETECTOR_WEIGHTS": "detector_weights",
+        "EMBEDDER_WEIGHTS": "embedder_weights",
+        "DETECTOR_SCORE_THRESHOLD": "detector_score_threshold",
+        "API_TOKEN": "api_token",
+        "CONTROL_PANEL_HOST": "control_panel_host",
+        "DEPLOY_REGION": "deploy_region",
+        "S3_BUCKET": "s3_bucket",
+        "AWS_ENDPOINT_URL": "aws_endpoint_url",
+        "POOL_MAX_SIZE": "pool_max_size",
+    }
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"MODE must be one of {MODES}, got {self.mode!r}")
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be positive")
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> "Settings":
+        """Build settings from a YAML file, the environment and explicit overrides.
+
+        Parameters
+        ----------
+        config_file : path, optional
+            Defaults to ``$SORTERBOT_CONFIG`` or the repository's ``config.yaml``.
+        environ : mapping, optional
+            Defaults to ``os.environ``.
+        **overrides
+            Field values that win over everything else.
+
+        Raises
+        ------
+        ValueError
+            On an unknown key in the file or a value of the wrong type.
+        """
+        environ = os.environ if environ is None else environ
+        path = Path(config_file or environ.get("SORTERBOT_CONFIG") or DEFAULT_CONFIG_FILE)
+        values: dict[str, Any] = {}
+        if path.exists():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path} must hold a mapping")
+            values.update(loaded)
+        for env_key, name in cls.ENV.items():
+            if environ.get(env_key) not in (None, ""):
+                values[name] = environ[env_key]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        known = {f.name: f for f in fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        base = cls()
+        typed: dict[str, Any] = {}
+        for name, value in values.items():
+            default = getattr(base, name)
+            if isinstance(default, Path) or name in ("data_dir", "detector_weights", "embedder_weights"):
+                p = Path(value)
+                typed[name] = p if p.is_absolute() else (PROJECT_ROOT / p)
+            elif isinstance(default, bool):
+                typed[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+            elif isinstance(default, int) and not isinstance(default, bool):
+                typed[name] = int(value)
+            elif isinstance(default, float):
+                typed[name] = float(value)
+            else:
+                typed[name] = value
+        return replace(base, **typed)
+
+    @property
+    def image_dir(self) -> Path:
+        """Archive of original frames (local disk)."""
+        return self.data_dir / "images"
+
+    @property
+    def overview_dir(self) -> Path:
+        """Session overview PNGs."""
+        return self.data_dir / "overviews"
+
+    @property
+    def pg_data_dir(self) -> Path:
+        """Embedded PostgreSQL data directory."""
+        return self.data_dir / "pgdata"
