@@ -95,14 +95,14 @@ class Detections:
     class_ids: np.ndarray
 
     def __post_init__(self) -> None:
-        boxes = np.asarray(self.boxes_xyxy, dtype=np.float32).reshape(-1, 4) if np.size(
-            self.boxes_xyxy
-        ) else np.zeros((0, 4), np.float32)
+        boxes = np.asarray(self.boxes_xyxy, dtype=np.float32)
+        if boxes.size == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"boxes_xyxy must have shape (N, 4), got {boxes.shape}")
         scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         class_ids = np.asarray(self.class_ids, dtype=np.int64).reshape(-1)
         n = boxes.shape[0]
-        if np.ndim(self.boxes_xyxy) not in (1, 2) or (np.size(self.boxes_xyxy) and np.shape(self.boxes_xyxy)[-1] != 4):
-            raise ValueError(f"boxes_xyxy must have shape (N, 4), got {np.shape(self.boxes_xyxy)}")
         if scores.shape != (n,) or class_ids.shape != (n,):
             raise ValueError(
                 f"scores and class_ids must have shape ({n},), got {scores.shape} and {class_ids.shape}"

@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud.camera import ArmConstants, CameraModel
+from sorterbot_cloud.errors import InvalidArmConstants
+
+LEGACY = {
+    "arm_id": "ARM001",
+    "arm_radius": 1400,
+    "rotation_range_as_deg": 130,
+    "rotation_range_as_pw": 1400,
+    "dist_min_as_pw": 1200,
+    "dist_max_as_pw": 1900,
+}
+
+
+def test_legacy_constants_parse_without_camera():
+    constants = ArmConstants.from_mapping(LEGACY)
+    assert not constants.calibrated and constants.arm_id == "ARM001"
+
+
+def test_round_trip_with_camera():
+    reference = ArmConstants.reference()
+    assert ArmConstants.from_mapping(reference.to_mapping()) == reference
+
+
+def test_reference_focal_length_matches_field_of_view():
+    cam = CameraModel.reference()
+    # Raspberry Pi camera v2: 62.2 x 48.8 degrees at 1640x1232 -> about 1360 px.
+    assert cam.fx == pytest.approx(1360, abs=3) and cam.fy == pytest.approx(1360, abs=3)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"arm_radius": None}, "arm_radius"),
+        ({"rotation_range_as_pw": 0}, "non-zero"),
+        ({"dist_max_as_pw": 1200}, "differ"),
+        ({"arm_radius": "12"}, "finite number"),
+        ({"arm_radius": True}, "finite number"),
+        ({"arm_radius": float("inf")}, "finite number"),
+        ({"camera": [1, 2]}, "camera must be a JSON object"),
+        ({"camera": {"fx": 1}}, "camera.'fy'|camera.'cx'|camera.'fy'|missing arm constant camera"),
+    ],
+    ids=["missing", "zero-range", "empty-reach", "string", "bool", "inf", "camera-list", "camera-partial"],
+)
+def test_malformed_constants_are_rejected(change, match):
+    data = dict(LEGACY)
+    for key, value in change.items():
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+    with pytest.raises(InvalidArmConstants, match=match):
+        ArmConstants.from_mapping(data)
+
+
+def test_not_an_object_is_rejected():
+    with pytest.raises(InvalidArmConstants, match="JSON object"):
+        ArmConstants.from_mapping([1, 2, 3])
+
+
+def test_pulse_width_conversions_are_inverse():
+    c = ArmConstants.reference()
+    for pw in (1000.0, 1475.0, 1950.0):
+        assert c.pw0_of_theta(c.theta_of_pw(pw)) == pytest.approx(pw)
+    assert c.pw1_of_r(c.r_min_mm) == pytest.approx(c.dist_min_as_pw)
+    assert c.pw1_of_r(c.r_max_mm) == pytest.approx(c.dist_max_as_pw)
+
+
+@pytest.mark.parametrize("theta_deg", [-40.0, 0.0, 25.0], ids=lambda t: f"theta{t}")
+def test_project_then_backproject_ground_points(theta_deg):
+    cam = CameraModel.reference()
+    rng = np.random.default_rng(0)
+    t = math.radians(theta_deg)
+    # ground points in front of the camera
+    dist = rng.uniform(200, 450, 20)
+    lateral = rng.uniform(-80, 80, 20)
+    pts = np.stack([dist * math.cos(t) - lateral * math.sin(t), dist * math.sin(t) + lateral * math.cos(t), np.zeros(20)], 1)
+    uvd = cam.project(pts, theta_deg, 1640, 1232)
+    assert np.all(uvd[:, 2] > 0)
+    back = cam.backproject_to_plane(uvd[:, :2], theta_deg, 1640, 1232)
+    np.testing.assert_allclose(back, pts, atol=1e-6)
+
+
+def test_optical_axis_hits_principal_point_and_image_y_points_down():
+    cam = CameraModel.reference()
+    rotation, center = cam.pose(0.0)
+    ahead = center + 100 * rotation[2]
+    u, v, depth = cam.project(ahead[None], 0.0, 1640, 1232)[0]
+    assert (u, v) == pytest.approx((820, 616)) and depth == pytest.approx(100)
+    # A point lower in the world appears further down the image (y down), and a point to
+    # the right of the viewing direction (-y world at theta 0) to the right.
+    lower = cam.project((ahead - [0, 0, 10])[None], 0.0, 1640, 1232)[0]
+    right = cam.project((ahead - [0, 10, 0])[None], 0.0, 1640, 1232)[0]
+    assert lower[1] > v and right[0] > u
+
+
+def test_rays_above_horizon_do_not_reach_the_table():
+    cam = CameraModel.reference()
+    out = cam.backproject_to_plane(np.array([[820, 0.0], [820, -5000.0]]), 0.0, 1640, 1232)
+    assert np.isnan(out[1]).all()

@@ -1,0 +1,36 @@
+from pathlib import Path
+
+import pytest
+
+from sorterbot_cloud.config import PROJECT_ROOT, Settings
+
+
+def test_environment_overrides_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("mode: aws-dev\ndetector_score_threshold: 0.3\n")
+    s = Settings.load(cfg, environ={"DETECTOR_SCORE_THRESHOLD": "0.7", "PG_CONN": "postgresql://x"})
+    assert s.mode == "aws-dev" and s.detector_score_threshold == 0.7 and s.pg_conn == "postgresql://x"
+
+
+def test_overrides_win_and_relative_paths_resolve_to_project(tmp_path):
+    s = Settings.load(tmp_path / "missing.yaml", environ={"MODE": "production"}, mode="local", data_dir="v2")
+    assert s.mode == "local" and s.data_dir == PROJECT_ROOT / "v2"
+    assert s.image_dir == PROJECT_ROOT / "v2" / "images"
+    assert Settings.load(tmp_path / "m.yaml", environ={}, data_dir=str(tmp_path)).data_dir == Path(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, environ, match",
+    [("bogus: 1\n", {}, "unknown settings"), ("", {"MODE": "cloud"}, "MODE must be one of"), ("- 1\n", {}, "mapping")],
+    ids=["unknown-key", "bad-mode", "not-mapping"],
+)
+def test_bad_settings_are_rejected(tmp_path, text, environ, match):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        Settings.load(cfg, environ=environ)
+
+
+def test_repository_config_file_loads():
+    s = Settings.load(environ={})
+    assert s.mode == "local" and s.detector_weights.name == "detector.pt"
