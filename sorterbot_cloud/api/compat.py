@@ -1,0 +1,65 @@
+"""The original SorterBot arm client's two routes (DESIGN.md, Wire protocol).
+
+- ``POST /process_image?arm_id=A&session_id=S&image_name=1200.jpg`` with the raw frame as
+  body: answers the frame's detections.
+- ``POST /get_commands_of_session?session_id=S[&arm_id=A]`` with the arm constants as
+  JSON body: answers ``[[[pick_pw0, pick_pw1], [place_pw0, place_pw1]], ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from sorterbot_cloud.api.state import frame_bytes, read_json_body, state
+from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.errors import BadRequest, UnknownSession
+from sorterbot_cloud.service import validate_id, validate_image_name
+
+bp = Blueprint("compat", __name__)
+
+
+@bp.post("/process_image")
+def process_image():
+    """Ingest one frame of a session (idempotent per arm, session and image name)."""
+    arm_id = validate_id("arm_id", request.args.get("arm_id"))
+    session_id = validate_id("session_id", request.args.get("session_id"))
+    image_name = validate_image_name(request.args.get("image_name"))
+    data = frame_bytes(session_id, image_name)
+    return jsonify(state().service.process_frame(arm_id, session_id, image_name, data))
+
+
+def resolve_arm_id(session_id: str, query_arm_id: str | None, body: Any) -> str:
+    """The arm of a trigger: the query's ``arm_id``, else the body's, else the session's only arm.
+
+    Raises
+    ------
+    BadRequest
+        If an id is malformed, or several arms have a session of that id.
+    UnknownSession
+        If no arm has a session of that id.
+    """
+    if query_arm_id not in (None, ""):
+        return validate_id("arm_id", query_arm_id)
+    if isinstance(body, dict) and body.get("arm_id") not in (None, ""):
+        return validate_id("arm_id", body["arm_id"])
+    arm_ids = sorted(state().service.repository.arm_ids_of_session(session_id))
+    if not arm_ids:
+        raise UnknownSession(f"no frame is stored for session {session_id!r}")
+    if len(arm_ids) > 1:
+        raise BadRequest(
+            f"session {session_id!r} exists for several arms ({', '.join(arm_ids)}): pass arm_id in the query"
+        )
+    return arm_ids[0]
+
+
+@bp.post("/get_commands_of_session")
+def get_commands_of_session():
+    """Compute the session's commands and answer them in the original client's format."""
+    session_id = validate_id("session_id", request.args.get("session_id"))
+    body = read_json_body()
+    ArmConstants.from_mapping(body)  # reject malformed constants before any lookup
+    arm_id = resolve_arm_id(session_id, request.args.get("arm_id"), body)
+    result = state().service.commands_for_session(arm_id, session_id, body)
+    return jsonify(result["wire"])

@@ -1,0 +1,137 @@
+"""Per-application state and request helpers shared by the blueprints.
+
+The application factory stores one :class:`AppState` in
+``app.extensions["sorterbot"]``; blueprints reach it through :func:`state`. The body
+helpers validate content type, size and emptiness at the boundary, as STYLE.md asks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from flask import current_app, request
+
+from sorterbot_cloud.errors import BadRequest, InvalidImage, ServiceUnavailable, UnsupportedMediaType
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_KEY = "sorterbot"
+
+#: Content types accepted for a frame body (DESIGN.md, Wire protocol). ``image/jpg`` is
+#: not registered with IANA but is common in the wild; a missing type is accepted because
+#: the original client's ``requests.post(url, params=...)`` sends none.
+IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "application/octet-stream"})
+
+
+@dataclass
+class AppState:
+    """What one application instance (one worker process) holds.
+
+    Parameters
+    ----------
+    settings : Settings
+    service : Service
+    database : object or None
+        The :class:`~sorterbot_cloud.db.Database` the factory opened (None when the
+        caller passed its own repository).
+    ping : callable or None
+        ``ping() -> None`` raising when the database is unreachable (for ``/readyz``).
+    s3_reader : callable or None
+        ``s3_reader(session_id, image_name) -> bytes`` for empty bodies in aws modes.
+    closers : list of callables
+        Called by :meth:`close`.
+    """
+
+    settings: Any
+    service: Any
+    database: Any = None
+    ping: Callable[[], Any] | None = None
+    s3_reader: Callable[[str, str], bytes] | None = None
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+
+    def close(self) -> None:
+        """Release what the factory opened (pool, embedded server)."""
+        for closer in reversed(self.closers):
+            try:
+                closer()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                logger.exception("error while closing the application")
+        self.closers.clear()
+
+
+def state() -> AppState:
+    """The current application's :class:`AppState`."""
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def read_image_body() -> bytes:
+    """Return the raw frame bytes of the current request.
+
+    Raises
+    ------
+    UnsupportedMediaType
+        If the content type is set and is not an image type of :data:`IMAGE_MEDIA_TYPES`.
+    werkzeug.exceptions.RequestEntityTooLarge
+        If the body is over ``MAX_CONTENT_LENGTH`` (answered as 413).
+    """
+    mimetype = (request.mimetype or "").lower()
+    if mimetype and mimetype not in IMAGE_MEDIA_TYPES:
+        raise UnsupportedMediaType(
+            f"content type {mimetype!r} is not accepted for a frame; send the raw bytes as "
+            f"{', '.join(sorted(IMAGE_MEDIA_TYPES - {'image/jpg'}))}"
+        )
+    return request.get_data(cache=True)
+
+
+def frame_bytes(session_id: str, image_name: str) -> bytes:
+    """The frame of an ingest request: the body, or in aws modes the S3 object when empty.
+
+    The original HTTP-era client uploaded the frame to S3 at ``<session_id>/<image_name>``
+    and posted no body (DESIGN.md, Wire protocol).
+
+    Raises
+    ------
+    InvalidImage
+        If the body is empty in local mode (or no S3 reader is configured).
+    ServiceUnavailable
+        If S3 cannot be read.
+    """
+    data = read_image_body()
+    if data:
+        return data
+    st = state()
+    if st.settings.mode == "local":
+        raise InvalidImage("the request body is empty: in local mode the encoded frame must be the body")
+    if st.s3_reader is None:
+        raise InvalidImage("the request body is empty and no S3 reader is configured for this mode")
+    try:
+        return st.s3_reader(session_id, image_name)
+    except (InvalidImage, ServiceUnavailable):
+        raise
+    except KeyError as exc:
+        raise InvalidImage(f"the request body is empty and S3 holds no frame at {session_id}/{image_name}") from exc
+
+
+def read_json_body() -> Any:
+    """Parse the request body as JSON whatever its content type (the original client sends
+    ``application/json``; curl users often do not).
+
+    Raises
+    ------
+    BadRequest
+        If the body is empty or not valid UTF-8 JSON.
+    """
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("the request body is empty: expected a JSON object of arm constants")
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")

@@ -1,0 +1,74 @@
+"""Versioned routes: resource-style ingest, rich commands, session overview, predict.
+
+- ``PUT|POST /v1/arms/<arm_id>/sessions/<session_id>/frames/<image_name>``: ingest a frame
+  (raw body), answers the detections and per-stage timings.
+- ``POST /v1/arms/<arm_id>/sessions/<session_id>/commands``: arm constants in, the rich
+  result out (objects with polar coordinates, detections behind each, group labels,
+  commands, the wire list and timings).
+- ``POST /v1/arms/<arm_id>/sessions/<session_id>/overview.png``: arm constants in, the
+  session overview PNG out (frames with boxes coloured by group, legend of containers).
+- ``POST /predict`` (and ``/v1/predict``): detections of one image, raw body or multipart
+  field ``file``; nothing is stored.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from sorterbot_cloud.api.state import IMAGE_MEDIA_TYPES, frame_bytes, read_image_body, read_json_body, state
+from sorterbot_cloud.errors import BadRequest, UnsupportedMediaType
+from sorterbot_cloud.service import validate_id, validate_image_name
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+predict_bp = Blueprint("predict", __name__)
+
+SESSION = "/arms/<arm_id>/sessions/<session_id>"
+
+
+@bp.route(SESSION + "/frames/<image_name>", methods=["PUT", "POST"])
+def put_frame(arm_id: str, session_id: str, image_name: str):
+    """Ingest one frame (idempotent: the same name again replaces its detections)."""
+    arm_id = validate_id("arm_id", arm_id)
+    session_id = validate_id("session_id", session_id)
+    image_name = validate_image_name(image_name)
+    data = frame_bytes(session_id, image_name)
+    return jsonify(state().service.process_frame(arm_id, session_id, image_name, data))
+
+
+@bp.post(SESSION + "/commands")
+def post_commands(arm_id: str, session_id: str):
+    """Compute the session's commands; answer the rich result."""
+    body = read_json_body()
+    return jsonify(state().service.commands_for_session(arm_id, session_id, body))
+
+
+@bp.post(SESSION + "/overview.png")
+def post_overview(arm_id: str, session_id: str):
+    """Compute the session's commands and answer its overview PNG."""
+    from sorterbot_cloud.overview import session_overview_png
+
+    body = read_json_body()
+    service = state().service
+    result = service.commands_for_session(arm_id, session_id, body)
+    png = session_overview_png(result, service.archive)
+    return Response(png, mimetype="image/png")
+
+
+def _predict_bytes() -> bytes:
+    """The image of a predict request: multipart field ``file`` or the raw body."""
+    if (request.mimetype or "").lower() == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise BadRequest("multipart body has no field 'file': send it as curl -F file=@frame.jpg")
+        upload_type = (upload.mimetype or "").lower()
+        if upload_type and upload_type not in IMAGE_MEDIA_TYPES:
+            raise UnsupportedMediaType(f"field 'file' has content type {upload_type!r}; expected a JPEG or PNG")
+        return upload.read()
+    return read_image_body()
+
+
+@predict_bp.post("/predict")
+@predict_bp.post("/v1/predict")
+def predict():
+    """Detections of one image; nothing is stored."""
+    return jsonify(state().service.predict(_predict_bytes()))

@@ -1,0 +1,447 @@
+"""Orchestration of the two requests an arm makes: ingest a frame, trigger a session.
+
+:class:`Service` wires the stages together (DESIGN.md, Data flow) and knows nothing
+about HTTP: it takes plain values, raises the project's errors
+(:mod:`sorterbot_cloud.errors`) and returns JSON-ready dicts. The Flask layer in
+:mod:`sorterbot_cloud.api` and the command line both drive it.
+
+Ingest (``process_frame``) does all the per-frame work (decode, detect, crop, embed)
+while the arm is still moving, stores the frame, its detections and item embeddings in
+one transaction and archives the original bytes. The trigger
+(``commands_for_session``) only reads the database and runs geometry, deduplication,
+clustering and planning, so any replica answers it in milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError
+from sorterbot_cloud.imaging import decode_image
+from sorterbot_cloud.structures import (
+    CLASS_NAMES,
+    CONTAINER_CLASS_ID,
+    ID_PATTERN,
+    IMAGE_NAME_PATTERN,
+    ITEM_CLASS_ID,
+    ArmObject,
+    Command,
+    Detections,
+    Frame,
+    StoredDetection,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Decimal places kept for millimetres, degrees and pulse widths in JSON answers.
+ROUND_DIGITS = 2
+
+
+def validate_id(name: str, value: Any) -> str:
+    """Check an arm or session id against :data:`~sorterbot_cloud.structures.ID_PATTERN`.
+
+    Parameters
+    ----------
+    name : str
+        ``"arm_id"`` or ``"session_id"``, for the message.
+    value : object
+        The value received (an int from a JSON body is accepted and turned into a string).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    BadRequest
+        If the value is missing or is not 1 to 64 of ``[A-Za-z0-9_.-]``.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None or value == "":
+        raise BadRequest(f"missing parameter {name!r}")
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise BadRequest(f"{name} must be 1 to 64 characters of letters, digits, '_', '-' and '.', got {value!r}")
+    return value
+
+
+def validate_image_name(image_name: Any) -> str:
+    """Check a frame name such as ``1200.jpg`` (no directories, so no path traversal).
+
+    Raises
+    ------
+    BadRequest
+        If the name is missing or is not ``<pulse width>.jpg|jpeg|png``.
+    """
+    if image_name is None or image_name == "":
+        raise BadRequest("missing parameter 'image_name'")
+    if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.match(image_name):
+        raise BadRequest(
+            f"image_name must be '<base servo pulse width>.jpg' (or .jpeg/.png), e.g. '1200.jpg', got {image_name!r}"
+        )
+    return image_name
+
+
+class _Timer:
+    """Collects per-stage wall-clock durations in milliseconds."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = self.ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3
+
+    def finish(self) -> dict[str, float]:
+        out = {k: round(v, 3) for k, v in self.ms.items()}
+        out["total"] = round((time.perf_counter() - self._start) * 1e3, 3)
+        return out
+
+
+class Service:
+    """Frames in, pick-and-place commands out.
+
+    Parameters
+    ----------
+    settings : sorterbot_cloud.config.Settings
+    detector : object with ``detect(image) -> Detections``
+        ``image`` is an ndarray of shape (H, W, 3), uint8, RGB; boxes come back in its pixels.
+    embedder : object with ``embed(crops) -> ndarray of shape (N, D), float32``
+        L2-normalised embeddings of item crops.
+    repository : sorterbot_cloud.db.Repository
+        The store (``save_frame``, ``load_session``, ``save_commands``, ``arm_ids_of_session``).
+    archive : object with ``put(arm_id, session_id, image_name, data) -> uri`` and ``get(...)``
+        Archive of the original frame bytes (disk or S3).
+    """
+
+    def __init__(self, settings, *, detector, embedder, repository, archive) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.embedder = embedder
+        self.repository = repository
+        self.archive = archive
+
+    # ------------------------------------------------------------------ ingest
+    def decode_and_detect(self, data: bytes, timer: _Timer | None = None) -> tuple[np.ndarray, Detections]:
+        """Decode frame bytes and run the detector.
+
+        Returns
+        -------
+        image : ndarray of shape (H, W, 3), uint8, RGB
+        detections : Detections
+            Boxes in the pixels of ``image``.
+
+        Raises
+        ------
+        InvalidImage
+            If the bytes are not a complete JPEG or PNG.
+        """
+        timer = timer or _Timer()
+        with timer.stage("decode"):
+            image = decode_image(data)
+        with timer.stage("detect"):
+            detections = self.detector.detect(image)
+        if not isinstance(detections, Detections):
+            raise TypeError(f"detector must return Detections, got {type(detections).__name__}")
+        return image, detections
+
+    def embed_items(self, image: np.ndarray, detections: Detections) -> np.ndarray:
+        """Embed the item crops of one frame.
+
+        Parameters
+        ----------
+        image : ndarray of shape (H, W, 3), uint8, RGB
+        detections : Detections
+
+        Returns
+        -------
+        embeddings : ndarray of shape (N_items, D), float32
+            One row per item detection, in the order of ``detections``.
+
+        Raises
+        ------
+        ValueError
+            If the embedder answers a wrong shape or non-finite values.
+        """
+        from vectorizer import crop_items
+
+        item_mask = detections.class_ids == ITEM_CLASS_ID
+        n_items = int(item_mask.sum())
+        if n_items == 0:
+            return np.zeros((0, 0), np.float32)
+        crops = crop_items(image, detections.boxes_xyxy[item_mask])
+        embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[0] != n_items:
+            raise ValueError(f"embedder must return ({n_items}, D) embeddings, got {embeddings.shape}")
+        if not np.all(np.isfinite(embeddings)):
+            raise ValueError("embedder returned non-finite embeddings")
+        return embeddings
+
+    def process_frame(self, arm_id: Any, session_id: Any, image_name: Any, data: bytes) -> dict:
+        """Ingest one frame: validate, decode, detect, embed items, store, archive.
+
+        Idempotent per ``(arm_id, session_id, image_name)``: posting the same frame again
+        replaces its detections (the repository does it in one transaction).
+
+        Parameters
+        ----------
+        arm_id, session_id : str
+            1 to 64 of ``[A-Za-z0-9_.-]``.
+        image_name : str
+            ``<pulse width>.jpg`` (or ``.png``).
+        data : bytes
+            Encoded JPEG or PNG.
+
+        Returns
+        -------
+        dict
+            ``arm_id``, ``session_id``, ``image_name``, ``frame_id``, ``width_px``,
+            ``height_px``, ``detections`` (``class``, ``class_id``, ``box_xyxy``,
+            ``score`` each), ``n_items``, ``n_containers``, ``image_uri`` and
+            ``timings_ms`` (``decode``, ``detect``, ``embed``, ``store``, ``total``).
+
+        Raises
+        ------
+        BadRequest
+            On a malformed id or image name.
+        InvalidImage
+            On empty, truncated or undecodable bytes.
+        """
+        timer = _Timer()
+        arm_id = validate_id("arm_id", arm_id)
+        session_id = validate_id("session_id", session_id)
+        image_name = validate_image_name(image_name)
+        image, detections = self.decode_and_detect(data, timer)
+        height_px, width_px = image.shape[:2]
+        frame = Frame(arm_id, session_id, image_name, width_px, height_px)
+        with timer.stage("embed"):
+            embeddings = self.embed_items(image, detections)
+        with timer.stage("store"):
+            image_uri = self.archive.put(arm_id, session_id, image_name, bytes(data))
+            frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri)
+        timings = timer.finish()
+        n_items = int((detections.class_ids == ITEM_CLASS_ID).sum())
+        logger.info(
+            "frame ingested",
+            extra={"arm_id": arm_id, "session_id": session_id, "image_name": image_name, "timings_ms": timings},
+        )
+        return {
+            "arm_id": arm_id,
+            "session_id": session_id,
+            "image_name": image_name,
+            "frame_id": int(frame_id) if frame_id is not None else None,
+            "width_px": int(width_px),
+            "height_px": int(height_px),
+            "n_items": n_items,
+            "n_containers": int(len(detections) - n_items),
+            "detections": detections.to_records(),
+            "image_uri": str(image_uri),
+            "timings_ms": timings,
+        }
+
+    def predict(self, data: bytes) -> dict:
+        """Detections for one image, without a session and without storing anything.
+
+        Returns
+        -------
+        dict
+            ``width_px``, ``height_px``, ``detections`` and ``timings_ms`` (``decode``,
+            ``detect``, ``total``).
+
+        Raises
+        ------
+        InvalidImage
+            On empty, truncated or undecodable bytes.
+        """
+        timer = _Timer()
+        image, detections = self.decode_and_detect(data, timer)
+        return {
+            "width_px": int(image.shape[1]),
+            "height_px": int(image.shape[0]),
+            "detections": detections.to_records(),
+            "timings_ms": timer.finish(),
+        }
+
+    # ------------------------------------------------------------------ trigger
+    def commands_for_session(self, arm_id: Any, session_id: Any, constants: Mapping[str, Any]) -> dict:
+        """Compute, store and return the pick-and-place commands of a session.
+
+        Steps (DESIGN.md, Data flow): load the session's detections, locate them in arm
+        polar coordinates (legacy or calibrated camera), merge them into objects, cluster
+        the items' embeddings into ``k = planner.choose_n_clusters(...)`` groups, assign
+        groups to containers and order the moves (planner), store the commands.
+
+        Parameters
+        ----------
+        arm_id, session_id : str
+        constants : mapping
+            Trigger body: the original ``arm_config.yaml`` keys, optionally a ``camera`` block.
+
+        Returns
+        -------
+        dict
+            The rich result: ``arm_id``, ``session_id``, ``mode`` (``"calibrated"`` or
+            ``"legacy"``), ``reason`` (why the command list is empty, else None),
+            ``objects``, ``commands``, ``wire`` (the original client's
+            ``[[[pick_pw0, pick_pw1], [place_pw0, place_pw1]], ...]``) and ``timings_ms``.
+
+        Raises
+        ------
+        BadRequest
+            On a malformed id.
+        InvalidArmConstants
+            On malformed constants.
+        UnknownSession
+            If no frame of the session is stored.
+        """
+        from sorterbot_cloud import dedup, geometry, planner
+        from vectorizer import cluster_embeddings
+
+        timer = _Timer()
+        arm_id = validate_id("arm_id", arm_id)
+        session_id = validate_id("session_id", session_id)
+        arm_constants = ArmConstants.from_mapping(constants)
+        with timer.stage("load"):
+            stored = list(self.repository.load_session(arm_id, session_id))
+        with timer.stage("geometry"):
+            located = geometry.locate(stored, arm_constants)
+        with timer.stage("dedup"):
+            objects = list(dedup.merge(located, distance_factor=self.settings.dedup_distance_factor))
+        items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
+        containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
+        reason = None
+        cluster_of_item: dict[int, int] = {}
+        commands: list[Command] = []
+        if not containers:
+            reason = f"no container was detected in the session ({len(items)} items found): nothing to sort into"
+        elif not items:
+            reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
+        else:
+            with timer.stage("cluster"):
+                n_clusters = int(planner.choose_n_clusters(len(items), len(containers)))
+                embeddings = _item_embedding_matrix(items)
+                if n_clusters <= 1:
+                    cluster_ids = np.zeros(len(items), np.int64)
+                else:
+                    cluster_ids = np.asarray(
+                        cluster_embeddings(
+                            embeddings,
+                            n_clusters,
+                            random_state=self.settings.random_state,
+                            n_init=self.settings.kmeans_n_init,
+                        ),
+                        dtype=np.int64,
+                    )
+                cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids)}
+            with timer.stage("plan"):
+                commands = list(planner.plan(items, containers, cluster_ids))
+        if reason:
+            logger.warning(
+                "session has nothing to sort: %s", reason, extra={"arm_id": arm_id, "session_id": session_id}
+            )
+        with timer.stage("store"):
+            self.repository.save_commands(arm_id, session_id, commands)
+        result = {
+            "arm_id": arm_id,
+            "session_id": session_id,
+            "mode": "calibrated" if arm_constants.calibrated else "legacy",
+            "reason": reason,
+            "objects": [_object_record(o, cluster_of_item.get(o.object_id), stored) for o in objects],
+            "commands": [_command_record(c) for c in commands],
+            "wire": [c.to_wire() for c in commands],
+        }
+        result["timings_ms"] = timer.finish()
+        logger.info(
+            "session commands computed",
+            extra={
+                "arm_id": arm_id,
+                "session_id": session_id,
+                "n_commands": len(commands),
+                "timings_ms": result["timings_ms"],
+            },
+        )
+        return result
+
+
+def _item_embedding_matrix(items: list[ArmObject]) -> np.ndarray:
+    """Stack the items' embeddings into an (N, D) float32 matrix.
+
+    An item without an embedding (not expected: every item detection is embedded at
+    ingest) gets a zero row, so clustering still runs and stays deterministic.
+    """
+    dims = {int(np.size(o.embedding)) for o in items if o.embedding is not None}
+    dim = max(dims) if dims else 1
+    rows = []
+    for o in items:
+        if o.embedding is None or np.size(o.embedding) != dim:
+            rows.append(np.zeros(dim, np.float32))
+        else:
+            rows.append(np.asarray(o.embedding, np.float32).reshape(-1))
+    return np.stack(rows).astype(np.float32)
+
+
+def _round(value: float) -> float:
+    return round(float(value), ROUND_DIGITS)
+
+
+def _object_record(obj: ArmObject, cluster_id: int | None, stored: list[StoredDetection]) -> dict:
+    by_id = {d.detection_id: d for d in stored}
+    detections = []
+    for detection_id in obj.detection_ids:
+        d = by_id.get(detection_id)
+        if d is None:
+            continue
+        detections.append(
+            {
+                "detection_id": int(d.detection_id),
+                "image_name": d.image_name,
+                "box_xyxy": [round(float(v), 2) for v in np.asarray(d.box_xyxy).reshape(-1)],
+                "score": round(float(d.score), 4),
+            }
+        )
+    return {
+        "object_id": int(obj.object_id),
+        "class": CLASS_NAMES[int(obj.class_id)],
+        "x_mm": _round(obj.x_mm),
+        "y_mm": _round(obj.y_mm),
+        "r_mm": _round(obj.position.r_mm),
+        "theta_deg": _round(obj.position.theta_deg),
+        "pw0": _round(obj.position.pw0),
+        "pw1": _round(obj.position.pw1),
+        "size_mm": _round(obj.size_mm),
+        "score": round(float(obj.score), 4),
+        "cluster_id": None if cluster_id is None else int(cluster_id),
+        "detections": detections,
+    }
+
+
+def _position_record(obj: ArmObject) -> dict:
+    return {
+        "object_id": int(obj.object_id),
+        "pw0": _round(obj.position.pw0),
+        "pw1": _round(obj.position.pw1),
+        "r_mm": _round(obj.position.r_mm),
+        "theta_deg": _round(obj.position.theta_deg),
+    }
+
+
+def _command_record(command: Command) -> dict:
+    return {
+        "pick": _position_record(command.item),
+        "place": _position_record(command.container),
+        "cluster_id": int(command.cluster_id),
+    }
+
+
+__all__ = ["Service", "validate_id", "validate_image_name", "SorterBotError", "InvalidImage"]
