@@ -156,7 +156,7 @@ class Service:
             raise TypeError(f"detector must return Detections, got {type(detections).__name__}")
         return image, detections
 
-    def embed_items(self, image: np.ndarray, detections: Detections) -> np.ndarray:
+    def embed_items(self, image: np.ndarray, detections: Detections) -> list[np.ndarray | None]:
         """Embed the item crops of one frame.
 
         Parameters
@@ -166,8 +166,9 @@ class Service:
 
         Returns
         -------
-        embeddings : ndarray of shape (N_items, D), float32
-            One row per item detection, in the order of ``detections``.
+        embeddings : list of length N of (ndarray of shape (D,), float32, or None)
+            Aligned with ``detections``: the item's embedding, None for a container (the
+            form :meth:`Repository.save_frame <sorterbot_cloud.db.Repository.save_frame>` takes).
 
         Raises
         ------
@@ -176,17 +177,19 @@ class Service:
         """
         from vectorizer import crop_items
 
-        item_mask = detections.class_ids == ITEM_CLASS_ID
-        n_items = int(item_mask.sum())
-        if n_items == 0:
-            return np.zeros((0, 0), np.float32)
-        crops = crop_items(image, detections.boxes_xyxy[item_mask])
+        item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
+        out: list[np.ndarray | None] = [None] * len(detections)
+        if len(item_index) == 0:
+            return out
+        crops = crop_items(image, detections.boxes_xyxy[item_index])
         embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
-        if embeddings.ndim != 2 or embeddings.shape[0] != n_items:
-            raise ValueError(f"embedder must return ({n_items}, D) embeddings, got {embeddings.shape}")
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(item_index):
+            raise ValueError(f"embedder must return ({len(item_index)}, D) embeddings, got {embeddings.shape}")
         if not np.all(np.isfinite(embeddings)):
             raise ValueError("embedder returned non-finite embeddings")
-        return embeddings
+        for row, index in enumerate(item_index):
+            out[int(index)] = embeddings[row]
+        return out
 
     def process_frame(self, arm_id: Any, session_id: Any, image_name: Any, data: bytes) -> dict:
         """Ingest one frame: validate, decode, detect, embed items, store, archive.
@@ -350,8 +353,6 @@ class Service:
             logger.warning(
                 "session has nothing to sort: %s", reason, extra={"arm_id": arm_id, "session_id": session_id}
             )
-        with timer.stage("store"):
-            self.repository.save_commands(arm_id, session_id, commands)
         result = {
             "arm_id": arm_id,
             "session_id": session_id,
@@ -361,6 +362,8 @@ class Service:
             "commands": [_command_record(c) for c in commands],
             "wire": [c.to_wire() for c in commands],
         }
+        with timer.stage("store"):
+            self.repository.save_commands(arm_id, session_id, arm_constants.to_mapping(), result)
         result["timings_ms"] = timer.finish()
         logger.info(
             "session commands computed",
