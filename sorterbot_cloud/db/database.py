@@ -1,0 +1,139 @@
+"""The service's PostgreSQL database: connection pool, migrations, health check.
+
+A :class:`Database` owns a :class:`psycopg_pool.ConnectionPool` (psycopg 3). Each unit of
+work borrows a connection with ``with db.pool.connection() as conn:`` (committed on a clean
+exit, rolled back on an exception). Every pooled connection has pgvector's psycopg
+adapters registered (:func:`pgvector.psycopg.register_vector`), so ``numpy`` float arrays
+travel as ``vector`` values and come back as :class:`pgvector.Vector`.
+
+Create a Database per process: a pool must not cross ``fork()`` (gunicorn workers build
+their own, after the fork).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from sorterbot_cloud.db.migrate import MIGRATIONS_DIR, migrate
+from sorterbot_cloud.db.server import DEFAULT_DATABASE, EmbeddedPostgres, start_embedded
+from sorterbot_cloud.errors import ServiceUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class Database:
+    """A migrated PostgreSQL database and a pool of connections to it.
+
+    Parameters
+    ----------
+    conninfo : str
+        libpq connection string or URI.
+    min_size, max_size : int
+        Pool bounds (connections).
+    timeout_s : float
+        How long a caller waits for a free connection, and how long opening waits for the
+        first one (seconds).
+    run_migrations : bool
+        Apply pending migrations before opening the pool.
+    migrations_dir : path
+        Folder of ``NNNN_name.sql`` files.
+    embedded : EmbeddedPostgres, optional
+        The embedded server this database lives on, kept for :attr:`embedded`.
+
+    Raises
+    ------
+    ServiceUnavailable
+        If the database cannot be reached.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout_s: float = 10.0,
+        run_migrations: bool = True,
+        migrations_dir: str | Path = MIGRATIONS_DIR,
+        embedded: EmbeddedPostgres | None = None,
+    ) -> None:
+        self.conninfo = conninfo
+        self.embedded = embedded
+        try:
+            self.applied_migrations = migrate(conninfo, migrations_dir) if run_migrations else []
+        except psycopg.OperationalError as exc:
+            logger.error("database not reachable: %s", _first_line(exc))
+            raise ServiceUnavailable("database not reachable") from exc
+        self.pool = ConnectionPool(
+            conninfo,
+            min_size=min(min_size, max_size),
+            max_size=max_size,
+            timeout=timeout_s,
+            configure=register_vector,
+            check=ConnectionPool.check_connection,
+            name="sorterbot",
+            open=False,
+        )
+        try:
+            self.pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout as exc:
+            self.pool.close()
+            raise ServiceUnavailable(f"database not reachable within {timeout_s:g} s") from exc
+
+    @classmethod
+    def from_settings(cls, settings, *, run_migrations: bool = True) -> "Database":
+        """Connect to ``settings.pg_conn``, or start the embedded server when it is None.
+
+        The embedded server runs under ``settings.pg_data_dir`` (reusing one already
+        running there) and the service uses its database ``sorterbot``.
+
+        Parameters
+        ----------
+        settings : sorterbot_cloud.config.Settings
+        run_migrations : bool
+            Apply pending migrations first (default).
+
+        Raises
+        ------
+        ServiceUnavailable
+            If the server cannot be started or reached.
+        """
+        embedded = None
+        conninfo = settings.pg_conn
+        if conninfo is None:
+            embedded = start_embedded(settings.pg_data_dir)
+            try:
+                conninfo = embedded.ensure_database(DEFAULT_DATABASE)
+            except psycopg.OperationalError as exc:
+                logger.error("embedded database not reachable: %s", _first_line(exc))
+                raise ServiceUnavailable("embedded database not reachable") from exc
+        return cls(conninfo, max_size=settings.pool_max_size, run_migrations=run_migrations, embedded=embedded)
+
+    def ping(self, timeout_s: float = 2.0) -> bool:
+        """Return True when a pooled connection answers ``SELECT 1`` within ``timeout_s``."""
+        try:
+            with self.pool.connection(timeout=timeout_s) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except (psycopg.Error, PoolTimeout) as exc:
+            logger.warning("database ping failed: %s", _first_line(exc))
+            return False
+
+    def close(self) -> None:
+        """Close the pool (the embedded server stops when its last user process exits)."""
+        self.pool.close()
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
