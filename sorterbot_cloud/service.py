@@ -109,6 +109,21 @@ class _Timer:
         return out
 
 
+def _observe_stages(timings_ms: Mapping[str, float], stages: Mapping[str, str]) -> None:
+    """Record stage durations in the Prometheus histograms of :mod:`sorterbot_cloud.ops.metrics`.
+
+    ``stages`` maps a key of ``timings_ms`` to the metric's stage name. Does nothing when
+    the ops package is not installed.
+    """
+    try:
+        from sorterbot_cloud.ops.metrics import observe_stage
+    except ImportError:
+        return
+    for key, stage in stages.items():
+        if key in timings_ms:
+            observe_stage(stage, timings_ms[key] / 1e3)
+
+
 class Service:
     """Frames in, pick-and-place commands out.
 
@@ -234,6 +249,7 @@ class Service:
             image_uri = self.archive.put(arm_id, session_id, image_name, bytes(data))
             frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri)
         timings = timer.finish()
+        _observe_stages(timings, {"decode": "decode", "detect": "detect", "embed": "embed", "store": "store"})
         n_items = int((detections.class_ids == ITEM_CLASS_ID).sum())
         logger.info(
             "frame ingested",
@@ -308,15 +324,15 @@ class Service:
         UnknownSession
             If no frame of the session is stored.
         """
-        from sorterbot_cloud import dedup, geometry, planner
-        from vectorizer import cluster_embeddings
-
         timer = _Timer()
         arm_id = validate_id("arm_id", arm_id)
         session_id = validate_id("session_id", session_id)
         arm_constants = ArmConstants.from_mapping(constants)
         with timer.stage("load"):
             stored = list(self.repository.load_session(arm_id, session_id))
+        from sorterbot_cloud import dedup, geometry, planner
+        from vectorizer import cluster_embeddings
+
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
@@ -365,6 +381,7 @@ class Service:
         with timer.stage("store"):
             self.repository.save_commands(arm_id, session_id, arm_constants.to_mapping(), result)
         result["timings_ms"] = timer.finish()
+        _observe_stages(result["timings_ms"], {"total": "trigger"})
         logger.info(
             "session commands computed",
             extra={

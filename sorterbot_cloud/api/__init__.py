@@ -13,6 +13,7 @@ Errors leave as RFC 9457 problem details (:mod:`~sorterbot_cloud.api.errors`).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from typing import Any
@@ -71,6 +72,10 @@ def create_app(
     from sorterbot_cloud.service import Service
 
     settings = settings if settings is not None else Settings.load()
+    if repository is None and settings.pg_conn is None and settings.mode == "production":
+        aws = _optional_module("sorterbot_cloud.ops.aws")
+        if aws is not None:  # PG_CONN from SSM (RDS)
+            settings = dataclasses.replace(settings, pg_conn=aws.resolve_pg_conn(settings))
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.max_body_bytes)
     app.json.sort_keys = False
@@ -104,6 +109,10 @@ def create_app(
     st.s3_reader = _s3_reader(settings)
     app.extensions[EXTENSION_KEY] = st
 
+    ops = _optional_module("sorterbot_cloud.ops")
+    if ops is not None and hasattr(ops, "init_app"):
+        # first, so request ids and auth run before anything of ours (ops's contract)
+        ops.init_app(app, settings)
     register_error_handlers(app)
     from sorterbot_cloud.api import compat, health, v1
 
@@ -111,9 +120,6 @@ def create_app(
     app.register_blueprint(v1.bp)
     app.register_blueprint(v1.predict_bp)
     app.register_blueprint(health.bp)
-    ops = _optional_module("sorterbot_cloud.ops")
-    if ops is not None and hasattr(ops, "init_app"):
-        ops.init_app(app, settings)
     return app
 
 
@@ -143,12 +149,15 @@ def _ping_of(repository: Any):
 
 
 def _default_archive(settings):
-    """The image archive of the mode: ``storage.archive_from_settings`` when offered, else disk."""
-    storage = importlib.import_module("sorterbot_cloud.storage")
-    factory = getattr(storage, "archive_from_settings", None)
-    if callable(factory):
-        return factory(settings)
-    return storage.DiskArchive(settings.image_dir)
+    """The image archive of the mode: disk in local mode; disk mirrored to S3 in the aws
+    modes (``ops.aws.archive_from_settings``)."""
+    from sorterbot_cloud.storage import DiskArchive
+
+    disk = DiskArchive.from_settings(settings)
+    aws = _optional_module("sorterbot_cloud.ops.aws") if settings.mode != "local" else None
+    if aws is not None:
+        return aws.archive_from_settings(settings, disk)
+    return disk
 
 
 def _s3_reader(settings):
@@ -158,8 +167,4 @@ def _s3_reader(settings):
     aws = _optional_module("sorterbot_cloud.ops.aws")
     if aws is None:
         return None
-    for name in ("read_frame", "read_frame_from_s3", "get_frame"):
-        reader = getattr(aws, name, None)
-        if callable(reader):
-            return lambda session_id, image_name: reader(settings, session_id, image_name)
-    return None
+    return lambda session_id, image_name: aws.read_frame(settings, session_id, image_name)

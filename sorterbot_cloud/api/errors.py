@@ -32,7 +32,13 @@ def request_id() -> str | None:
     """The current request's id (set by :mod:`sorterbot_cloud.ops` when installed), else a new one."""
     if not has_request_context():
         return None
-    rid = g.get("request_id")
+    try:
+        from sorterbot_cloud.ops import current_request_id
+
+        rid = current_request_id()
+    except ImportError:
+        rid = None
+    rid = rid or g.get("request_id")
     if not rid:
         rid = uuid.uuid4().hex
         g.request_id = rid

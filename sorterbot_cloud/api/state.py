@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from flask import current_app, request
 
-from sorterbot_cloud.errors import BadRequest, InvalidImage, ServiceUnavailable, UnsupportedMediaType
+from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def frame_bytes(session_id: str, image_name: str) -> bytes:
         raise InvalidImage("the request body is empty and no S3 reader is configured for this mode")
     try:
         return st.s3_reader(session_id, image_name)
-    except (InvalidImage, ServiceUnavailable):
+    except SorterBotError:
         raise
     except KeyError as exc:
         raise InvalidImage(f"the request body is empty and S3 holds no frame at {session_id}/{image_name}") from exc
