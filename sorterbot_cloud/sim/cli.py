@@ -1,0 +1,96 @@
+"""``sorterbot-cloud simulate ...``: sessions, COCO datasets, item crops, views, benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _pulse_widths(spec: str) -> list[float]:
+    """Parse ``start:stop:step`` (inclusive stop) or a comma-separated list of pulse widths."""
+    try:
+        if ":" in spec:
+            start, stop, step = (float(v) for v in spec.split(":"))
+            n = int(round((stop - start) / step)) + 1
+            return [start + i * step for i in range(n)]
+        return [float(v) for v in spec.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected start:stop:step or a comma list, got {spec!r}") from exc
+
+
+@click.group()
+def simulate() -> None:
+    """Simulate the arm's camera: sessions with ground truth, datasets, views, benchmark."""
+
+
+@simulate.command("session")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--items", "n_items", type=int, default=6, show_default=True)
+@click.option("--item-types", "n_item_types", type=int, default=3, show_default=True, help="Number of distinct item types.")
+@click.option("--types", "types", default=None, help="Comma list: the type of every item (overrides --items/--item-types).")
+@click.option("--containers", "n_containers", type=int, default=2, show_default=True)
+@click.option("--distractors", "n_distractors", type=int, default=1, show_default=True)
+@click.option("--pulse-widths", default="1000:1950:50", show_default=True, help="start:stop:step (inclusive) or comma list, µs.")
+@click.option("--width", "width_px", type=int, default=1640, show_default=True)
+@click.option("--height", "height_px", type=int, default=1232, show_default=True)
+@click.option("--heldout", is_flag=True, help="Use held-out item types and table textures.")
+@click.option("--arm-id", default="ARM001", show_default=True)
+@click.option("--session-id", default=None)
+def session_cmd(out_dir, seed, n_items, n_item_types, types, n_containers, n_distractors, pulse_widths, width_px, height_px, heldout, arm_id, session_id):
+    """Render one session: <pw>.jpg frames, ground_truth.json, contact_sheet.png."""
+    from sorterbot_cloud.sim.session import simulate_session
+
+    path = simulate_session(out_dir, seed, n_items=n_items, n_item_types=n_item_types, n_containers=n_containers,
+                            item_types=types.split(",") if types else None, pulse_widths=_pulse_widths(pulse_widths),
+                            width_px=width_px, height_px=height_px, heldout=heldout, n_distractors=n_distractors,
+                            arm_id=arm_id, session_id=session_id)
+    truth = json.loads(path.read_text())
+    click.echo(f"wrote {len(truth['frames'])} frames, {len(truth['objects'])} objects: {path}")
+
+
+@simulate.command("dataset")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--images", "n_images", type=int, default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--split", type=click.Choice(["train", "val", "heldout", "all"]), default="train", show_default=True)
+@click.option("--width", "width_px", type=int, default=1024, show_default=True)
+@click.option("--height", "height_px", type=int, default=768, show_default=True)
+@click.option("--frames-per-scene", type=int, default=4, show_default=True)
+def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_scene):
+    """Write a COCO detection dataset (images/ + annotations.json)."""
+    from sorterbot_cloud.sim.datasets import export_coco_dataset
+
+    path = export_coco_dataset(out_dir, n_images, seed, split=split, width_px=width_px, height_px=height_px, frames_per_scene=frames_per_scene)
+    click.echo(f"wrote {path}")
+
+
+@simulate.command("crops")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--per-type", "n_per_type", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--types", default=None, help="Comma list of item types (default: all, train and held-out).")
+@click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="all", show_default=True, help="Types of a split (ignored with --types).")
+@click.option("--width", "width_px", type=int, default=1640, show_default=True)
+@click.option("--height", "height_px", type=int, default=1232, show_default=True)
+def crops_cmd(out_dir, n_per_type, seed, types, split, width_px, height_px):
+    """Write item crops per type (<type>/<i>.png + index.json)."""
+    from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES
+    from sorterbot_cloud.sim.datasets import export_item_crops
+
+    chosen = types.split(",") if types else {"train": TRAIN_ITEM_TYPES, "heldout": HELDOUT_ITEM_TYPES, "all": tuple(ITEM_TYPES)}[split]
+    path = export_item_crops(out_dir, n_per_type, seed, types=chosen, width_px=width_px, height_px=height_px)
+    click.echo(f"wrote {path}")
+
+
+@simulate.command("types")
+def types_cmd():
+    """List item, container and distractor types and the train / held-out splits."""
+    from sorterbot_cloud.sim import catalog, textures
+
+    for name, t in catalog.ALL_TYPES.items():
+        split = "train" if name in catalog.TRAIN_ITEM_TYPES else "heldout" if name in catalog.HELDOUT_ITEM_TYPES else "-"
+        click.echo(f"{t.kind:10s} {name:14s} {split:8s} {t.description}")
+    click.echo(f"textures train: {', '.join(textures.TRAIN_TEXTURES)}; heldout: {', '.join(textures.HELDOUT_TEXTURES)}")

@@ -1,0 +1,303 @@
+"""Offscreen PyVista renderer that looks through :class:`~sorterbot_cloud.camera.CameraModel`.
+
+One :class:`SceneRenderer` keeps one plotter; a new scene replaces the actors, a new
+frame only moves the camera. The VTK camera is set from the model's pose and
+intrinsics: position = camera centre, focal point = centre + forward, view-up = -down,
+vertical view angle = ``2 atan(H / 2 / fy')``, aspect ratio ``(W / fx') / (H / fy')``
+(so fx' != fy' is honoured) and the window centre shifted by the principal point.
+
+Photo effects (:func:`photo_effects`) turn the clean render into something closer to a
+camera photo: exposure and white balance, vignetting, blur, sensor noise; the JPEG
+quality is chosen when the frame is encoded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyvista as pv
+
+from sorterbot_cloud.camera import CameraModel
+from sorterbot_cloud.sim.catalog import ALL_TYPES
+from sorterbot_cloud.sim.scene import Scene
+from sorterbot_cloud.sim.textures import make_texture
+
+#: Side of the square table plane (mm); covers everything the reference camera sees.
+TABLE_SIZE_MM = 1700.0
+#: Table texture resolution (pixels per side).
+TEXTURE_SIZE_PX = 2048
+
+
+@dataclass(frozen=True)
+class PhotoParams:
+    """Per-frame photo effects.
+
+    Attributes
+    ----------
+    exposure_ev : float
+        Exposure change in stops (image multiplied by ``2 ** exposure_ev``).
+    white_balance : tuple of 3 float
+        Per-channel gains.
+    vignetting : float
+        Brightness loss in the corners (0 none .. 0.5 strong).
+    blur_sigma_px : float
+        Gaussian blur sigma in pixels at 1640 px width (scaled with the frame).
+    noise_sigma : float
+        Sensor noise standard deviation in 8-bit levels.
+    jpeg_quality : int
+    """
+
+    exposure_ev: float = 0.0
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    vignetting: float = 0.0
+    blur_sigma_px: float = 0.0
+    noise_sigma: float = 0.0
+    jpeg_quality: int = 92
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> "PhotoParams":
+        """Domain-randomised effects of a cheap camera module."""
+        return cls(
+            exposure_ev=float(rng.normal(0.0, 0.25)),
+            white_balance=tuple(float(g) for g in rng.uniform(0.93, 1.07, 3)),
+            vignetting=float(rng.uniform(0.0, 0.35)),
+            blur_sigma_px=float(rng.choice([0.0, rng.uniform(0.3, 1.6)], p=[0.3, 0.7])),
+            noise_sigma=float(rng.uniform(0.5, 5.0)),
+            jpeg_quality=int(rng.integers(70, 96)),
+        )
+
+
+def photo_effects(image: np.ndarray, params: PhotoParams, rng: np.random.Generator) -> np.ndarray:
+    """Apply exposure, white balance, vignetting, blur and noise.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8, RGB
+    params : PhotoParams
+    rng : numpy.random.Generator
+        Draws the noise.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8, RGB
+    """
+    h, w = image.shape[:2]
+    gain = (2.0 ** params.exposure_ev) * np.asarray(params.white_balance, np.float32)
+    img = image.astype(np.float32) * gain[None, None, :]
+    if params.vignetting > 0:
+        img *= _vignette(w, h, params.vignetting)[..., None]
+    sigma = params.blur_sigma_px * w / 1640.0
+    if sigma > 0.05:
+        img = cv2.GaussianBlur(img, (0, 0), sigma)
+    if params.noise_sigma > 0:
+        noise = rng.standard_normal((h // 2 + 1, w // 2 + 1, 3), dtype=np.float32) * params.noise_sigma
+        img += cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)  # 2x2 grain, like a demosaiced sensor
+        img += rng.standard_normal((h, w, 1), dtype=np.float32) * (params.noise_sigma * 0.5)
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+_VIGNETTE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _vignette(w: int, h: int, strength: float) -> np.ndarray:
+    key = (w, h)
+    if key not in _VIGNETTE_CACHE:
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        rr = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2
+        _VIGNETTE_CACHE[key] = rr / 2.0
+    return 1.0 - strength * _VIGNETTE_CACHE[key]
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """Encode an RGB uint8 image as JPEG bytes (OpenCV, baseline, 4:2:0)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV only fails on invalid arrays
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def set_camera(plotter: pv.Plotter, camera: CameraModel, theta_deg: float, width_px: int, height_px: int) -> None:
+    """Point the plotter's VTK camera exactly as ``camera`` at base angle ``theta_deg``."""
+    rotation, center = camera.pose(theta_deg)
+    right, down, forward = rotation
+    fx, fy, cx, cy = camera.intrinsics(width_px, height_px)
+    vcam = plotter.camera
+    vcam.SetPosition(*center)
+    vcam.SetFocalPoint(*(center + 100.0 * forward))
+    vcam.SetViewUp(*(-down))
+    vcam.SetViewAngle(math.degrees(2 * math.atan(height_px / 2 / fy)))
+    vcam.SetUseExplicitAspectRatio(True)
+    vcam.SetExplicitAspectRatio((width_px / fx) / (height_px / fy))
+    # principal point offset in normalised viewport units (VTK window y points up)
+    vcam.SetWindowCenter(-(cx - width_px / 2) / (width_px / 2), (cy - height_px / 2) / (height_px / 2))
+    vcam.SetClippingRange(5.0, 4000.0)
+
+
+def table_plane() -> pv.PolyData:
+    """Square table plane of :data:`TABLE_SIZE_MM` centred on the base, texture u along +x, v along +y.
+
+    PyVista maps texture row 0 to v = 1, so texel ``(row, col)`` of an N x N texture lies at
+    ``x = -S/2 + (col + 0.5) S/N``, ``y = S/2 - (row + 0.5) S/N``.
+    """
+    half = TABLE_SIZE_MM / 2
+    plane = pv.Plane(center=(0, 0, 0), direction=(0, 0, 1), i_size=TABLE_SIZE_MM, j_size=TABLE_SIZE_MM, i_resolution=8, j_resolution=8)
+    pts = np.asarray(plane.points)
+    plane.active_texture_coordinates = np.stack([(pts[:, 0] + half) / TABLE_SIZE_MM, (pts[:, 1] + half) / TABLE_SIZE_MM], axis=1)
+    return plane
+
+
+def sample_lights(rng: np.random.Generator) -> dict:
+    """Random key light (direction, intensity, colour), a fill light and ambient level.
+
+    Returns
+    -------
+    dict
+        ``lights`` (list of pyvista.Light), ``key_direction`` (unit vector towards the key
+        light, (3,)), ``ambient``, ``shadow_strength`` (0..1), ``shadow_softness_mm``.
+    """
+    az = rng.uniform(0, 2 * np.pi)
+    el = np.radians(rng.uniform(35, 75))
+    direction = np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
+    warmth = rng.uniform(-1, 1)
+    colour = np.clip(np.array([1.0, 1.0 - 0.04 * abs(warmth), 1.0 - 0.12 * warmth]) if warmth > 0 else np.array([1.0 + 0.08 * warmth, 1.0, 1.0]), 0, 1)
+    key_intensity = float(rng.uniform(0.75, 1.1))
+    key = pv.Light(position=tuple(1500 * direction), focal_point=(0, 0, 0), color=tuple(float(c) for c in colour),
+                   intensity=key_intensity, light_type="scene light")
+    key.positional = False
+    fill_intensity = float(rng.uniform(0.25, 0.45))
+    fill = pv.Light(position=(0, 0, 1500), focal_point=(0, 0, 0), color=(1.0, 1.0, 1.0), intensity=fill_intensity, light_type="scene light")
+    fill.positional = False
+    return {
+        "lights": [key, fill],
+        "key_direction": direction,
+        "ambient": float(rng.uniform(0.25, 0.4)),
+        "shadow_strength": float(np.clip(0.55 * key_intensity / (key_intensity + fill_intensity) + rng.uniform(-0.1, 0.1), 0.2, 0.6)),
+        "shadow_softness_mm": float(rng.uniform(1.0, 4.0)),
+    }
+
+
+def bake_shadows(texture: np.ndarray, objects, light_direction: np.ndarray, strength: float = 0.45, softness_mm: float = 2.0) -> np.ndarray:
+    """Darken a table texture where objects cast shadows from a directional light.
+
+    Parameters
+    ----------
+    texture : ndarray of shape (N, N, 3), uint8
+        Covers the table plane of :func:`table_plane`.
+    objects : iterable of SceneObject
+        Their world meshes cast the shadows.
+    light_direction : ndarray of shape (3,)
+        Unit vector from the table towards the light (z > 0).
+    strength : float
+        Fraction of light removed in full shadow.
+    softness_mm : float
+        Gaussian blur of the shadow edge.
+
+    Returns
+    -------
+    ndarray of shape (N, N, 3), uint8
+    """
+    n = texture.shape[0]
+    scale = n / TABLE_SIZE_MM
+    half = TABLE_SIZE_MM / 2
+    cast = np.zeros((n, n), np.float32)
+    contact = np.zeros((n, n), np.float32)
+    d = np.asarray(light_direction, float)
+    for obj in objects:
+        pts = np.asarray(obj.mesh.points)
+        flat = pts[:, :2] - pts[:, 2:3] / d[2] * d[None, :2]
+        for target, xy in ((cast, flat), (contact, pts[pts[:, 2] < 0.25 * max(obj.height_mm, 1.0), :2])):
+            if len(xy) < 3:
+                continue
+            cols = (xy[:, 0] + half) * scale
+            rows = (half - xy[:, 1]) * scale
+            hull = cv2.convexHull(np.stack([cols, rows], axis=1).astype(np.float32))
+            cv2.fillPoly(target, [np.round(hull * 16).astype(np.int32)], 1.0, lineType=cv2.LINE_AA, shift=4)
+    sigma = max(softness_mm * scale, 0.5)
+    cast = cv2.GaussianBlur(cast, (0, 0), sigma)
+    contact = cv2.GaussianBlur(contact, (0, 0), 3.0 * scale + sigma)
+    shade = 1.0 - np.clip(strength * cast + 0.25 * contact, 0, 0.85)
+    return np.clip(texture.astype(np.float32) * shade[..., None] + 0.5, 0, 255).astype(np.uint8)
+
+
+class SceneRenderer:
+    """Renders scenes through a camera model; one offscreen plotter for its lifetime.
+
+    Parameters
+    ----------
+    width_px, height_px : int
+        Frame size.
+    camera : CameraModel, optional
+        Default :meth:`CameraModel.reference`.
+    shadows : bool
+        Use VTK shadow maps (slower).
+    anti_aliasing : {"fxaa", "ssaa", "msaa", None}
+    """
+
+    def __init__(self, width_px: int = 1640, height_px: int = 1232, camera: CameraModel | None = None,
+                 shadows: bool = False, anti_aliasing: str | None = "msaa"):
+        self.width_px = int(width_px)
+        self.height_px = int(height_px)
+        self.camera = camera or CameraModel.reference()
+        self.plotter = pv.Plotter(off_screen=True, window_size=(self.width_px, self.height_px), lighting="none")
+        self.plotter.set_background((0.30, 0.30, 0.32))
+        if anti_aliasing:
+            self.plotter.enable_anti_aliasing(anti_aliasing)
+        self.shadows = shadows
+        if shadows:
+            self.plotter.enable_shadows()
+        self._table = table_plane()
+        self._scene_key = None
+
+    def close(self) -> None:
+        """Release the plotter."""
+        self.plotter.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def set_scene(self, scene: Scene) -> None:
+        """Replace the actors and the lights with those of ``scene``.
+
+        Shadows are baked into the table texture: each object's mesh is projected onto
+        the table along the key light's direction, its convex hull is filled and
+        blurred, and the texture is darkened there (plus a tighter contact shadow).
+        """
+        p = self.plotter
+        p.clear_actors()
+        p.remove_all_lights()
+        light_rng = np.random.default_rng(scene.lighting_seed)
+        lights = sample_lights(light_rng)
+        tex_rng = np.random.default_rng(scene.texture_seed)
+        image = make_texture(scene.texture, tex_rng, TEXTURE_SIZE_PX)
+        image = bake_shadows(image, list(scene.objects) + list(scene.distractors), lights["key_direction"],
+                             strength=lights["shadow_strength"], softness_mm=lights["shadow_softness_mm"])
+        texture = pv.Texture(image)
+        texture.interpolate = True
+        texture.mipmap = True
+        p.add_mesh(self._table, texture=texture, ambient=lights["ambient"], diffuse=0.85,
+                   specular=float(light_rng.uniform(0, 0.12)), specular_power=10, interpolation="phong", name="table")
+        for obj in list(scene.objects) + list(scene.distractors):
+            kind = ALL_TYPES[obj.type]
+            p.add_mesh(obj.mesh, scalars="rgb", rgb=True, smooth_shading=True, ambient=lights["ambient"], diffuse=0.85,
+                       specular=kind.specular, specular_power=kind.specular_power, name=f"{obj.cls}{obj.object_id}",
+                       show_scalar_bar=False, interpolation="phong")
+        for light in lights["lights"]:
+            p.add_light(light)
+
+    def render(self, theta_deg: float, camera: CameraModel | None = None) -> np.ndarray:
+        """Clean render (no photo effects) at base angle ``theta_deg``.
+
+        Returns
+        -------
+        ndarray of shape (height_px, width_px, 3), uint8, RGB
+        """
+        set_camera(self.plotter, camera or self.camera, theta_deg, self.width_px, self.height_px)
+        self.plotter.render()
+        img = self.plotter.screenshot(return_img=True)
+        return np.ascontiguousarray(img[..., :3])

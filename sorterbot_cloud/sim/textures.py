@@ -1,0 +1,176 @@
+"""Procedural table textures for domain randomisation.
+
+Each texture is an RGB image (uint8, (S, S, 3)) generated from a seeded generator, so
+the same seed gives the same table. The split into :data:`TRAIN_TEXTURES` and
+:data:`HELDOUT_TEXTURES` is fixed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from sorterbot_cloud.errors import BadRequest
+
+
+def smooth_noise(rng: np.random.Generator, size: int, cells: int | tuple[int, int], octaves: int = 1) -> np.ndarray:
+    """Multi-octave value noise, float32 (size, size) roughly in [0, 1].
+
+    ``cells`` is the number of random lattice cells across at the coarsest octave
+    (an int, or (rows, cols) for anisotropic noise); each octave doubles it and halves
+    the amplitude. Upsampling is bicubic (OpenCV).
+    """
+    cy, cx = (cells, cells) if isinstance(cells, int) else cells
+    out = np.zeros((size, size), np.float32)
+    amp, total = 1.0, 0.0
+    for _ in range(octaves):
+        grid = rng.random((max(cy, 2), max(cx, 2)), dtype=np.float32)
+        out += amp * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+        total += amp
+        amp *= 0.5
+        cy, cx = cy * 2, cx * 2
+    return np.clip(out / total, 0, 1)
+
+
+def _mix(a, b, t):
+    t = np.asarray(t, np.float32)[..., None]
+    return np.asarray(a, np.float32) * (1 - t) + np.asarray(b, np.float32) * t
+
+
+def _tint(rng, base, spread=0.08):
+    return np.clip(np.asarray(base, np.float32) * rng.uniform(1 - spread, 1 + spread, 3), 0, 1)
+
+
+def _wood(rng, s):
+    light = _tint(rng, rng.choice([(0.78, 0.58, 0.38), (0.62, 0.42, 0.25), (0.85, 0.70, 0.50)]))
+    dark = light * rng.uniform(0.55, 0.75)
+    warp = smooth_noise(rng, s, (3, 6), 3) * rng.uniform(6, 14)
+    y = np.linspace(0, 1, s, dtype=np.float32)[:, None]
+    freq = rng.uniform(25, 50)
+    grain = 0.5 + 0.5 * np.sin(2 * np.pi * (y * freq + warp))
+    fine = smooth_noise(rng, s, (40, 400), 2)
+    planks = (np.floor(y * rng.integers(4, 8)) % 2) * 0.06
+    t = np.clip(grain ** 3 * 0.7 + fine * 0.3 + planks, 0, 1)
+    return _mix(light, dark, t)
+
+
+def _fabric(rng, s):
+    col = _tint(rng, rng.choice([(0.25, 0.30, 0.55), (0.55, 0.20, 0.20), (0.35, 0.45, 0.30), (0.60, 0.58, 0.52)]), 0.15)
+    period = rng.uniform(5, 9)
+    x = np.arange(s, dtype=np.float32)
+    wx = np.sin(2 * np.pi * x / period)[None, :]
+    wy = np.sin(2 * np.pi * x / period)[:, None]
+    weave = 0.5 + 0.25 * wx * np.sign(wy) + 0.25 * wy * np.sign(wx)
+    mottle = smooth_noise(rng, s, 8, 3)
+    return col[None, None] * (0.7 + 0.25 * weave + 0.2 * (mottle - 0.5))[..., None]
+
+
+def _concrete(rng, s):
+    grey = rng.uniform(0.45, 0.7)
+    base = smooth_noise(rng, s, 6, 6)
+    speck = rng.random((s, s), dtype=np.float32)
+    v = grey * (0.75 + 0.4 * base) - 0.25 * (speck > 0.985) + 0.12 * (speck < 0.01)
+    col = np.clip(np.array([1.0, 0.98, 0.95], np.float32) * rng.uniform(0.95, 1.05, 3).astype(np.float32), 0, 1.1)
+    return v[..., None] * col
+
+
+def _noise(rng, s):
+    layers = [smooth_noise(rng, s, int(rng.integers(4, 30)), 4) for _ in range(3)]
+    img = np.stack(layers, axis=-1)
+    return 0.2 + 0.6 * (img - img.min()) / (np.ptp(img) + 1e-6)
+
+
+def _felt(rng, s):
+    col = _tint(rng, rng.choice([(0.10, 0.40, 0.20), (0.15, 0.15, 0.35), (0.45, 0.10, 0.12)]), 0.15)
+    fibres = rng.random((s, s), dtype=np.float32)
+    fibres = cv2.GaussianBlur(fibres, (0, 0), 0.8)
+    return col[None, None] * (0.8 + 0.5 * (fibres - 0.5) + 0.2 * (smooth_noise(rng, s, 10, 2) - 0.5))[..., None]
+
+
+def _tiles(rng, s):
+    col = _tint(rng, rng.choice([(0.85, 0.85, 0.82), (0.55, 0.65, 0.70), (0.80, 0.70, 0.55)]), 0.1)
+    grout = col * 0.55
+    n = int(rng.integers(6, 14))
+    x = (np.arange(s) * n / s) % 1.0
+    line = (x < 0.04)
+    mask = line[None, :] | line[:, None]
+    cell = smooth_noise(rng, s, n, 1)
+    img = col[None, None] * (0.9 + 0.15 * cell)[..., None]
+    img[mask] = grout
+    return img
+
+
+def _paper(rng, s):
+    col = _tint(rng, rng.choice([(0.95, 0.94, 0.90), (0.92, 0.90, 0.82), (0.88, 0.90, 0.93)]), 0.03)
+    fibres = cv2.GaussianBlur(rng.random((s, s), dtype=np.float32), (0, 0), 1.5)
+    lines = np.zeros((s, s), np.float32)
+    if rng.random() < 0.5:
+        period = int(rng.integers(40, 70))
+        lines[::period, :] = 1.0
+        lines = cv2.GaussianBlur(lines, (0, 0), 0.8) * 2
+    img = col[None, None] * (0.95 + 0.1 * (fibres - 0.5) + 0.03 * (smooth_noise(rng, s, 4, 2) - 0.5))[..., None]
+    return _mix(img, np.array([0.45, 0.6, 0.85], np.float32), np.clip(lines, 0, 1) * 0.6)
+
+
+def _cork_board(rng, s):
+    col = _tint(rng, (0.70, 0.52, 0.32), 0.08)
+    n = rng.random((s, s), dtype=np.float32)
+    grains = cv2.GaussianBlur(n, (0, 0), 2.0)
+    grains = (grains - grains.min()) / (np.ptp(grains) + 1e-6)
+    return col[None, None] * (0.6 + 0.7 * grains)[..., None]
+
+
+def _marble_stone(rng, s):
+    base = _tint(rng, (0.92, 0.91, 0.89), 0.03)
+    warp = smooth_noise(rng, s, 4, 4) * rng.uniform(4, 8)
+    x = np.linspace(0, 1, s, dtype=np.float32)[None, :]
+    y = np.linspace(0, 1, s, dtype=np.float32)[:, None]
+    veins = np.abs(np.sin(2 * np.pi * (x * 2 + y * 1.5 + warp)))
+    t = np.clip((0.15 - veins) / 0.15, 0, 1) * 0.6
+    return _mix(base, base * 0.45, t)
+
+
+TEXTURES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
+    "wood": _wood,
+    "fabric": _fabric,
+    "concrete": _concrete,
+    "noise": _noise,
+    "felt": _felt,
+    "tiles": _tiles,
+    "paper": _paper,
+    "cork_board": _cork_board,
+    "marble_stone": _marble_stone,
+}
+
+#: Table textures for training data (fixed split).
+TRAIN_TEXTURES: tuple[str, ...] = ("wood", "fabric", "concrete", "noise", "felt", "tiles")
+#: Table textures never used for training (fixed split).
+HELDOUT_TEXTURES: tuple[str, ...] = ("paper", "cork_board", "marble_stone")
+
+
+def make_texture(name: str, rng: np.random.Generator, size_px: int = 1024) -> np.ndarray:
+    """Render a procedural table texture.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`TEXTURES`.
+    rng : numpy.random.Generator
+    size_px : int
+        Side of the square texture.
+
+    Returns
+    -------
+    ndarray of shape (size_px, size_px, 3), uint8, RGB
+
+    Raises
+    ------
+    BadRequest
+        If ``name`` is not a known texture.
+    """
+    if name not in TEXTURES:
+        raise BadRequest(f"unknown texture {name!r}; expected one of {sorted(TEXTURES)}")
+    img = TEXTURES[name](rng, size_px)
+    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
