@@ -20,7 +20,8 @@ Integration points
        background queue (:mod:`.control_panel`).
     6. in the ``aws-dev`` and ``production`` modes: ``state.aws`` (:class:`.aws.AwsContext`)
        and ``state.uploads`` (a started :class:`.aws.UploadQueue` spooling under
-       ``settings.data_dir / "upload-spool"``); both None in ``local`` mode.
+       ``settings.data_dir / "upload-spool"``), the process-wide ones of
+       :func:`.aws.context_for` / :func:`.aws.upload_queue_for`; both None in ``local`` mode.
 
 Service code (no Flask import)
     - stage times: ``ops.metrics.observe_stage("detect", seconds)`` or
@@ -30,9 +31,14 @@ Service code (no Flask import)
     - session logs for the control panel: ``log.info(msg, extra={"arm_id": a,
       "session_id": s, "log_type": "process_image", "duration_ms": d})`` or
       ``ops.bind_log_fields(arm_id=a, session_id=s)`` once per request;
-    - S3: ``state.uploads.submit(local_path, ops.aws.frame_key(session_id, image_name))``
-      after the frame is on disk; ``state.aws.read_frame(session_id, image_name)`` for an
-      empty ``/process_image`` body in the aws modes (raises ``BadRequest`` if missing);
+    - S3 archive: ``ops.aws.archive_from_settings(settings, disk_archive)`` returns the disk
+      archive in local mode and, in the aws modes, an :class:`.aws.S3MirroredArchive` whose
+      ``put`` also queues the S3 copy at ``<session_id>/<image_name>``; other images (session
+      overviews) go through ``ops.aws.upload_queue_for(settings).submit(path,
+      ops.aws.overview_key(arm_id, session_id))``;
+    - empty ``/process_image`` body in the aws modes: ``ops.aws.read_frame(settings,
+      session_id, image_name) -> bytes`` (raises ``BadRequest`` if the object is missing,
+      ``ServiceUnavailable`` if S3 is down);
     - database: ``ops.aws.resolve_pg_conn(settings)`` gives PG_CONN (from SSM in production).
 """
 
@@ -92,15 +98,17 @@ class OpsState:
     _handlers: list[logging.Handler] = field(default_factory=list)
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop the background threads (pending uploads stay spooled on disk)."""
+        """Detach the control-panel handler and stop its thread.
+
+        The upload queue is shared by the process (:func:`.aws.upload_queue_for`) and keeps
+        running; at process exit its pending files stay spooled on disk for the next start.
+        """
         root = logging.getLogger()
         for handler in self._handlers:
             root.removeHandler(handler)
         self._handlers.clear()
         if self.shipper is not None:
             self.shipper.close(timeout_s)
-        if self.uploads is not None:
-            self.uploads.close(timeout_s)
 
 
 def init_app(app, settings, *, aws=None, uploads=None, configure_logs: bool = True) -> OpsState:
@@ -142,10 +150,10 @@ def init_app(app, settings, *, aws=None, uploads=None, configure_logs: bool = Tr
         state._handlers.append(handler)
 
     if settings.mode in ("aws-dev", "production"):
-        from .aws import AwsContext
+        from .aws import context_for, upload_queue_for
 
-        state.aws = aws or AwsContext.from_settings(settings)
-        state.uploads = uploads or state.aws.upload_queue(settings.data_dir / "upload-spool")
+        state.aws = aws or context_for(settings)
+        state.uploads = uploads or upload_queue_for(settings)
 
     token = settings.api_token
 

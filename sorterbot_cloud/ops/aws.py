@@ -127,6 +127,20 @@ def frame_key(session_id: str, image_name: str) -> str:
     return f"{session_id}/{image_name}"
 
 
+def overview_key(arm_id: str, session_id: str) -> str:
+    """Return the S3 key of a session overview image, ``overviews/<arm_id>/<session_id>.png``.
+
+    Raises
+    ------
+    BadRequest
+        If an id is malformed.
+    """
+    for name, value in (("arm_id", arm_id), ("session_id", session_id)):
+        if not isinstance(value, str) or not ID_PATTERN.match(value):
+            raise BadRequest(f"{name} must be 1-64 of [A-Za-z0-9_.-], got {value!r}")
+    return f"overviews/{arm_id}/{session_id}.png"
+
+
 @dataclass
 class AwsContext:
     """S3 and SSM clients, the bucket and the region of one deployment.
@@ -189,6 +203,89 @@ class AwsContext:
     def upload_queue(self, spool_dir: str | Path, **kwargs: Any) -> "UploadQueue":
         """Return a started :class:`UploadQueue` into this context's bucket."""
         return UploadQueue(self.s3, self.bucket, spool_dir, **kwargs)
+
+
+_contexts: dict[Any, AwsContext] = {}
+_queues: dict[Any, "UploadQueue"] = {}
+_registry_lock = threading.Lock()
+
+
+def context_for(settings) -> AwsContext:
+    """Return the process's :class:`AwsContext` for ``settings`` (built once, then shared).
+
+    Raises
+    ------
+    ValueError, ServiceUnavailable
+        As :meth:`AwsContext.from_settings`.
+    """
+    with _registry_lock:
+        context = _contexts.get(settings)
+        if context is None:
+            context = _contexts[settings] = AwsContext.from_settings(settings)
+        return context
+
+
+def upload_queue_for(settings) -> "UploadQueue":
+    """Return the process's started :class:`UploadQueue` for ``settings``, spooling under
+    ``settings.data_dir / "upload-spool"`` (built once, then shared)."""
+    context = context_for(settings)
+    with _registry_lock:
+        uploads = _queues.get(settings)
+        if uploads is None:
+            uploads = _queues[settings] = context.upload_queue(Path(settings.data_dir) / "upload-spool")
+        return uploads
+
+
+def read_frame(settings, session_id: str, image_name: str) -> bytes:
+    """Module-level form of :meth:`AwsContext.read_frame` on :func:`context_for` ``(settings)``."""
+    return context_for(settings).read_frame(session_id, image_name)
+
+
+class S3MirroredArchive:
+    """An image archive that keeps frames on local disk and copies each one to S3.
+
+    ``put`` writes through the wrapped archive (the request waits for the local disk
+    only), then submits the file to the :class:`UploadQueue` at key
+    ``<session_id>/<image_name>`` (:func:`frame_key`); everything else is delegated.
+
+    Parameters
+    ----------
+    disk : object with ``put(arm_id, session_id, image_name, data) -> uri`` and ``path_of(...) -> Path``
+        e.g. :class:`sorterbot_cloud.storage.DiskArchive`.
+    uploads : UploadQueue
+    """
+
+    def __init__(self, disk, uploads: "UploadQueue"):
+        self.disk = disk
+        self.uploads = uploads
+
+    def put(self, arm_id: str, session_id: str, image_name: str, data: bytes) -> str:
+        """Store on disk, schedule the S3 copy, return the local archive's URI."""
+        uri = self.disk.put(arm_id, session_id, image_name, data)
+        self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), frame_key(session_id, image_name))
+        return uri
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.disk, name)
+
+
+def archive_from_settings(settings, disk=None):
+    """The image archive of the mode: ``disk`` in ``local`` mode, in the aws modes an
+    :class:`S3MirroredArchive` around it that uploads through :func:`upload_queue_for`.
+
+    Parameters
+    ----------
+    settings : Settings
+    disk : archive, optional
+        Defaults to ``sorterbot_cloud.storage.DiskArchive(settings.image_dir)``.
+    """
+    if disk is None:
+        from ..storage import DiskArchive
+
+        disk = DiskArchive(settings.image_dir)
+    if settings.mode not in AWS_MODES:
+        return disk
+    return S3MirroredArchive(disk, upload_queue_for(settings))
 
 
 @dataclass
