@@ -1,0 +1,205 @@
+"""Detections of many frames -> one record per physical object.
+
+The arm sees each object on several consecutive frames. :func:`merge` groups the
+located detections of one class by constrained single-linkage agglomeration:
+
+1. candidate links are the pairs of detections of the same class on *different* frames
+   whose planar distance is below ``distance_factor * max(size_i, size_j)`` (a threshold
+   scaled to the object's size: a container's estimates scatter more than an item's);
+2. links are taken shortest first (Kruskal); a link joins two groups only if the groups
+   have no frame in common (cannot-link: two detections of one frame are never one
+   object, DESIGN.md), so two objects seen together on any frame never merge, however
+   close their estimates are;
+3. each group becomes one :class:`~sorterbot_cloud.structures.ArmObject`: position the
+   weighted mean of its detections' positions (weights: score, lowered for boxes cut by
+   the image border, see :mod:`sorterbot_cloud.geometry`), item embedding the weighted
+   mean re-normalised, score the highest detection score;
+4. a group seen on a single frame with a score below ``min_single_frame_score`` is
+   dropped as noise: a real object is on several frames (the frames overlap by far more
+   than one step), and a one-frame, low-confidence box is most likely a false positive
+   or a duplicate box that the cannot-link rule kept apart;
+5. objects are numbered items first, then containers, each by ``theta_deg`` then
+   ``r_mm`` (deterministic).
+
+Single linkage suits the session's geometry: an object's estimate drifts a little from
+frame to frame (legacy mode in particular, whose rotation model is approximate), but
+neighbouring frames stay close, so the chain follows the drift.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.geometry import LocatedDetection
+from sorterbot_cloud.structures import ITEM_CLASS_ID, ArmObject, PolarPoint
+
+#: Default share of the larger object size within which two detections may be one object.
+DEFAULT_DISTANCE_FACTOR = 0.6
+#: One-frame groups below this score are dropped as noise.
+DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
+
+
+class _DisjointSets:
+    """Union-find over detection indices, each set carrying its frame names."""
+
+    def __init__(self, frames: list[str]):
+        self.parent = list(range(len(frames)))
+        self.frames = [{f} for f in frames]
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union_if_compatible(self, i: int, j: int) -> bool:
+        ri, rj = self.find(i), self.find(j)
+        if ri == rj:
+            return True
+        if self.frames[ri] & self.frames[rj]:
+            return False
+        if ri > rj:  # keep the smaller index as root: deterministic
+            ri, rj = rj, ri
+        self.parent[rj] = ri
+        self.frames[ri] |= self.frames[rj]
+        self.frames[rj] = set()
+        return True
+
+
+def group(located: list[LocatedDetection], distance_factor: float = DEFAULT_DISTANCE_FACTOR) -> list[list[int]]:
+    """Group located detections into physical objects (steps 1-2 of the module docstring).
+
+    Parameters
+    ----------
+    located : list of LocatedDetection
+    distance_factor : float
+        Two detections may link when closer than ``distance_factor * max(size_i, size_j)``.
+
+    Returns
+    -------
+    list of list of int
+        Indices into ``located``, one list per group, each sorted; groups sorted by their
+        first index. No group holds two detections of one frame or of two classes.
+
+    Raises
+    ------
+    ValueError
+        If ``distance_factor`` is not a positive finite number.
+    """
+    if not (isinstance(distance_factor, (int, float)) and math.isfinite(distance_factor) and distance_factor > 0):
+        raise ValueError(f"distance_factor must be a positive number, got {distance_factor!r}")
+    n = len(located)
+    if n == 0:
+        return []
+    xy = np.array([[d.x_mm, d.y_mm] for d in located], dtype=np.float64)
+    size = np.array([d.size_mm for d in located], dtype=np.float64)
+    cls = np.array([d.class_id for d in located])
+    frames = [d.image_name for d in located]
+    frame_codes = np.unique(frames, return_inverse=True)[1]
+    dist = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
+    limit = distance_factor * np.maximum(size[:, None], size[None, :])
+    ii, jj = np.nonzero(
+        np.triu((dist < limit) & (cls[:, None] == cls[None, :]) & (frame_codes[:, None] != frame_codes[None, :]), k=1)
+    )
+    order = np.lexsort((jj, ii, dist[ii, jj]))  # shortest first, ties by index: deterministic
+    sets = _DisjointSets(frames)
+    for k in order:
+        sets.union_if_compatible(int(ii[k]), int(jj[k]))
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(sets.find(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def merge(
+    located: list[LocatedDetection],
+    distance_factor: float = DEFAULT_DISTANCE_FACTOR,
+    constants: ArmConstants | None = None,
+    min_single_frame_score: float = DEFAULT_MIN_SINGLE_FRAME_SCORE,
+) -> list[ArmObject]:
+    """Merge located detections of a session into one object per physical object.
+
+    Parameters
+    ----------
+    located : list of LocatedDetection
+        All detections of one session (both classes), from :func:`geometry.locate`.
+    distance_factor : float
+        Link threshold as a share of the larger estimated object size (``Settings.dedup_distance_factor``).
+    constants : ArmConstants, optional
+        Used to turn the merged position into pulse widths (``pw0_of_theta``, and
+        ``pw1_of_r`` in calibrated mode). Without it, pulse widths are the
+        weighted means of the detections' pulse widths.
+    min_single_frame_score : float
+        A group seen on one frame only is kept when its score is at least this.
+
+    Returns
+    -------
+    list of ArmObject
+        Items first, then containers, each ordered by ``theta_deg`` then ``r_mm``;
+        ``object_id`` is the index in this list.
+
+    Raises
+    ------
+    ValueError
+        If ``distance_factor`` is not positive.
+    """
+    groups = group(located, distance_factor)
+    objects = []
+    for members in groups:
+        dets = [located[i] for i in members]
+        if len(dets) == 1 and dets[0].detection.score < min_single_frame_score:
+            continue
+        objects.append(_merge_group(dets, constants))
+    objects.sort(key=lambda o: (o.class_id != ITEM_CLASS_ID, o.class_id, round(o.position.theta_deg, 6), round(o.position.r_mm, 6), min(o.detection_ids)))
+    for object_id, obj in enumerate(objects):
+        obj.object_id = object_id
+    return objects
+
+
+def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None) -> ArmObject:
+    """One ArmObject from the detections of one physical object."""
+    weights = np.array([d.weight for d in dets], dtype=np.float64)
+    if not weights.sum() > 0:
+        weights = np.ones(len(dets))
+    weights = weights / weights.sum()
+    x_mm = float(np.dot(weights, [d.x_mm for d in dets]))
+    y_mm = float(np.dot(weights, [d.y_mm for d in dets]))
+    r_mm = math.hypot(x_mm, y_mm)
+    theta_deg = math.degrees(math.atan2(y_mm, x_mm))
+    if constants is not None:
+        pw0 = constants.pw0_of_theta(theta_deg)
+        if constants.calibrated:
+            pw1 = constants.pw1_of_r(r_mm)
+        else:
+            pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
+    else:
+        pw0 = float(np.dot(weights, [d.pw0 for d in dets]))
+        pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
+    # size: prefer boxes not cut by the border (a cut box under-estimates the size)
+    whole = [d for d in dets if not d.truncated] or dets
+    size_w = np.array([max(d.weight, 1e-9) for d in whole])
+    size_mm = float(np.dot(size_w / size_w.sum(), [d.size_mm for d in whole]))
+    embeddings = [(w, d.detection.embedding) for w, d in zip(weights, dets) if d.detection.embedding is not None]
+    embedding = None
+    if embeddings:
+        dims = {np.size(e) for _, e in embeddings}
+        if len(dims) == 1:
+            stacked = np.stack([np.asarray(e, np.float64).reshape(-1) for _, e in embeddings])
+            ew = np.array([w for w, _ in embeddings]) + 1e-12
+            mean = (ew[:, None] * stacked).sum(0)
+            norm = np.linalg.norm(mean)
+            embedding = (mean / norm if norm > 0 else mean).astype(np.float32)
+    return ArmObject(
+        object_id=-1,
+        class_id=dets[0].class_id,
+        position=PolarPoint(r_mm=r_mm, theta_deg=theta_deg, pw0=pw0, pw1=pw1),
+        x_mm=x_mm,
+        y_mm=y_mm,
+        size_mm=size_mm,
+        score=float(max(d.detection.score for d in dets)),
+        detection_ids=sorted(int(d.detection.detection_id) for d in dets),
+        embedding=embedding,
+    )

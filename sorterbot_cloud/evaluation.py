@@ -1,0 +1,321 @@
+"""Score a session's result against the simulator's ground truth (DESIGN.md, Evaluation).
+
+Found objects are matched to true objects through their detections: each detection
+behind a found object is compared with the ground-truth boxes of the same frame and
+class; the true box with the highest IoU (at least :data:`MATCH_IOU`) gets the
+detection's vote, and the object goes to the true object with most votes (ties: the
+higher summed IoU, then the lower true id). This needs no position, so it works in the
+legacy mode too, whose positions are not in millimetres.
+
+Per session (:class:`SessionScore`): found-minus-true object count per class, position
+errors of matched objects (calibrated mode only), adjusted Rand index of the item groups
+against the true item types (over the items matched to a true item), and whether the
+session is sorted correctly:
+
+- every true item is matched by exactly one found item, which gets exactly one command,
+  and no command picks something that is not a true item;
+- every command drops into a found object matched to a true container;
+- no true item type is split across containers;
+- where there are at least as many true containers as true item types, no container
+  receives two types.
+
+:func:`aggregate` summarises many sessions (:class:`AggregateScore`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.structures import CLASS_NAMES
+
+#: Least IoU between a found detection's box and a ground-truth box to vote for it.
+MATCH_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class SessionScore:
+    """Scores of one session.
+
+    Parameters
+    ----------
+    session_id : str
+    mode : {'calibrated', 'legacy'}
+    n_true, n_found : dict
+        Object counts per class name (``item``, ``container``).
+    count_error : dict
+        ``n_found - n_true`` per class name.
+    counts_exact : bool
+        Every class count exact.
+    matched : dict
+        ``found object_id -> true object_id`` (absent when no detection matched).
+    missed : list of int
+        True object ids no found object matched.
+    duplicates : list of int
+        True object ids matched by more than one found object.
+    spurious : list of int
+        Found object ids that matched no true object.
+    position_errors_mm : list of float
+        Distance from each matched found object to its true footprint centre
+        (calibrated mode only; empty in legacy mode).
+    position_median_mm, position_p95_mm : float or None
+        Median and 95th percentile of ``position_errors_mm`` (None when empty).
+    ari : float or None
+        Adjusted Rand index of item ``cluster_id`` vs true type over matched items
+        (None with fewer than 2 matched items).
+    sorted_correctly : bool
+    problems : list of str
+        Why the session is not sorted correctly (empty when it is).
+    """
+
+    session_id: str
+    mode: str
+    n_true: dict
+    n_found: dict
+    count_error: dict
+    counts_exact: bool
+    matched: dict
+    missed: list
+    duplicates: list
+    spurious: list
+    position_errors_mm: list
+    position_median_mm: float | None
+    position_p95_mm: float | None
+    ari: float | None
+    sorted_correctly: bool
+    problems: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {"matched": {str(k): v for k, v in self.matched.items()}}
+
+
+@dataclass(frozen=True)
+class AggregateScore:
+    """Summary of many sessions.
+
+    Parameters
+    ----------
+    n_sessions : int
+    share_counts_exact : float
+        Share of sessions whose object counts are exact for both classes.
+    position_median_mm, position_p95_mm : float or None
+        Over all matched objects of all calibrated sessions.
+    share_sorted_correctly : float
+    mean_ari : float or None
+        Mean over sessions that have an ARI.
+    """
+
+    n_sessions: int
+    share_counts_exact: float
+    position_median_mm: float | None
+    position_p95_mm: float | None
+    share_sorted_correctly: float
+    mean_ari: float | None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def box_iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
+    """IoU of one XYXY box (pixels) with each row of ``b`` (M, 4): ndarray (M,) float64."""
+    a = np.asarray(a, float).reshape(4)
+    b = np.asarray(b, float).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _require(mapping: Any, key: str, where: str):
+    if not isinstance(mapping, Mapping) or key not in mapping:
+        raise BadRequest(f"{where} must be an object with key {key!r}")
+    return mapping[key]
+
+
+def match_objects(ground_truth: Mapping, result: Mapping) -> dict[int, int]:
+    """Match found objects to true objects by box votes (module docstring).
+
+    Returns
+    -------
+    dict
+        ``found object_id -> true object_id`` for found objects with at least one vote.
+
+    Raises
+    ------
+    BadRequest
+        If ``ground_truth`` or ``result`` lacks the keys of their schemas.
+    """
+    gt_boxes: dict[tuple[str, str], tuple[list[int], np.ndarray]] = {}
+    for frame in _require(ground_truth, "frames", "ground_truth"):
+        name = _require(frame, "image_name", "ground_truth frame")
+        per_class: dict[str, list] = defaultdict(list)
+        for box in _require(frame, "boxes", "ground_truth frame"):
+            per_class[box["class"]].append((int(box["object_id"]), box["box_xyxy"]))
+        for cls, entries in per_class.items():
+            gt_boxes[(name, cls)] = ([e[0] for e in entries], np.array([e[1] for e in entries], float).reshape(-1, 4))
+    matched = {}
+    for obj in _require(result, "objects", "result"):
+        votes: Counter = Counter()
+        iou_sum: dict[int, float] = defaultdict(float)
+        for det in obj.get("detections", []):
+            entry = gt_boxes.get((det["image_name"], obj["class"]))
+            if entry is None:
+                continue
+            ids, boxes = entry
+            ious = box_iou(det["box_xyxy"], boxes)
+            best = int(np.argmax(ious))
+            if ious[best] >= MATCH_IOU:
+                votes[ids[best]] += 1
+                iou_sum[ids[best]] += float(ious[best])
+        if votes:
+            matched[int(obj["object_id"])] = min(votes, key=lambda t: (-votes[t], -iou_sum[t], t))
+    return matched
+
+
+def score_session(ground_truth: Mapping, result: Mapping) -> SessionScore:
+    """Score one session's rich trigger result against its ground truth.
+
+    Parameters
+    ----------
+    ground_truth : mapping
+        The simulator's ``ground_truth.json`` (CONTRIBUTING.md): ``objects`` with
+        ``object_id, class, type, x_mm, y_mm``; ``frames`` with ``image_name`` and
+        ``boxes`` (``object_id, class, box_xyxy``).
+    result : mapping
+        The rich trigger response: ``mode``, ``objects`` (``object_id, class, x_mm,
+        y_mm, cluster_id, detections: [{image_name, box_xyxy, ...}]``) and ``commands``
+        (``pick: {object_id, ...}, place: {object_id, ...}, cluster_id``).
+
+    Returns
+    -------
+    SessionScore
+
+    Raises
+    ------
+    BadRequest
+        If a required key is missing.
+    """
+    true_objects = {int(o["object_id"]): o for o in _require(ground_truth, "objects", "ground_truth") if o.get("class") in CLASS_NAMES}
+    found = {int(o["object_id"]): o for o in _require(result, "objects", "result")}
+    commands = list(_require(result, "commands", "result"))
+    mode = str(result.get("mode", "legacy"))
+    matched = match_objects(ground_truth, result)
+
+    n_true = {c: sum(o["class"] == c for o in true_objects.values()) for c in CLASS_NAMES}
+    n_found = {c: sum(o["class"] == c for o in found.values()) for c in CLASS_NAMES}
+    count_error = {c: n_found[c] - n_true[c] for c in CLASS_NAMES}
+    hits = Counter(matched.values())
+    missed = sorted(t for t in true_objects if hits[t] == 0)
+    duplicates = sorted(t for t in true_objects if hits[t] > 1)
+    spurious = sorted(f for f in found if f not in matched)
+
+    errors: list[float] = []
+    if mode == "calibrated":
+        for f, t in sorted(matched.items()):
+            errors.append(float(np.hypot(found[f]["x_mm"] - true_objects[t]["x_mm"], found[f]["y_mm"] - true_objects[t]["y_mm"])))
+
+    item_pairs = [
+        (true_objects[t]["type"], found[f]["cluster_id"])
+        for f, t in sorted(matched.items())
+        if found[f]["class"] == "item" and true_objects[t]["class"] == "item" and found[f].get("cluster_id") is not None
+    ]
+    ari = float(adjusted_rand_score([p[0] for p in item_pairs], [p[1] for p in item_pairs])) if len(item_pairs) >= 2 else None
+
+    problems = _sorting_problems(true_objects, found, matched, commands, missed, duplicates)
+    return SessionScore(
+        session_id=str(result.get("session_id", ground_truth.get("session_id", ""))),
+        mode=mode,
+        n_true=n_true,
+        n_found=n_found,
+        count_error=count_error,
+        counts_exact=all(v == 0 for v in count_error.values()),
+        matched=matched,
+        missed=missed,
+        duplicates=duplicates,
+        spurious=spurious,
+        position_errors_mm=errors,
+        position_median_mm=float(np.median(errors)) if errors else None,
+        position_p95_mm=float(np.percentile(errors, 95)) if errors else None,
+        ari=ari,
+        sorted_correctly=not problems,
+        problems=problems,
+    )
+
+
+def _sorting_problems(true_objects, found, matched, commands, missed, duplicates) -> list[str]:
+    """Reasons the session is not sorted correctly (DESIGN.md, Evaluation)."""
+    problems = []
+    true_items = {t for t, o in true_objects.items() if o["class"] == "item"}
+    true_containers = {t for t, o in true_objects.items() if o["class"] == "container"}
+    missed_items = sorted(set(missed) & true_items)
+    if missed_items:
+        problems.append(f"true items {missed_items} were not found")
+    dup_items = sorted(set(duplicates) & true_items)
+    if dup_items:
+        problems.append(f"true items {dup_items} were found more than once")
+    picks: Counter = Counter()
+    type_to_containers: dict[str, set] = defaultdict(set)
+    container_to_types: dict[int, set] = defaultdict(set)
+    for k, command in enumerate(commands):
+        pick_id = int(command["pick"]["object_id"])
+        place_id = int(command["place"]["object_id"])
+        true_pick = matched.get(pick_id)
+        true_place = matched.get(place_id)
+        if true_pick not in true_items:
+            problems.append(f"command {k} picks object {pick_id}, which is not a true item")
+            continue
+        picks[true_pick] += 1
+        if true_place not in true_containers:
+            problems.append(f"command {k} drops into object {place_id}, which is not a true container")
+            continue
+        item_type = true_objects[true_pick]["type"]
+        type_to_containers[item_type].add(true_place)
+        container_to_types[true_place].add(item_type)
+    uncommanded = sorted(t for t in true_items if picks[t] == 0 and t not in missed_items)
+    if uncommanded:
+        problems.append(f"true items {uncommanded} get no command")
+    repeated = sorted(t for t in true_items if picks[t] > 1)
+    if repeated:
+        problems.append(f"true items {repeated} get more than one command")
+    for item_type, targets in sorted(type_to_containers.items()):
+        if len(targets) > 1:
+            problems.append(f"type {item_type!r} is split across containers {sorted(targets)}")
+    n_types = len({true_objects[t]["type"] for t in true_items})
+    if len(true_containers) >= n_types:
+        for container, types in sorted(container_to_types.items()):
+            if len(types) > 1:
+                problems.append(f"container {container} receives {len(types)} types {sorted(types)}")
+    return problems
+
+
+def aggregate(scores: Sequence[SessionScore]) -> AggregateScore:
+    """Summarise many sessions' scores (the issue's acceptance figures).
+
+    Parameters
+    ----------
+    scores : sequence of SessionScore
+
+    Returns
+    -------
+    AggregateScore
+        Shares are 0 and figures None for an empty sequence.
+    """
+    n = len(scores)
+    errors = [e for s in scores for e in s.position_errors_mm]
+    aris = [s.ari for s in scores if s.ari is not None]
+    return AggregateScore(
+        n_sessions=n,
+        share_counts_exact=sum(s.counts_exact for s in scores) / n if n else 0.0,
+        position_median_mm=float(np.median(errors)) if errors else None,
+        position_p95_mm=float(np.percentile(errors, 95)) if errors else None,
+        share_sorted_correctly=sum(s.sorted_correctly for s in scores) / n if n else 0.0,
+        mean_ari=float(np.mean(aris)) if aris else None,
+    )

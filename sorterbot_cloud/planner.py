@@ -1,0 +1,181 @@
+"""Groups -> containers, move order, commands (DESIGN.md, Sorting semantics).
+
+:func:`plan` takes the session's items with their group labels (``cluster_ids``) and
+the containers, and returns one :class:`~sorterbot_cloud.structures.Command` per item:
+
+- **assignment**: group ``g`` to container ``c`` costs the summed planar distance from
+  the group's items to the container, ``sum_i |item_i - container_c|`` (a carry from
+  each item to its drop point). Groups are assigned to distinct containers by the
+  Hungarian method (``scipy.optimize.linear_sum_assignment``), which minimises the total
+  carry. With fewer groups than containers some containers stay empty; with more groups
+  than containers (not produced by the service, which clusters into at most as many
+  groups as containers) the left-over groups go to their cheapest container.
+- **order**: the arm starts at its rest pose (the base axis, ``x = y = 0``), picks an
+  item, drops it, goes to the next item, ... The carries are fixed by the assignment;
+  only the empty runs (rest -> first item, container -> next item) depend on the order.
+  The order is built greedily (nearest next item from where the arm is) and improved by
+  2-opt segment reversals until no reversal shortens the tour. Everything is
+  deterministic (ties broken by object id).
+
+Distances use the objects' planar ``x_mm, y_mm`` (legacy mode: legacy pixel units;
+the same units for every object of a session, which is all a comparison needs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.structures import CLASS_NAMES, ArmObject, Command
+
+#: Where the arm starts its tour (planar coordinates of the base axis).
+REST_XY_MM = (0.0, 0.0)
+#: Bound on 2-opt sweeps (each sweep is O(n^2) reversals; convergence takes a few).
+MAX_TWO_OPT_SWEEPS = 50
+
+
+def choose_n_clusters(n_items: int, n_containers: int) -> int:
+    """Number of item groups: one per container, fewer if there are fewer items.
+
+    Parameters
+    ----------
+    n_items, n_containers : int
+        Non-negative counts.
+
+    Returns
+    -------
+    int
+        ``min(n_items, n_containers)``; 0 when either is 0.
+
+    Raises
+    ------
+    BadRequest
+        If a count is negative.
+    """
+    if int(n_items) < 0 or int(n_containers) < 0:
+        raise BadRequest(f"counts must be >= 0, got n_items={n_items}, n_containers={n_containers}")
+    return int(min(int(n_items), int(n_containers)))
+
+
+def _xy(objects: list[ArmObject]) -> np.ndarray:
+    return np.array([[o.x_mm, o.y_mm] for o in objects], dtype=np.float64).reshape(-1, 2)
+
+
+def assign_groups(items: list[ArmObject], containers: list[ArmObject], cluster_ids) -> dict[int, int]:
+    """Assign each group to a container index with the least total carry distance.
+
+    Parameters
+    ----------
+    items : list of ArmObject
+    containers : list of ArmObject
+    cluster_ids : array-like of shape (len(items),), int
+
+    Returns
+    -------
+    dict
+        ``cluster_id -> index into containers``.
+    """
+    labels = np.asarray(cluster_ids, dtype=np.int64).reshape(-1)
+    groups = np.unique(labels)
+    item_xy, cont_xy = _xy(items), _xy(containers)
+    dist = np.linalg.norm(item_xy[:, None, :] - cont_xy[None, :, :], axis=2)  # (N items, M containers)
+    cost = np.stack([dist[labels == g].sum(axis=0) for g in groups])  # (G, M)
+    rows, cols = linear_sum_assignment(cost)
+    assignment = {int(groups[r]): int(c) for r, c in zip(rows, cols)}
+    for r, g in enumerate(groups):  # more groups than containers: cheapest container
+        if int(g) not in assignment:
+            assignment[int(g)] = int(np.argmin(cost[r]))
+    return assignment
+
+
+def order_moves(pick_xy: np.ndarray, place_xy: np.ndarray, start_xy=REST_XY_MM) -> list[int]:
+    """Order pick-and-place moves so that the empty runs are short.
+
+    Parameters
+    ----------
+    pick_xy, place_xy : ndarray of shape (N, 2)
+        Where move ``i`` picks and where it drops.
+    start_xy : (float, float)
+        Where the arm starts.
+
+    Returns
+    -------
+    list of int
+        A permutation of ``range(N)``: greedy nearest-neighbour, then 2-opt.
+    """
+    pick_xy = np.asarray(pick_xy, float).reshape(-1, 2)
+    place_xy = np.asarray(place_xy, float).reshape(-1, 2)
+    n = len(pick_xy)
+    if n == 0:
+        return []
+    start = np.asarray(start_xy, float)
+    # run[i, j]: empty run from the drop of move i to the pick of move j; row n = start
+    ends = np.vstack([place_xy, start[None]])
+    run = np.linalg.norm(ends[:, None, :] - pick_xy[None, :, :], axis=2)  # (N + 1, N)
+
+    def tour_cost(order: list[int]) -> float:
+        prev = [n] + order[:-1]
+        return float(run[prev, order].sum())
+
+    remaining = list(range(n))
+    order: list[int] = []
+    here = n
+    while remaining:
+        nxt = min(remaining, key=lambda j: (run[here, j], j))
+        order.append(nxt)
+        remaining.remove(nxt)
+        here = nxt
+    best = tour_cost(order)
+    for _ in range(MAX_TWO_OPT_SWEEPS):
+        improved = False
+        for i in range(n - 1):
+            for k in range(i + 1, n):
+                candidate = order[:i] + order[i : k + 1][::-1] + order[k + 1 :]
+                cost = tour_cost(candidate)
+                if cost < best - 1e-9:
+                    order, best, improved = candidate, cost, True
+        if not improved:
+            break
+    return order
+
+
+def plan(items: list[ArmObject], containers: list[ArmObject], cluster_ids) -> list[Command]:
+    """Pick-and-place commands: every item exactly once, each group into one container.
+
+    Parameters
+    ----------
+    items : list of ArmObject
+        Items of the session.
+    containers : list of ArmObject
+        Containers of the session (drop targets).
+    cluster_ids : array-like of shape (len(items),), int
+        Group of each item (K-Means labels).
+
+    Returns
+    -------
+    list of Command
+        In execution order; empty when there is no item or no container.
+
+    Raises
+    ------
+    BadRequest
+        If ``cluster_ids`` does not hold one integer per item, or an object of the
+        wrong class is passed.
+    """
+    labels = np.asarray(cluster_ids).reshape(-1) if cluster_ids is not None else np.zeros(0)
+    if len(labels) != len(items):
+        raise BadRequest(f"cluster_ids must hold one label per item: expected {len(items)}, got {len(labels)}")
+    if len(labels) and not np.issubdtype(labels.dtype, np.integer):
+        raise BadRequest(f"cluster_ids must be integers, got dtype {labels.dtype}")
+    for name, objs, class_id in (("items", items, 0), ("containers", containers, 1)):
+        wrong = [o.object_id for o in objs if int(o.class_id) != class_id]
+        if wrong:
+            raise BadRequest(f"{name} must all be of class {CLASS_NAMES[class_id]!r}; objects {wrong} are not")
+    if not items or not containers:
+        return []
+    labels = labels.astype(np.int64)
+    assignment = assign_groups(items, containers, labels)
+    target = [containers[assignment[int(g)]] for g in labels]
+    order = order_moves(_xy(items), _xy(target))
+    return [Command(item=items[i], container=target[i], cluster_id=int(labels[i])) for i in order]
