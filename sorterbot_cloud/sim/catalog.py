@@ -222,6 +222,8 @@ def _die(rng):
     faces = {1: ((0, 0, 1), (1, 0, 0)), 6: ((0, 0, -1), (1, 0, 0)), 2: ((1, 0, 0), (0, 1, 0)), 5: ((-1, 0, 0), (0, 1, 0)),
              3: ((0, 1, 0), (1, 0, 0)), 4: ((0, -1, 0), (1, 0, 0))}
     for n, (normal, u) in faces.items():
+        if normal[2] < 0:
+            continue  # the face on the table is never seen, and its pips would poke through the table
         normal, u = np.array(normal, float), np.array(u, float)
         v = np.cross(normal, u)
         for du, dv in layouts[n]:

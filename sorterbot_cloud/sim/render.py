@@ -234,10 +234,13 @@ class SceneRenderer:
     shadows : bool
         Use VTK shadow maps (slower).
     anti_aliasing : {"fxaa", "ssaa", "msaa", None}
+    texture_size_px : int, optional
+        Table texture side; default scales with the frame width (2048 at 1640 px).
     """
 
     def __init__(self, width_px: int = 1640, height_px: int = 1232, camera: CameraModel | None = None,
-                 shadows: bool = False, anti_aliasing: str | None = "msaa"):
+                 shadows: bool = False, anti_aliasing: str | None = "msaa",
+                 texture_size_px: int | None = None):
         self.width_px = int(width_px)
         self.height_px = int(height_px)
         self.camera = camera or CameraModel.reference()
@@ -246,6 +249,7 @@ class SceneRenderer:
         if anti_aliasing:
             self.plotter.enable_anti_aliasing(anti_aliasing)
         self.shadows = shadows
+        self.texture_size_px = int(texture_size_px or min(TEXTURE_SIZE_PX, 256 * 2 ** int(np.ceil(np.log2(max(self.width_px, 256) / 205)))))
         if shadows:
             self.plotter.enable_shadows()
         self._table = table_plane()
@@ -274,7 +278,7 @@ class SceneRenderer:
         light_rng = np.random.default_rng(scene.lighting_seed)
         lights = sample_lights(light_rng)
         tex_rng = np.random.default_rng(scene.texture_seed)
-        image = make_texture(scene.texture, tex_rng, TEXTURE_SIZE_PX)
+        image = make_texture(scene.texture, tex_rng, self.texture_size_px)
         image = bake_shadows(image, list(scene.objects) + list(scene.distractors), lights["key_direction"],
                              strength=lights["shadow_strength"], softness_mm=lights["shadow_softness_mm"])
         texture = pv.Texture(image)

@@ -1,0 +1,70 @@
+"""COCO and item-crop exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, TRAIN_ITEM_TYPES
+from sorterbot_cloud.sim.datasets import export_coco_dataset, export_item_crops
+
+
+@pytest.fixture(scope="module")
+def coco_path(tmp_path_factory):
+    return export_coco_dataset(tmp_path_factory.mktemp("coco"), 5, seed=3, width_px=256, height_px=192, frames_per_scene=2, progress=False)
+
+
+def test_coco_export_loads_with_pycocotools(coco_path):
+    coco = COCO(str(coco_path))
+    assert sorted(coco.getImgIds()) == [1, 2, 3, 4, 5]
+    assert {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())} == {"item": 1, "container": 2}
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) > 0
+    assert {a["category_id"] for a in anns} <= {1, 2}
+    for ann in anns:
+        x, y, w, h = ann["bbox"]
+        assert x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= 256.01 and y + h <= 192.01
+        assert ann["area"] == pytest.approx(w * h, rel=1e-3)
+        if ann["category_id"] == 1:
+            assert ann["type"] in TRAIN_ITEM_TYPES
+    for img in coco.loadImgs(coco.getImgIds()):
+        assert (coco_path.parent / "images" / img["file_name"]).exists()
+        assert 1000 <= img["pw0"] <= 1950
+
+
+def test_coco_export_is_deterministic(coco_path, tmp_path):
+    again = export_coco_dataset(tmp_path, 5, seed=3, width_px=256, height_px=192, frames_per_scene=2, progress=False)
+    assert json.loads(again.read_text()) == json.loads(coco_path.read_text())
+    assert (tmp_path / "images" / "000004.jpg").read_bytes() == (coco_path.parent / "images" / "000004.jpg").read_bytes()
+
+
+def test_heldout_coco_split_only_has_heldout_types(tmp_path):
+    path = export_coco_dataset(tmp_path, 2, seed=4, split="heldout", width_px=256, height_px=192, progress=False)
+    anns = json.loads(path.read_text())["annotations"]
+    assert {a["type"] for a in anns if a["category_id"] == 1} <= set(HELDOUT_ITEM_TYPES)
+
+
+def test_item_crops_are_deterministic_and_per_type(tmp_path):
+    types = ["coin", "die"]
+    first = export_item_crops(tmp_path / "a", 2, seed=5, types=types, width_px=640, height_px=480, progress=False)
+    second = export_item_crops(tmp_path / "b", 2, seed=5, types=types, width_px=640, height_px=480, progress=False)
+    index = json.loads(first.read_text())
+    assert index == json.loads(second.read_text())
+    assert sorted(c["path"] for c in index["crops"]) == ["coin/0.png", "coin/1.png", "die/0.png", "die/1.png"]
+    assert {c["split"] for c in index["crops"] if c["type"] == "die"} == {"heldout"}
+    for crop in index["crops"]:
+        assert (tmp_path / "a" / crop["path"]).read_bytes() == (tmp_path / "b" / crop["path"]).read_bytes()
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda out: export_coco_dataset(out, 1, 0, split="test", progress=False), "unknown split"),
+    (lambda out: export_item_crops(out, 1, 0, types=["spoon"], progress=False), "unknown item type"),
+    (lambda out: export_item_crops(out, 0, 0, types=["coin"], progress=False), "n_per_type"),
+], ids=["split", "crop-type", "crop-count"])
+def test_bad_dataset_requests_raise(tmp_path, call, match):
+    with pytest.raises(BadRequest, match=match):
+        call(tmp_path)
