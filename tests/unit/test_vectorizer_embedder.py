@@ -1,0 +1,157 @@
+"""Embedder: shapes, normalisation, batching, determinism, weights resolution order."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from sorterbot_cloud.config import Settings
+from sorterbot_cloud.errors import BadRequest, InvalidImage
+from vectorizer import load_embedder
+from vectorizer.embedder import (
+    EMBEDDING_DIM,
+    IMAGENET_INPUT_SIZE_PX,
+    IMAGENET_RESNET18_FILE,
+    Embedder,
+    build_resnet18,
+    resolve_weights,
+)
+from vectorizer.training import export_weights
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    torch.manual_seed(0)
+    return Embedder(build_resnet18(), input_size_px=32, batch_size=4)
+
+
+def _crops(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(int(rng.integers(8, 60)), int(rng.integers(8, 60)), 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_embed_shape_dtype_unit_norm(embedder):
+    emb = embedder.embed(_crops(7))
+    assert emb.shape == (7, EMBEDDING_DIM) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+
+
+def test_embed_empty(embedder):
+    assert embedder.embed([]).shape == (0, EMBEDDING_DIM)
+
+
+def test_batched_equals_one_by_one_and_deterministic(embedder):
+    crops = _crops(9, seed=1)  # 9 crops with batch_size 4: batches of 4, 4, 1
+    batched = embedder.embed(crops)
+    single = np.concatenate([embedder.embed([c]) for c in crops])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_array_equal(batched, embedder.embed(crops))
+
+
+def test_different_crops_give_different_embeddings(embedder):
+    red = np.zeros((30, 30, 3), np.uint8)
+    red[..., 0] = 255
+    blue = np.zeros((30, 30, 3), np.uint8)
+    blue[..., 2] = 255
+    a, b = embedder.embed([red, blue])
+    assert np.dot(a, b) < 0.9999
+
+
+@pytest.mark.parametrize(
+    "crops, error, match",
+    [
+        (np.zeros((10, 10, 3), np.uint8), BadRequest, "sequence"),
+        ([np.zeros((10, 10), np.uint8)], InvalidImage, "shape"),
+        ([np.zeros((10, 10, 3), np.float64)], InvalidImage, "uint8"),
+    ],
+    ids=["single-array", "grey-crop", "float-crop"],
+)
+def test_embed_rejects_bad_crops(embedder, crops, error, match):
+    with pytest.raises(error, match=match):
+        embedder.embed(crops)
+
+
+# ------------------------------------------------------------------ weights resolution
+
+
+@pytest.fixture()
+def weight_files(tmp_path):
+    """A configured file, a torch cache with the ImageNet file, and a shipped file."""
+    torch.manual_seed(1)
+    state = build_resnet18().state_dict()
+    configured = export_weights(state, tmp_path / "mine" / "custom.pt", {"input_size_px": 48})
+    shipped = export_weights(state, tmp_path / "weights" / "embedder.pt", {"input_size_px": 64})
+    cache = tmp_path / "hub"
+    (cache / "checkpoints").mkdir(parents=True)
+    imagenet_state = dict(state)
+    imagenet_state["fc.weight"] = torch.zeros(1000, 512)  # classifier head, as in torchvision's file
+    imagenet_state["fc.bias"] = torch.zeros(1000)
+    torch.save(imagenet_state, cache / "checkpoints" / IMAGENET_RESNET18_FILE)
+    return {"configured": configured, "shipped": shipped, "cache": cache, "state": state}
+
+
+@pytest.mark.parametrize(
+    "configured, with_cache, with_shipped, expected",
+    [
+        ("configured", True, True, "configured"),
+        ("shipped", True, True, "torch-cache"),
+        (None, True, True, "torch-cache"),
+        (None, False, True, "shipped"),
+        ("shipped", False, True, "shipped"),
+    ],
+    ids=["configured-wins", "default-setting-is-not-configured", "cache-before-shipped", "shipped-last", "default-to-shipped"],
+)
+def test_resolve_weights_order(weight_files, tmp_path, configured, with_cache, with_shipped, expected):
+    cache = weight_files["cache"] if with_cache else tmp_path / "empty-hub"
+    shipped = weight_files["shipped"] if with_shipped else tmp_path / "none.pt"
+    arg = None if configured is None else weight_files[configured]
+    choice = resolve_weights(arg, torch_cache_dir=cache, shipped=shipped)
+    assert choice.source == expected
+    expected_path = {"configured": weight_files["configured"], "shipped": weight_files["shipped"],
+                     "torch-cache": weight_files["cache"] / "checkpoints" / IMAGENET_RESNET18_FILE}[expected]
+    assert choice.path == expected_path
+
+
+def test_resolve_weights_missing_configured_file_is_an_error(weight_files, tmp_path):
+    with pytest.raises(FileNotFoundError, match="configured embedder weights"):
+        resolve_weights(tmp_path / "typo.pt", torch_cache_dir=weight_files["cache"], shipped=weight_files["shipped"])
+
+
+def test_resolve_weights_nothing_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no embedder weights"):
+        resolve_weights(None, torch_cache_dir=tmp_path, shipped=tmp_path / "embedder.pt")
+
+
+def test_from_weights_reads_sidecar_and_fp16_state(weight_files):
+    emb = Embedder.from_weights(weight_files["configured"])
+    assert emb.input_size_px == 48
+    assert json.loads(weight_files["configured"].with_suffix(".json").read_text())["embedding_dim"] == EMBEDDING_DIM
+    reference = build_resnet18()
+    reference.load_state_dict(weight_files["state"])
+    crops = _crops(3, seed=2)
+    np.testing.assert_allclose(emb.embed(crops), Embedder(reference, input_size_px=48).embed(crops), atol=2e-2)
+
+
+def test_from_weights_imagenet_file_drops_fc_and_uses_its_input_size(weight_files):
+    emb = Embedder.from_weights(weight_files["cache"] / "checkpoints" / IMAGENET_RESNET18_FILE, source="torch-cache")
+    assert emb.input_size_px == IMAGENET_INPUT_SIZE_PX
+    assert emb.embed(_crops(2)).shape == (2, EMBEDDING_DIM)
+
+
+def test_from_weights_rejects_other_state_dicts(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"weight": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="not a ResNet18"):
+        Embedder.from_weights(path)
+
+
+def test_load_embedder_uses_configured_path_and_logs_it(weight_files, caplog):
+    settings = Settings(embedder_weights=weight_files["configured"])
+    with caplog.at_level(logging.INFO, logger="vectorizer.embedder"):
+        emb = load_embedder(settings)
+    assert emb.source.startswith("configured:") and emb.input_size_px == 48
+    assert "configured" in caplog.text and str(weight_files["configured"]) in caplog.text

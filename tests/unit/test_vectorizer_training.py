@@ -1,0 +1,201 @@
+"""Embedder training (a few steps on synthetic shapes), loss, augmentation and the CLI commands."""
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vectorizer.cli import evaluate_embedder, train_embedder
+from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
+from vectorizer.embedder import Embedder
+from vectorizer.training import Augmenter, BatchSampler, TrainConfig, export_weights, supcon_loss
+from vectorizer.training import train_embedder as run_training
+
+torch.set_num_threads(1)
+
+#: Synthetic item types: (RGB colour, shape).
+TYPES = {
+    "red_disc": ((220, 30, 30), "disc"),
+    "blue_square": ((30, 60, 220), "square"),
+    "yellow_bar": ((230, 210, 30), "bar"),
+    "green_disc": ((40, 180, 60), "disc"),
+}
+
+
+def draw_item(colour, shape, rng):
+    """A coloured shape on a noisy grey table, (h, w, 3) uint8 RGB."""
+    size = int(rng.integers(36, 56))
+    img = rng.normal(150, 12, size=(size, size, 3)).clip(0, 255).astype(np.uint8)
+    c = tuple(int(np.clip(v + rng.integers(-15, 16), 0, 255)) for v in colour)
+    m = size // 2
+    if shape == "disc":
+        cv2.circle(img, (m, m), int(size * 0.38), c, -1)
+    elif shape == "square":
+        cv2.rectangle(img, (size // 6, size // 6), (size - size // 6, size - size // 6), c, -1)
+    else:
+        cv2.rectangle(img, (size // 10, size // 3), (size - size // 10, size - size // 3), c, -1)
+    return img
+
+
+def synthetic_set(per_type=6, seed=0, names=tuple(TYPES)):
+    rng = np.random.default_rng(seed)
+    crops, ids = [], []
+    for i, name in enumerate(names):
+        colour, shape = TYPES[name]
+        crops += [draw_item(colour, shape, rng) for _ in range(per_type)]
+        ids += [i] * per_type
+    return CropSet(crops, np.asarray(ids, np.int64), list(names))
+
+
+def write_folder(root, crop_set):
+    for i, crop in enumerate(crop_set.crops):
+        folder = root / crop_set.type_names[crop_set.type_ids[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+
+
+TINY = dict(input_size_px=32, steps=3, types_per_batch=3, crops_per_type=2, warmup_steps=1, checkpoint_every=2, eval_every=3, log_every=1)
+
+
+def test_supcon_loss_two_positives_only_is_zero():
+    z = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    assert float(supcon_loss(z, torch.tensor([3, 3]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_supcon_loss_prefers_grouped_features():
+    labels = torch.tensor([0, 0, 1, 1])
+    grouped = torch.tensor([[1.0, 0], [1.0, 0], [-1.0, 0], [-1.0, 0]])
+    mixed = torch.tensor([[1.0, 0], [-1.0, 0], [1.0, 0], [-1.0, 0]])
+    assert float(supcon_loss(grouped, labels)) < float(supcon_loss(mixed, labels))
+
+
+def test_supcon_loss_ignores_anchors_without_positives():
+    z = torch.nn.functional.normalize(torch.randn(4, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    assert float(supcon_loss(z, torch.tensor([0, 1, 2, 3]))) == 0.0
+    # anchors 2 and 3 have no positive: only anchors 0 and 1 count
+    only_pairs = supcon_loss(z, torch.tensor([0, 0, 1, 2]))
+    logits = (z @ z.T / 0.1).masked_fill(torch.eye(4, dtype=torch.bool), -1e9)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    assert float(only_pairs) == pytest.approx(float(-(log_prob[0, 1] + log_prob[1, 0]) / 2), rel=1e-5)
+
+
+def test_augmenter_keeps_size_and_colour_identity():
+    rng = np.random.default_rng(0)
+    augment = Augmenter(32, rng)
+    for colour in [(220, 30, 30), (30, 200, 40), (30, 40, 220)]:
+        img = np.full((40, 40, 3), colour, np.uint8)
+        for _ in range(10):
+            out = augment(img)
+            assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+            assert np.argmax(out.reshape(-1, 3).mean(0)) == int(np.argmax(colour)), "no hue jitter"
+
+
+def test_batch_sampler_draws_p_types_k_crops():
+    ids = np.repeat(np.arange(5), [3, 1, 4, 4, 4])
+    sampler = BatchSampler(ids, 3, 2, np.random.default_rng(0))
+    for _ in range(5):
+        idx = sampler()
+        assert idx.shape == (6,)
+        assert len(np.unique(ids[idx])) == 3
+        assert all(np.sum(ids[idx] == t) == 2 for t in np.unique(ids[idx]))
+
+
+def test_tiny_training_run_checkpoints_resumes_and_exports(tmp_path):
+    train, val = synthetic_set(4, seed=0), synthetic_set(3, seed=1)
+    history = run_training(train, tmp_path / "run", TrainConfig(**TINY), val=val, progress=False)
+    assert [row[0] for row in history["losses"]] == [1, 2, 3]
+    assert all(np.isfinite(row[1]) for row in history["losses"])
+    assert history["val"] and 0 <= history["val"][-1][0] == 3
+    assert (tmp_path / "run" / "last.pt").is_file()
+    resumed = run_training(train, tmp_path / "run", TrainConfig(**{**TINY, "steps": 5}), val=None, resume=True, progress=False)
+    assert [row[0] for row in resumed["losses"]] == [1, 2, 3, 4, 5]
+    path = export_weights(resumed["model"], tmp_path / "w" / "e.pt", {"input_size_px": 32, "recipe": "test"})
+    assert {v.dtype for v in torch.load(path).values() if v.is_floating_point()} == {torch.float16}
+    emb = Embedder.from_weights(path)
+    assert emb.input_size_px == 32
+    out = emb.embed(val.crops)
+    assert out.shape == (len(val), 512)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-4)
+
+
+def test_training_changes_the_weights(tmp_path):
+    torch.manual_seed(0)
+    history = run_training(synthetic_set(3), tmp_path, TrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
+    from vectorizer.embedder import build_resnet18
+
+    torch.manual_seed(0)
+    init = build_resnet18().state_dict()
+    assert not torch.equal(history["model"]["conv1.weight"], init["conv1.weight"])
+
+
+def test_training_needs_two_types(tmp_path):
+    with pytest.raises(ValueError, match="two types"):
+        run_training(synthetic_set(3, names=("red_disc",)), tmp_path, TrainConfig(**TINY), progress=False)
+
+
+def test_load_crop_folder_reads_types_in_order(tmp_path):
+    write_folder(tmp_path, synthetic_set(2))
+    loaded = load_crop_folder(tmp_path)
+    assert loaded.type_names == sorted(TYPES)
+    assert len(loaded) == 8 and loaded.crops[0].dtype == np.uint8 and loaded.crops[0].ndim == 3
+    with pytest.raises(FileNotFoundError, match="no folder"):
+        load_crop_folder(tmp_path, types=["nope"])
+
+
+def _write_voc(root, rng):
+    """Two photos with VOC boxes of two board types."""
+    root.mkdir(parents=True)
+    for n, objects in enumerate([[("red_disc", (11, 21, 60, 70))], [("blue_square", (31, 11, 90, 50)), ("red_disc", (1, 61, 40, 99))]]):
+        img = rng.integers(0, 256, size=(100, 120, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / f"p{n}.jpg"), img)
+        objs = "".join(f"<object><name>{name}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+                       for name, b in objects)
+        (root / f"p{n}.xml").write_text(f"<annotation><filename>p{n}.jpg</filename>{objs}</annotation>")
+
+
+def test_load_voc_crops(tmp_path):
+    _write_voc(tmp_path / "voc", np.random.default_rng(0))
+    crops = load_voc_crops(tmp_path / "voc", margin=0.0)
+    assert crops.type_names == ["blue_square", "red_disc"]
+    np.testing.assert_array_equal(crops.type_ids, [1, 0, 1])
+    assert crops.crops[0].shape == (50, 50, 3)  # VOC (11, 21, 60, 70) 1-based inclusive -> 50 x 50 px
+
+
+def test_cli_train_then_evaluate(tmp_path):
+    write_folder(tmp_path / "train", synthetic_set(4, seed=0, names=("red_disc", "blue_square", "yellow_bar")))
+    write_folder(tmp_path / "heldout", synthetic_set(5, seed=3, names=("green_disc", "blue_square", "yellow_bar")))
+    _write_voc(tmp_path / "voc", np.random.default_rng(1))
+    weights = tmp_path / "w" / "embedder.pt"
+    runner = CliRunner()
+    result = runner.invoke(train_embedder, ["--train-dir", str(tmp_path / "train"), "--out-dir", str(tmp_path / "run"),
+                                            "--export", str(weights), "--steps", "2", "--input-size", "32",
+                                            "--types-per-batch", "2", "--crops-per-type", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert sidecar["seed"] == 0 and sidecar["input_size_px"] == 32
+    assert sidecar["data"]["types"] == ["blue_square", "red_disc", "yellow_bar"]
+    result = runner.invoke(evaluate_embedder, ["--weights", str(weights), "--heldout-dir", str(tmp_path / "heldout"),
+                                               "--real-dir", str(tmp_path / "voc"), "--n-groupings", "5", "--crops-per-type", "3",
+                                               "--out", str(tmp_path / "eval.json"), "--update-sidecar", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert "ARI mean" in result.output and "ms per crop" in result.output
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["protocol"]["n_groupings"] == 5
+    assert -1 <= report["sim_heldout"]["ari_mean"] <= 1 and report["real_microcontrollers"]["n_crops"] == 3
+    assert report["speed"]["ms_per_crop_median"] > 0
+    assert json.loads(weights.with_suffix(".json").read_text())["metrics"]["sim_heldout"] == report["sim_heldout"]
+
+
+def test_cli_train_refuses_heldout_types(tmp_path):
+    pytest.importorskip("sorterbot_cloud.sim.catalog")
+    from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES
+
+    crop_set = synthetic_set(2, names=("red_disc", "blue_square"))
+    crop_set.type_names = ["red_disc", HELDOUT_ITEM_TYPES[0]]
+    write_folder(tmp_path / "train", crop_set)
+    result = CliRunner().invoke(train_embedder, ["--train-dir", str(tmp_path / "train"), "--out-dir", str(tmp_path / "run"),
+                                                 "--export", str(tmp_path / "e.pt"), "--steps", "1"])
+    assert result.exit_code != 0 and "held-out" in result.output

@@ -1,0 +1,187 @@
+"""``sorterbot-cloud train-embedder`` and ``sorterbot-cloud evaluate-embedder``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from sorterbot_cloud.config import PROJECT_ROOT
+
+DEFAULT_REAL_DIR = PROJECT_ROOT.parent / "shared" / "realdata" / "microcontrollers"
+DEFAULT_WEIGHTS = PROJECT_ROOT / "weights" / "embedder.pt"
+
+log = logging.getLogger("vectorizer.cli")
+
+
+def _setup_logging(log_file: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+
+
+def _heldout_types() -> tuple[str, ...]:
+    try:
+        from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES
+    except ImportError:  # simulator not installed
+        return ()
+    return tuple(HELDOUT_ITEM_TYPES)
+
+
+def _recipe() -> str:
+    return "sorterbot-cloud " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@click.command("train-embedder")
+@click.option("--train-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Training crops, <dir>/<type>/<i>.png (e.g. from `simulate crops`).")
+@click.option("--val-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Crops of types never trained on; their grouping ARI is logged (monitoring only).")
+@click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs/embedder"), show_default=True,
+              help="Checkpoints, history and log.")
+@click.option("--export", "export_path", type=click.Path(path_type=Path), default=DEFAULT_WEIGHTS, show_default=True,
+              help="Where the fp16 weights (+ .json sidecar) are written at the end.")
+@click.option("--steps", type=int, default=4000, show_default=True)
+@click.option("--input-size", "input_size_px", type=int, default=64, show_default=True, help="Input side in pixels.")
+@click.option("--types-per-batch", type=int, default=8, show_default=True)
+@click.option("--crops-per-type", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=0.05, show_default=True)
+@click.option("--warmup-steps", type=int, default=200, show_default=True)
+@click.option("--temperature", type=float, default=0.1, show_default=True)
+@click.option("--instance-weight", type=float, default=0.5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True)
+@click.option("--eval-every", type=int, default=250, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from <out-dir>/last.pt.")
+@click.option("--export-only", is_flag=True, help="Export <out-dir>/last.pt without training.")
+@click.option("--allow-heldout-types", is_flag=True, help="Allow the simulator's held-out item types in --train-dir.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train_embedder(train_dir, val_dir, out_dir, export_path, steps, input_size_px, types_per_batch, crops_per_type, lr,
+                   warmup_steps, temperature, instance_weight, seed, threads, checkpoint_every, eval_every, resume,
+                   export_only, allow_heldout_types, progress):
+    """Train the item embedder (ResNet18 from scratch, supervised contrastive) on crops per type."""
+    import numpy as np
+    import torch
+
+    from .data import load_crop_folder
+    from .training import TrainConfig, export_weights
+    from .training import train_embedder as run
+
+    _setup_logging(out_dir / "train.log")
+    leaked = sorted(set(_heldout_types()) & {p.name for p in train_dir.iterdir() if p.is_dir()})
+    if leaked and not allow_heldout_types:
+        raise click.UsageError(f"--train-dir holds held-out item types {leaked}; they must stay out of training")
+    cfg = TrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
+                      lr=lr, warmup_steps=min(warmup_steps, steps), temperature=temperature, instance_weight=instance_weight,
+                      seed=seed, threads=threads, checkpoint_every=checkpoint_every, eval_every=eval_every)
+    train = load_crop_folder(train_dir)
+    counts = {name: int(np.sum(train.type_ids == i)) for i, name in enumerate(train.type_names)}
+    log.info("training crops: %d of %d types %s", len(train), len(train.type_names), counts)
+    if export_only:
+        ckpt = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
+        history = ckpt["history"]
+        history["model"] = ckpt["model"]
+        history["config"]["steps_done"] = ckpt["step"]
+    else:
+        val = load_crop_folder(val_dir) if val_dir is not None else None
+        history = run(train, out_dir, cfg, val=val, resume=resume, progress=progress)
+        history["config"]["steps_done"] = cfg.steps
+    sidecar = {
+        "recipe": _recipe(),
+        "data": {"train_dir": str(train_dir), "types": train.type_names, "crops_per_type": counts,
+                 "val_dir": str(val_dir) if val_dir else None,
+                 "note": "simulator item crops (sorterbot_cloud.sim export_item_crops); held-out item types excluded"},
+        "seed": seed,
+        "input_size_px": input_size_px,
+        "train": {"config": history["config"], "seconds": round(history["seconds"], 1),
+                  "final_loss": history["losses"][-1] if history["losses"] else None,
+                  "losses_every_n_steps": history["losses"][:: max(1, len(history["losses"]) // 40)],
+                  "val_ari": history["val"]},
+        "metrics": {},
+    }
+    export_weights(history["model"], export_path, sidecar)
+    click.echo(f"wrote {export_path} ({export_path.stat().st_size / 1e6:.1f} MB) and {export_path.with_suffix('.json')}")
+
+
+@click.command("evaluate-embedder")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_WEIGHTS, show_default=True)
+@click.option("--heldout-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Crops of held-out types, <dir>/<type>/<i>.png; default: rendered now by the simulator.")
+@click.option("--sim-crops-per-type", type=int, default=40, show_default=True, help="Crops rendered per held-out type.")
+@click.option("--sim-seed", type=int, default=9000, show_default=True, help="Simulator seed of the rendered held-out crops.")
+@click.option("--real-dir", type=click.Path(path_type=Path), default=DEFAULT_REAL_DIR, show_default=True,
+              help="Pascal VOC photos (the microcontroller set); skipped when absent.")
+@click.option("--n-groupings", type=int, default=100, show_default=True)
+@click.option("--crops-per-type", type=int, default=8, show_default=True, help="Crops per type in each grouping.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's default).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/embedder_eval.json"), show_default=True)
+@click.option("--update-sidecar", is_flag=True, help="Also write the metrics into the weights' JSON sidecar.")
+def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_dir, n_groupings, crops_per_type, seed,
+                      threads, out_path, update_sidecar):
+    """Grouping ARI on held-out simulated types and real crops, and embedding speed."""
+    import numpy as np
+    import torch
+
+    from .data import load_crop_folder, load_voc_crops
+    from .embedder import Embedder, sidecar_path
+    from .evaluation import all_crops_ari, grouping_aris, time_embedding
+
+    _setup_logging()
+    if threads:
+        torch.set_num_threads(threads)
+    embedder = Embedder.from_weights(weights, source="evaluated")
+    results: dict = {"weights": str(weights), "input_size_px": embedder.input_size_px, "recipe": _recipe(),
+                     "protocol": {"n_groupings": n_groupings, "types_per_grouping": [2, 4], "crops_per_type": crops_per_type,
+                                  "seed": seed, "kmeans": "sklearn KMeans, k = types drawn, n_init=10, random_state=0"}}
+    with tempfile.TemporaryDirectory() as tmp:
+        if heldout_dir is None:
+            from sorterbot_cloud.sim.datasets import export_item_crops
+            from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES
+
+            heldout_dir = Path(tmp) / "heldout"
+            export_item_crops(heldout_dir, sim_crops_per_type, sim_seed, types=HELDOUT_ITEM_TYPES)
+            results["heldout_source"] = f"simulator export_item_crops(n_per_type={sim_crops_per_type}, seed={sim_seed}, types=HELDOUT_ITEM_TYPES)"
+        else:
+            results["heldout_source"] = str(heldout_dir)
+        sets = {"sim_heldout": load_crop_folder(heldout_dir)}
+    if real_dir.is_dir():
+        sets["real_microcontrollers"] = load_voc_crops(real_dir)
+    else:
+        log.warning("no real photos at %s: real-crop figure skipped", real_dir)
+    rows = []
+    for name, crop_set in sets.items():
+        emb = embedder.embed(crop_set.crops)
+        aris = grouping_aris(emb, crop_set.type_ids, n_groupings=n_groupings, crops_per_type=crops_per_type, seed=seed)
+        entry = {"types": crop_set.type_names, "n_crops": len(crop_set), "ari_mean": float(aris.mean()),
+                 "ari_median": float(np.median(aris)), "ari_min": float(aris.min()),
+                 "fraction_perfect": float(np.mean(aris > 0.999)), "ari_all_crops": all_crops_ari(emb, crop_set.type_ids)}
+        results[name] = entry
+        rows.append((name, entry))
+    speed = time_embedding(embedder, sets["sim_heldout"].crops, batch_size=32, repeats=15)
+    speed["torch_threads"] = torch.get_num_threads()
+    results["speed"] = speed
+    click.echo(f"embedder {weights} (input {embedder.input_size_px} px), {n_groupings} groupings of 2-4 types x {crops_per_type} crops")
+    click.echo(f"{'set':<24}{'types':>6}{'crops':>7}{'ARI mean':>10}{'median':>8}{'min':>7}{'perfect':>9}{'all-crops ARI':>15}")
+    for name, e in rows:
+        click.echo(f"{name:<24}{len(e['types']):>6}{e['n_crops']:>7}{e['ari_mean']:>10.3f}{e['ari_median']:>8.3f}"
+                   f"{e['ari_min']:>7.3f}{e['fraction_perfect']:>9.2f}{e['ari_all_crops']:>15.3f}")
+    click.echo(f"speed: median {speed['ms_per_crop_median']:.2f} ms per crop (batch {speed['batch_size']}, "
+               f"{speed['torch_threads']} torch threads, {speed['repeats']} repeats)")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=2) + "\n")
+    click.echo(f"wrote {out_path}")
+    if update_sidecar and sidecar_path(weights).is_file():
+        meta = json.loads(sidecar_path(weights).read_text())
+        meta["metrics"] = {k: results[k] for k in ("protocol", "heldout_source", "sim_heldout", "real_microcontrollers", "speed") if k in results}
+        meta["metrics"]["command"] = results["recipe"]
+        sidecar_path(weights).write_text(json.dumps(meta, indent=2) + "\n")
+        click.echo(f"updated {sidecar_path(weights)}")

@@ -1,0 +1,298 @@
+"""Item embedder: ResNet18's penultimate layer, 512 floats per crop, L2-normalised.
+
+The model, its weights file and its preprocessing travel together: a project weights
+file ``<name>.pt`` (an fp16 ``state_dict`` of torchvision's ``resnet18`` without its
+``fc`` layer) has a JSON sidecar ``<name>.json`` that states the input size and the
+normalisation it was trained with.
+
+Weights are looked up in this order (issue 3), and nothing is ever downloaded:
+
+1. a configured path: ``Settings.embedder_weights`` when it differs from the shipped
+   file's path (its default); it must exist;
+2. torchvision's ImageNet ResNet18 file, when present in the torch cache
+   (``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth``; a Docker build can
+   download it there);
+3. the project's shipped weights, ``weights/embedder.pt`` (trained by
+   ``sorterbot-cloud train-embedder`` on simulator crops).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+from sorterbot_cloud.config import PROJECT_ROOT
+from sorterbot_cloud.errors import BadRequest
+
+from .crops import check_image, letterbox
+
+log = logging.getLogger(__name__)
+
+#: Length of an embedding: ResNet18's penultimate layer (global average pool) width.
+EMBEDDING_DIM = 512
+#: Per-channel RGB mean and standard deviation of ImageNet, on pixel values in [0, 1]
+#: (torchvision's ``ResNet18_Weights.IMAGENET1K_V1`` preprocessing).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: File name of torchvision's ImageNet ResNet18 weights in ``torch.hub.get_dir()/checkpoints``.
+IMAGENET_RESNET18_FILE = "resnet18-f37072fd.pth"
+#: Input side used with the ImageNet weights: half of ImageNet's 224, so a crop costs well
+#: under 10 ms on a 2-core CPU.
+IMAGENET_INPUT_SIZE_PX = 112
+#: Input side of the project's own weights when their sidecar does not say otherwise.
+DEFAULT_INPUT_SIZE_PX = 64
+#: The weights shipped with the project (``Settings.embedder_weights`` default).
+SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "embedder.pt"
+
+
+def build_resnet18() -> torch.nn.Module:
+    """Return torchvision's ResNet18, randomly initialised, with ``fc`` replaced by identity.
+
+    Its output is the 512-wide global-average-pooled feature (the penultimate layer).
+    """
+    model = torchvision.models.resnet18(weights=None)
+    model.fc = torch.nn.Identity()
+    return model
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """Return the JSON sidecar path of a weights file (same name, ``.json`` suffix)."""
+    return Path(weights_path).with_suffix(".json")
+
+
+@dataclass(frozen=True)
+class WeightsChoice:
+    """Which weights file :func:`resolve_weights` picked, and why.
+
+    Parameters
+    ----------
+    path : Path
+    source : {'configured', 'torch-cache', 'shipped'}
+    """
+
+    path: Path
+    source: str
+
+
+def resolve_weights(
+    configured: str | Path | None,
+    *,
+    torch_cache_dir: str | Path | None = None,
+    shipped: str | Path = SHIPPED_WEIGHTS,
+) -> WeightsChoice:
+    """Pick the embedder's weights file (see the module docstring for the order).
+
+    Parameters
+    ----------
+    configured : path or None
+        ``Settings.embedder_weights``. A value equal to ``shipped`` (the default setting)
+        counts as not configured.
+    torch_cache_dir : path, optional
+        Torch hub directory; defaults to ``torch.hub.get_dir()``.
+    shipped : path
+        The project's shipped weights.
+
+    Returns
+    -------
+    WeightsChoice
+
+    Raises
+    ------
+    FileNotFoundError
+        If a configured path does not exist, or if no weights file is found at all.
+    """
+    shipped = Path(shipped)
+    if configured is not None and Path(configured).resolve() != shipped.resolve():
+        path = Path(configured)
+        if not path.is_file():
+            raise FileNotFoundError(f"configured embedder weights {path} do not exist")
+        return WeightsChoice(path, "configured")
+    cache = Path(torch_cache_dir if torch_cache_dir is not None else torch.hub.get_dir())
+    imagenet = cache / "checkpoints" / IMAGENET_RESNET18_FILE
+    if imagenet.is_file():
+        return WeightsChoice(imagenet, "torch-cache")
+    if shipped.is_file():
+        return WeightsChoice(shipped, "shipped")
+    raise FileNotFoundError(
+        f"no embedder weights: none configured, no {imagenet}, no {shipped} "
+        "(train them with `sorterbot-cloud train-embedder`)"
+    )
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ResNet18 ``state_dict`` (project fp16 file or torchvision ImageNet file).
+
+    The ``fc.*`` entries of a classifier checkpoint are dropped.
+
+    Raises
+    ------
+    ValueError
+        If the file does not hold a ``state_dict`` of tensors.
+    """
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # a training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a ResNet18 state_dict")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items() if not k.startswith("fc.")}
+
+
+class Embedder:
+    """Batched ResNet18 item embedder.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps a float tensor (B, 3, S, S) to (B, 512); put into eval mode here.
+    input_size_px : int
+        Side ``S`` of the square input: each crop is letterboxed to ``S x S``.
+    mean, std : tuple of 3 floats
+        RGB normalisation on pixel values in [0, 1].
+    batch_size : int
+        Crops per forward pass.
+    source : str
+        Where the weights came from, for logs and health checks.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        input_size_px: int = DEFAULT_INPUT_SIZE_PX,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_size: int = 64,
+        source: str = "",
+    ):
+        if input_size_px < 32:
+            raise ValueError(f"input_size_px must be >= 32, got {input_size_px}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.eval()
+        self.input_size_px = int(input_size_px)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.batch_size = int(batch_size)
+        self.source = source
+        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
+
+    @classmethod
+    def from_weights(cls, path: str | Path, *, source: str = "configured", batch_size: int = 64) -> "Embedder":
+        """Build an embedder from a weights file and its sidecar.
+
+        A project file's sidecar gives ``input_size_px``, ``mean`` and ``std``; the
+        torchvision ImageNet file uses :data:`IMAGENET_INPUT_SIZE_PX` and the ImageNet
+        normalisation.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist.
+        ValueError
+            If it is not a ResNet18 ``state_dict``.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"embedder weights {path} do not exist")
+        model = build_resnet18()
+        missing, unexpected = model.load_state_dict(load_state_dict(path), strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path} is not a ResNet18 state_dict (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        meta: dict = {}
+        if sidecar_path(path).is_file():
+            meta = json.loads(sidecar_path(path).read_text())
+        if path.name == IMAGENET_RESNET18_FILE:
+            size = meta.get("input_size_px", IMAGENET_INPUT_SIZE_PX)
+        else:
+            size = meta.get("input_size_px", DEFAULT_INPUT_SIZE_PX)
+        return cls(
+            model,
+            input_size_px=size,
+            mean=meta.get("mean", IMAGENET_MEAN),
+            std=meta.get("std", IMAGENET_STD),
+            batch_size=batch_size,
+            source=f"{source}:{path}",
+        )
+
+    @classmethod
+    def from_settings(cls, settings) -> "Embedder":
+        """Build the embedder that ``settings`` asks for (weights order in the module docstring).
+
+        Raises
+        ------
+        FileNotFoundError
+            If a configured weights file is missing, or no weights are found at all.
+        """
+        choice = resolve_weights(settings.embedder_weights)
+        log.info("embedder weights: %s (%s)", choice.path, choice.source)
+        return cls.from_weights(choice.path, source=choice.source)
+
+    def preprocess(self, crops: Sequence[np.ndarray]) -> torch.Tensor:
+        """Letterbox crops to ``S x S`` and stack them.
+
+        Parameters
+        ----------
+        crops : sequence of ndarray of shape (h_i, w_i, 3), uint8, RGB
+
+        Returns
+        -------
+        Tensor of shape (N, 3, S, S), uint8
+
+        Raises
+        ------
+        InvalidImage
+            If a crop is not an (h, w, 3) uint8 array.
+        """
+        size = self.input_size_px
+        if len(crops) == 0:
+            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+        batch = np.stack([letterbox(check_image(c), size) for c in crops])
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+
+    def forward_uint8(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalise a uint8 batch (B, 3, S, S) and return L2-normalised features (B, 512)."""
+        x = (batch.float() - self._mean) / self._std
+        return torch.nn.functional.normalize(self.model(x), dim=1)
+
+    def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed item crops.
+
+        Parameters
+        ----------
+        crops : sequence of ndarray of shape (h_i, w_i, 3), uint8, RGB
+            Any sizes; each is letterboxed to the model's input square.
+
+        Returns
+        -------
+        embeddings : ndarray of shape (N, 512), float32
+            L2-normalised (unit Euclidean norm per row); deterministic for a given input.
+
+        Raises
+        ------
+        BadRequest
+            If ``crops`` is not a sequence of arrays.
+        InvalidImage
+            If a crop is not an (h, w, 3) uint8 array.
+        """
+        if isinstance(crops, np.ndarray) and crops.ndim == 3:
+            raise BadRequest("crops must be a sequence of (h, w, 3) arrays, got a single array")
+        crops = list(crops)
+        out = np.zeros((len(crops), EMBEDDING_DIM), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(crops), self.batch_size):
+                batch = self.preprocess(crops[start : start + self.batch_size])
+                out[start : start + len(batch)] = self.forward_uint8(batch).numpy()
+        return out
+
+
+def load_embedder(settings) -> Embedder:
+    """Return the embedder ``settings`` asks for (see :meth:`Embedder.from_settings`)."""
+    return Embedder.from_settings(settings)

@@ -1,0 +1,109 @@
+"""Evaluate an embedder: grouping quality (adjusted Rand index) and speed.
+
+Grouping protocol (issue 3): draw a random set of 2 to 4 item types, a few crops of
+each, embed them, group them with :func:`~vectorizer.clustering.cluster_embeddings`
+(k = number of types drawn) and score the grouping against the true types with the
+adjusted Rand index (Hubert & Arabie 1985; ``sklearn.metrics.adjusted_rand_score``:
+1 = perfect, about 0 = chance). The figure is the mean over many such draws.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score
+
+from sorterbot_cloud.errors import BadRequest
+
+from .clustering import cluster_embeddings
+
+
+def grouping_aris(
+    embeddings: np.ndarray,
+    type_ids: np.ndarray,
+    *,
+    n_groupings: int = 100,
+    min_types: int = 2,
+    max_types: int = 4,
+    crops_per_type: int = 8,
+    seed: int = 0,
+    n_init: int = 10,
+) -> np.ndarray:
+    """Adjusted Rand index of K-Means groupings over random draws of types.
+
+    Each draw picks ``m`` types uniformly from ``min_types .. min(max_types, n_types)``,
+    then ``crops_per_type`` crops of each (all of a type's crops when it has fewer),
+    without replacement, clusters them with ``k = m`` and scores against the true types.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (N, D), float
+    type_ids : ndarray of shape (N,), int
+    n_groupings : int
+    min_types, max_types : int
+    crops_per_type : int
+    seed : int
+        Seed of the draws (``numpy.random.default_rng``).
+    n_init : int
+        K-Means restarts.
+
+    Returns
+    -------
+    ndarray of shape (n_groupings,), float64
+        One ARI per draw.
+
+    Raises
+    ------
+    BadRequest
+        If shapes disagree, fewer than ``min_types`` types are present, or
+        ``min_types < 2`` or ``max_types < min_types``.
+    """
+    embeddings = np.asarray(embeddings)
+    type_ids = np.asarray(type_ids).reshape(-1)
+    if embeddings.ndim != 2 or embeddings.shape[0] != type_ids.shape[0]:
+        raise BadRequest(f"embeddings (N, D) and type_ids (N,) must agree, got {embeddings.shape} and {type_ids.shape}")
+    types = np.unique(type_ids)
+    if min_types < 2 or max_types < min_types:
+        raise BadRequest(f"need 2 <= min_types <= max_types, got {min_types}, {max_types}")
+    if len(types) < min_types:
+        raise BadRequest(f"need at least {min_types} types, got {len(types)}")
+    rng = np.random.default_rng(seed)
+    by_type = {t: np.flatnonzero(type_ids == t) for t in types}
+    hi = min(max_types, len(types))
+    out = np.zeros(n_groupings)
+    for g in range(n_groupings):
+        m = int(rng.integers(min_types, hi + 1))
+        chosen = rng.choice(types, m, replace=False)
+        idx = np.concatenate([rng.choice(by_type[t], min(crops_per_type, len(by_type[t])), replace=False) for t in chosen])
+        pred = cluster_embeddings(embeddings[idx], m, random_state=0, n_init=n_init)
+        out[g] = adjusted_rand_score(type_ids[idx], pred)
+    return out
+
+
+def all_crops_ari(embeddings: np.ndarray, type_ids: np.ndarray, n_init: int = 10) -> float:
+    """ARI of one K-Means grouping of all crops, k = number of types."""
+    k = len(np.unique(type_ids))
+    return float(adjusted_rand_score(type_ids, cluster_embeddings(embeddings, k, random_state=0, n_init=n_init)))
+
+
+def time_embedding(embedder, crops: list[np.ndarray], *, batch_size: int = 32, repeats: int = 10, warmup: int = 2) -> dict:
+    """Median wall time per crop of :meth:`Embedder.embed` on batches of ``batch_size`` crops.
+
+    Preprocessing (letterboxing) is included. Uses the torch thread count in effect.
+
+    Returns
+    -------
+    dict
+        ``{"ms_per_crop_median", "ms_per_crop_min", "batch_size", "repeats"}``.
+    """
+    batch = [crops[i % len(crops)] for i in range(batch_size)]
+    for _ in range(warmup):
+        embedder.embed(batch)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        embedder.embed(batch)
+        times.append((time.perf_counter() - t) * 1000 / batch_size)
+    return {"ms_per_crop_median": statistics.median(times), "ms_per_crop_min": min(times), "batch_size": batch_size, "repeats": repeats}

@@ -1,0 +1,351 @@
+"""Train the item embedder from scratch with supervised contrastive learning.
+
+Recipe (no pretrained weights are reachable here):
+
+- Data: item crops per type folder (the simulator's ``export_item_crops``), letterboxed
+  once to ``1.25 x`` the input side and kept in memory.
+- Batches of ``P`` types x ``K`` crops x 2 augmented views.
+- Loss: supervised contrastive loss on the L2-normalised 512-wide penultimate features,
+  positives = same type (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020,
+  eq. 2, the "L_out" form), plus ``instance_weight`` times the same loss with
+  positives = the other view of the same crop (SimCLR's NT-Xent, Chen et al. 2020). The
+  instance term keeps features that tell crops apart beyond the training types, which is
+  what lets types never seen in training separate.
+- Augmentation that keeps a type's identity: random resized crop (scale 0.55..1), 90°
+  rotations and flips (items lie anywhere on the table), brightness, contrast and
+  saturation jitter, small per-channel gain (white balance), blur and noise. No hue
+  jitter: colour is what tells many types apart.
+- SGD with Nesterov momentum, linear warm-up then cosine decay, weight decay 5e-4.
+- Checkpoints (``last.pt``) every ``checkpoint_every`` steps; ``resume=True`` continues
+  from one. The exported file is an fp16 ``state_dict`` plus a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .crops import letterbox
+from .data import CropSet
+from .embedder import EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD, Embedder, build_resnet18, sidecar_path
+from .evaluation import grouping_aris
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`train_embedder`.
+
+    Parameters
+    ----------
+    input_size_px : int
+        Side of the square network input.
+    steps : int
+        Optimiser steps.
+    types_per_batch, crops_per_type : int
+        ``P`` and ``K``; a batch holds ``2 * P * K`` views.
+    lr : float
+        Peak learning rate (SGD).
+    weight_decay : float
+    warmup_steps : int
+    temperature : float
+        Softmax temperature of the contrastive losses (0.1 as in SupCon).
+    instance_weight : float
+        Weight of the instance (SimCLR) term.
+    seed : int
+    threads : int
+        ``torch.set_num_threads``.
+    checkpoint_every, eval_every, log_every : int
+        In steps; ``eval_every`` 0 disables validation.
+    """
+
+    input_size_px: int = 64
+    steps: int = 4000
+    types_per_batch: int = 8
+    crops_per_type: int = 4
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    warmup_steps: int = 200
+    temperature: float = 0.1
+    instance_weight: float = 0.5
+    seed: int = 0
+    threads: int = 1
+    checkpoint_every: int = 200
+    eval_every: int = 250
+    log_every: int = 25
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, eq. 2, "L_out").
+
+    For each anchor ``i`` with at least one positive: minus the mean over its positives
+    ``p`` of ``log(exp(z_i.z_p / T) / sum_{a != i} exp(z_i.z_a / T))``; averaged over
+    anchors. With labels that pair the two views of each crop it is SimCLR's NT-Xent.
+
+    Parameters
+    ----------
+    features : Tensor of shape (B, D), float, L2-normalised rows
+    labels : Tensor of shape (B,), int
+    temperature : float
+
+    Returns
+    -------
+    Tensor, scalar
+        0 when no anchor has a positive.
+    """
+    b = features.shape[0]
+    logits = features @ features.T / temperature
+    eye = torch.eye(b, dtype=torch.bool, device=features.device)
+    logits = logits.masked_fill(eye, -1e9)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~eye
+    n_pos = positives.sum(1)
+    has_pos = n_pos > 0
+    if not bool(has_pos.any()):
+        return features.sum() * 0.0  # no anchor has a positive: nothing to pull together
+    loss = -(log_prob * positives).sum(1)[has_pos] / n_pos[has_pos]
+    return loss.mean()
+
+
+# ---------------------------------------------------------------------- augmentation
+
+
+class Augmenter:
+    """Type-preserving random augmentation of letterboxed crops (see module docstring).
+
+    Parameters
+    ----------
+    out_size_px : int
+        Side of the output square.
+    rng : numpy.random.Generator
+    """
+
+    def __init__(self, out_size_px: int, rng: np.random.Generator):
+        self.out_size_px = out_size_px
+        self.rng = rng
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Augment one (S, S, 3) uint8 RGB image into (out, out, 3) uint8 RGB."""
+        rng, out = self.rng, self.out_size_px
+        s = image.shape[0]
+        area = rng.uniform(0.55, 1.0) * s * s
+        aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
+        w = int(round(min(s, math.sqrt(area * aspect))))
+        h = int(round(min(s, math.sqrt(area / aspect))))
+        x0, y0 = rng.integers(0, s - w + 1), rng.integers(0, s - h + 1)
+        img = cv2.resize(image[y0 : y0 + h, x0 : x0 + w], (out, out), interpolation=cv2.INTER_AREA if w > out else cv2.INTER_LINEAR)
+        img = np.rot90(img, rng.integers(4))
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        x = img.astype(np.float32)
+        x *= rng.uniform(0.75, 1.25)  # brightness
+        mean = x.mean()
+        x = (x - mean) * rng.uniform(0.75, 1.25) + mean  # contrast
+        grey = x.mean(axis=2, keepdims=True)
+        x = (x - grey) * rng.uniform(0.8, 1.2) + grey  # saturation
+        x *= rng.uniform(0.95, 1.05, size=3)  # white balance
+        if rng.random() < 0.3:
+            x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.3, 1.0))
+        if rng.random() < 0.3:
+            x += rng.normal(0, rng.uniform(1, 5), size=x.shape).astype(np.float32)
+        return np.clip(x, 0, 255).astype(np.uint8)
+
+
+class BatchSampler:
+    """Draw ``P`` types x ``K`` crops (with replacement when a type has fewer than ``K``)."""
+
+    def __init__(self, type_ids: np.ndarray, types_per_batch: int, crops_per_type: int, rng: np.random.Generator):
+        self.by_type = [np.flatnonzero(type_ids == t) for t in np.unique(type_ids)]
+        self.p = min(types_per_batch, len(self.by_type))
+        self.k = crops_per_type
+        self.rng = rng
+
+    def __call__(self) -> np.ndarray:
+        chosen = self.rng.choice(len(self.by_type), self.p, replace=False)
+        idx = [self.rng.choice(self.by_type[t], self.k, replace=len(self.by_type[t]) < self.k) for t in chosen]
+        return np.concatenate(idx)
+
+
+# -------------------------------------------------------------------------- training
+
+
+def _lr_factor(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_embedder(
+    train: CropSet,
+    out_dir: str | Path,
+    cfg: TrainConfig,
+    *,
+    val: CropSet | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train ResNet18 from scratch and return the run's history.
+
+    Parameters
+    ----------
+    train : CropSet
+        Training crops with their type; at least two types.
+    out_dir : path
+        Receives ``last.pt`` (checkpoint), ``history.json`` and ``train.log`` lines via logging.
+    cfg : TrainConfig
+    val : CropSet, optional
+        Crops of types never used for training; their grouping ARI is logged every
+        ``cfg.eval_every`` steps (monitoring only: the last step's model is kept).
+    resume : bool
+        Continue from ``out_dir/last.pt`` when it exists.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    dict
+        ``{"config", "losses": [[step, loss, supcon, instance, lr], ...],
+        "val": [[step, mean_ari], ...], "seconds", "model": state_dict}``.
+
+    Raises
+    ------
+    ValueError
+        If ``train`` has fewer than two types.
+    """
+    if len(np.unique(train.type_ids)) < 2:
+        raise ValueError("training needs crops of at least two types")
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    load_size = int(round(cfg.input_size_px * 1.25))
+    images = np.stack([letterbox(c, load_size) for c in train.crops])
+    augment = Augmenter(cfg.input_size_px, rng)
+    sampler = BatchSampler(train.type_ids, cfg.types_per_batch, cfg.crops_per_type, rng)
+
+    model = build_resnet18()
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
+    history: dict = {"config": asdict(cfg), "losses": [], "val": [], "seconds": 0.0}
+    start = 0
+    ckpt_path = out_dir / "last.pt"
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        history = ckpt["history"]
+        start = ckpt["step"]
+        log.info("resumed from %s at step %d", ckpt_path, start)
+
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+
+    def checkpoint(step: int) -> None:
+        _save_atomic(
+            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history, "step": step},
+            ckpt_path,
+        )
+        (out_dir / "history.json").write_text(json.dumps({k: v for k, v in history.items()}, indent=1))
+
+    t0 = time.perf_counter() - history["seconds"]
+    model.train()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train-embedder")
+    for step in bar:
+        idx = sampler()
+        views = np.stack([augment(images[i]) for i in idx] + [augment(images[i]) for i in idx])
+        x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
+        type_labels = torch.from_numpy(np.concatenate([train.type_ids[idx], train.type_ids[idx]]))
+        inst_labels = torch.arange(len(idx)).repeat(2)
+        z = torch.nn.functional.normalize(model(x), dim=1)
+        l_sup = supcon_loss(z, type_labels, cfg.temperature)
+        l_inst = supcon_loss(z, inst_labels, cfg.temperature) if cfg.instance_weight > 0 else torch.zeros(())
+        loss = l_sup + cfg.instance_weight * l_inst
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            row = [done, loss.item(), l_sup.item(), l_inst.item(), float(sched.get_last_lr()[0])]
+            history["losses"].append(row)
+            bar.set_postfix(loss=f"{row[1]:.3f}")
+            log.info("step %d loss %.4f supcon %.4f instance %.4f lr %.4f", *row)
+        if val is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            model.eval()
+            embedder = Embedder(model, input_size_px=cfg.input_size_px)
+            aris = grouping_aris(embedder.embed(val.crops), val.type_ids, n_groupings=50, seed=cfg.seed)
+            model.train()
+            history["val"].append([done, float(np.mean(aris))])
+            log.info("step %d held-out grouping ARI %.4f", done, float(np.mean(aris)))
+        history["seconds"] = time.perf_counter() - t0
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            checkpoint(done)
+    bar.close()
+    model.eval()
+    history["seconds"] = time.perf_counter() - t0
+    history["model"] = model.state_dict()
+    return history
+
+
+def export_weights(state_dict: dict, out_path: str | Path, sidecar: dict) -> Path:
+    """Write an fp16 ResNet18 ``state_dict`` (no ``fc``) and its JSON sidecar.
+
+    Parameters
+    ----------
+    state_dict : dict of str to Tensor
+        A model from :func:`build_resnet18`, or a training checkpoint's ``"model"``.
+    out_path : path
+        ``.pt`` file; the sidecar is written beside it with a ``.json`` suffix.
+    sidecar : dict
+        Recipe, data, seed and metrics; ``format``, ``input_size_px``, ``mean``, ``std``
+        and ``embedding_dim`` are filled in when absent.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    half = {k: (v.half() if v.is_floating_point() else v).clone() for k, v in state_dict.items() if not k.startswith("fc.")}
+    torch.save(half, out_path)
+    meta = {
+        "format": "torchvision resnet18 state_dict without fc, float16 (load into resnet18 with fc = Identity)",
+        "input_size_px": 64,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "embedding_dim": EMBEDDING_DIM,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    meta.update(sidecar)
+    sidecar_path(out_path).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_path
