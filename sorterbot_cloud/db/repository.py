@@ -106,6 +106,14 @@ class Repository:
         except psycopg.OperationalError as exc:
             raise ServiceUnavailable("database connection failed") from exc
 
+    def ping(self, timeout_s: float = 2.0) -> bool:
+        """Return True when a pooled connection answers ``SELECT 1`` within ``timeout_s`` (for ``/readyz``)."""
+        try:
+            with self.pool.connection(timeout=timeout_s) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except (psycopg.Error, PoolTimeout):
+            return False
+
     # ------------------------------------------------------------------ frames
 
     def save_frame(
@@ -263,7 +271,7 @@ class Repository:
         if not rows:
             raise UnknownSession(f"no frame stored for arm_id={arm_id!r}, session_id={session_id!r}")
         keys = ("frame_id", "image_name", "pw0", "width_px", "height_px", "image_uri", "n_detections", "updated_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     # ---------------------------------------------------------------- sessions
 
@@ -331,7 +339,7 @@ class Repository:
                 {"arm_id": arm_id, "limit": int(limit)},
             ).fetchall()
         keys = ("arm_id", "session_id", "n_frames", "n_detections", "created_at", "updated_at")
-        return [dict(zip(keys, row)) for row in rows]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def delete_session(self, arm_id: str, session_id: str) -> bool:
         """Delete a session with its frames, detections and commands (foreign keys cascade).
@@ -348,9 +356,7 @@ class Repository:
         """
         _check_ids(arm_id=arm_id, session_id=session_id)
         with self._connection() as conn:
-            cur = conn.execute(
-                "DELETE FROM sessions WHERE arm_id = %s AND session_id = %s", (arm_id, session_id)
-            )
+            cur = conn.execute("DELETE FROM sessions WHERE arm_id = %s AND session_id = %s", (arm_id, session_id))
             return cur.rowcount > 0
 
     # ---------------------------------------------------------------- commands

@@ -4,7 +4,8 @@ Fixtures (use them by name in any test under ``tests/integration/``):
 
 - ``pg_server`` (session): the embedded PostgreSQL 18 + pgvector server
   (:class:`sorterbot_cloud.db.EmbeddedPostgres`), started once per test session in a
-  temporary data directory and stopped at the end of the session.
+  temporary ``<data_dir>/pgdata`` (``/tmp/sorterbot-test-pg-*``), stopped and removed at
+  the end of the session.
 - ``migrated_template`` (session): name of a database built by the production migrations
   (``sorterbot_cloud/db/migrations``); each test's database is a copy of it.
 - ``pg_conn`` (function): libpq URI of a fresh, migrated database of its own, dropped
@@ -30,6 +31,8 @@ databases to run these tests against that server instead of the embedded one.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -77,15 +80,27 @@ class _ExternalServer:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     """The PostgreSQL server of this test session (embedded unless SORTERBOT_TEST_PG_CONN is set)."""
     external = os.environ.get("SORTERBOT_TEST_PG_CONN")
     if external:
         yield _ExternalServer(external)
         return
-    server = start_embedded(tmp_path_factory.mktemp("pg") / "pgdata", cleanup_mode="stop")
+    # Not under pytest's basetemp: every pytest run (ours or a neighbour's) chmods
+    # /tmp/pytest-of-<user> to 0700, which would lock the server's own user ('pgserver'
+    # when run as root) out of its data directory. The layout is <data_dir>/pgdata, as in
+    # Settings.pg_data_dir, so a test can point Settings(pg_conn=None, data_dir=...) here.
+    data_dir = Path(tempfile.mkdtemp(prefix="sorterbot-test-pg-"))
+    server = start_embedded(data_dir / "pgdata", cleanup_mode="stop")
+    # A throw-away server: skip the disk flushes that make CREATE/DROP DATABASE (each
+    # forces a checkpoint) slow. Never do this to a server whose data matters.
+    with psycopg.connect(server.conninfo("postgres"), autocommit=True) as conn:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = off").format(sql.Identifier(setting)))
+        conn.execute("SELECT pg_reload_conf()")
     yield server
     server.release()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _unique_name(prefix: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from sorterbot_cloud.db import EMBEDDING_DIM, Database, Repository
+from sorterbot_cloud.db import EMBEDDING_DIM, Database
 from sorterbot_cloud.errors import BadRequest, ServiceUnavailable, UnknownSession
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, Detections, Frame
 
@@ -309,4 +309,3 @@ def test_repository_survives_a_failed_transaction(repository, database):
         conn.execute("ALTER TABLE detections DROP CONSTRAINT no_big_scores")
     repository.save_frame(frame(), detections, embeddings, None)
     assert len(repository.load_session("ARM001", "sess_1")) == 2
-
