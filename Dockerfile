@@ -1,0 +1,67 @@
+# syntax=docker/dockerfile:1
+# SorterBot Cloud, CPU image.
+#
+#   docker build -t sorterbot-cloud .
+#   docker run --rm -p 5000:5000 -e PG_CONN=postgresql://... sorterbot-cloud
+#   docker compose up --build          # with a Postgres+pgvector container
+#
+# Stage 1 builds a virtual environment (PyTorch CPU wheels from PyTorch's own index,
+# the rest from requirements.txt without the CUDA wheels) and downloads the ImageNet
+# ResNet18 weights into the torch cache, so nothing is downloaded at run time.
+# Stage 2 copies the environment, the cache and the code; the code directory is owned
+# by root and read-only; the service runs as an unprivileged user and writes only
+# under DATA_DIR.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS deps
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TORCH_HOME=/opt/torch-cache
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
+COPY requirements.txt /tmp/requirements.txt
+# torch/torchvision are installed above (CPU build); the CUDA wheels of the pinned set are not needed.
+RUN grep -Ev '^(torch|torchvision|triton|nvidia-|cuda-)' /tmp/requirements.txt > /tmp/requirements-cpu.txt \
+ && pip install -r /tmp/requirements-cpu.txt
+# ImageNet ResNet18 weights (torchvision ResNet18_Weights.IMAGENET1K_V1) into the torch cache, at build time.
+RUN python -c "from torchvision.models import resnet18, ResNet18_Weights; resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)" \
+ && ls -l /opt/torch-cache/hub/checkpoints/
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    TORCH_HOME=/opt/torch-cache \
+    MODE=local \
+    DATA_DIR=/var/lib/sorterbot \
+    OMP_NUM_THREADS=2 \
+    PORT=5000 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/cache
+RUN groupadd --system --gid 10001 sorterbot \
+ && useradd --system --uid 10001 --gid sorterbot --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin sorterbot \
+ && mkdir -p /var/lib/sorterbot && chown sorterbot:sorterbot /var/lib/sorterbot
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=deps /opt/torch-cache /opt/torch-cache
+WORKDIR /app
+COPY pyproject.toml README.md config.yaml ./
+COPY sorterbot_cloud/ sorterbot_cloud/
+COPY locator/ locator/
+COPY vectorizer/ vectorizer/
+COPY weights/ weights/
+# Editable install: settings resolve config.yaml and weights/ relative to /app.
+RUN pip install --no-cache-dir --no-deps -e . \
+ && python -m compileall -q sorterbot_cloud locator vectorizer \
+ && chown -R root:root /app /opt/venv /opt/torch-cache \
+ && chmod -R a-w,a+rX /app /opt/torch-cache
+USER sorterbot:sorterbot
+VOLUME ["/var/lib/sorterbot"]
+EXPOSE 5000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '5000'), timeout=4)"]
+# One worker process (models load once, after the fork) with threads; scale out with more containers.
+# /dev/shm for gunicorn's heartbeat files: nothing else in the image needs to be writable.
+CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "1", "--threads", "4", "--timeout", "120", \
+     "--graceful-timeout", "30", "--worker-tmp-dir", "/dev/shm", "sorterbot_cloud.api:create_app()"]
