@@ -336,7 +336,9 @@ class Service:
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
-            objects = list(dedup.merge(located, distance_factor=self.settings.dedup_distance_factor))
+            objects = list(
+                dedup.merge(located, distance_factor=self.settings.dedup_distance_factor, constants=arm_constants)
+            )
         items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
         containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
         reason = None

@@ -5,8 +5,10 @@
 - ``POST /v1/arms/<arm_id>/sessions/<session_id>/commands``: arm constants in, the rich
   result out (objects with polar coordinates, detections behind each, group labels,
   commands, the wire list and timings).
+- ``GET /v1/arms/<arm_id>/sessions/<session_id>/commands``: the latest stored result.
 - ``POST /v1/arms/<arm_id>/sessions/<session_id>/overview.png``: arm constants in, the
-  session overview PNG out (frames with boxes coloured by group, legend of containers).
+  session overview PNG out (frames with boxes coloured by group, legend of containers);
+  ``GET`` draws the latest stored result.
 - ``POST /predict`` (and ``/v1/predict``): detections of one image, raw body or multipart
   field ``file``; nothing is stored.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from sorterbot_cloud.api.state import IMAGE_MEDIA_TYPES, frame_bytes, read_image_body, read_json_body, state
-from sorterbot_cloud.errors import BadRequest, UnsupportedMediaType
+from sorterbot_cloud.errors import BadRequest, UnknownSession, UnsupportedMediaType
 from sorterbot_cloud.service import validate_id, validate_image_name
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -42,15 +44,43 @@ def post_commands(arm_id: str, session_id: str):
     return jsonify(state().service.commands_for_session(arm_id, session_id, body))
 
 
+@bp.get(SESSION + "/commands")
+def get_commands(arm_id: str, session_id: str):
+    """The latest computed result of the session (as the last trigger answered it)."""
+    return jsonify(_latest_result(arm_id, session_id))
+
+
 @bp.post(SESSION + "/overview.png")
 def post_overview(arm_id: str, session_id: str):
     """Compute the session's commands and answer its overview PNG."""
+    body = read_json_body()
+    result = state().service.commands_for_session(arm_id, session_id, body)
+    return _overview_response(result)
+
+
+@bp.get(SESSION + "/overview.png")
+def get_overview(arm_id: str, session_id: str):
+    """The overview PNG of the session's latest computed result."""
+    return _overview_response(_latest_result(arm_id, session_id))
+
+
+def _latest_result(arm_id: str, session_id: str) -> dict:
+    arm_id = validate_id("arm_id", arm_id)
+    session_id = validate_id("session_id", session_id)
+    record = state().service.repository.latest_commands(arm_id, session_id)
+    if record is None:
+        raise UnknownSession(
+            f"no commands were computed for arm_id={arm_id!r}, session_id={session_id!r}: "
+            "POST the arm constants to this session's /commands first"
+        )
+    return record["result"]
+
+
+def _overview_response(result: dict) -> Response:
     from sorterbot_cloud.overview import session_overview_png
 
-    body = read_json_body()
     service = state().service
-    result = service.commands_for_session(arm_id, session_id, body)
-    png = session_overview_png(result, service.archive)
+    png = session_overview_png(result, service.repository, service.archive)
     return Response(png, mimetype="image/png")
 
 

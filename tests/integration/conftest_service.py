@@ -145,7 +145,8 @@ def legacy_constants(arm_id: str | None = "ARM001", **extra) -> dict:
     return mapping
 
 
-#: A two-frame session: 4 items of 2 colours and 2 containers, none seen twice.
+#: A two-frame session: 4 items of 2 colours and 2 containers, none seen twice
+#: (the frames are 200 µs apart, far more than any box's extent in the legacy geometry).
 SESSION_FRAMES: dict[str, list[Rect]] = {
     "1200.jpg": [
         Rect("red", (40, 40, 70, 70)),
@@ -153,8 +154,17 @@ SESSION_FRAMES: dict[str, list[Rect]] = {
         Rect("green", (230, 150, 300, 220)),
     ],
     "1400.jpg": [
-        Rect("red", (60, 140, 90, 170)),
+        Rect("red", (130, 150, 160, 180)),
         Rect("blue", (200, 30, 230, 60)),
         Rect("green", (20, 150, 90, 220)),
     ],
 }
+
+
+def colour_of_box(image_name: str, box_xyxy) -> str:
+    """The palette colour of the :data:`SESSION_FRAMES` rectangle a detected box came from."""
+    x0, y0 = int(round(box_xyxy[0])), int(round(box_xyxy[1]))
+    for rect in SESSION_FRAMES[image_name]:
+        if rect.box_xyxy[:2] == (x0, y0):
+            return rect.colour
+    raise KeyError(f"no rectangle at {(x0, y0)} on {image_name}")

@@ -169,7 +169,7 @@ def test_trigger_without_arm_id_is_ambiguous_when_two_arms_share_the_session(cli
         ("GET", "/nowhere", 404, "no route /nowhere"),
         ("GET", "/process_image", 405, "allowed: OPTIONS, POST"),
         ("DELETE", "/get_commands_of_session", 405, "not allowed"),
-        ("GET", "/v1/arms/A/sessions/S/commands", 405, "not allowed"),
+        ("DELETE", "/v1/arms/A/sessions/S/commands", 405, "allowed: GET, HEAD, OPTIONS, POST"),
     ],
     ids=["404", "405-process-image", "405-trigger", "405-v1"],
 )

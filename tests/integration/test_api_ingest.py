@@ -1,0 +1,168 @@
+"""Ingest over HTTP through the real app on a real PostgreSQL (fake models).
+
+Covers: stored frame, detections and embeddings; the archive; idempotent re-posts;
+bad input answering 4xx problems and leaving stored data unchanged; four arms posting
+at once over real HTTP losing and duplicating nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from sorterbot_cloud.api import create_app
+from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
+from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
+
+FRAME = [Rect("red", (10, 10, 40, 40)), Rect("blue", (60, 20, 90, 50)), Rect("green", (150, 100, 250, 200))]
+OTHER_FRAME = [Rect("yellow", (200, 20, 230, 50))]
+
+
+@pytest.fixture
+def app(make_settings, repository, archive):
+    return create_app(
+        make_settings(max_body_bytes=300_000),
+        detector=FakeDetector(),
+        embedder=FakeEmbedder(),
+        repository=repository,
+        archive=archive,
+    )
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def ingest(client, data, arm="ARM001", session="s1", image="1200.jpg", **headers):
+    return client.post(
+        f"/process_image?arm_id={arm}&session_id={session}&image_name={image}",
+        data=data,
+        headers={"Content-Type": "image/png", **headers},
+    )
+
+
+def snapshot(repository, arm="ARM001", session="s1"):
+    """What is stored for a session: (image, class, box, score, embedding bytes) per detection."""
+    return [
+        (d.image_name, d.class_id, tuple(np.round(d.box_xyxy, 2)), round(d.score, 4),
+         None if d.embedding is None else d.embedding.tobytes())
+        for d in repository.load_session(arm, session)
+    ]
+
+
+def test_ingest_stores_frame_detections_embeddings_and_archive(client, repository, archive):
+    data = frame_bytes(FRAME)
+    response = ingest(client, data)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert (body["n_items"], body["n_containers"]) == (2, 1)
+    stored = repository.load_session("ARM001", "s1")
+    assert sorted(d.class_id for d in stored) == [ITEM_CLASS_ID, ITEM_CLASS_ID, CONTAINER_CLASS_ID]
+    for d in stored:
+        assert (d.width_px, d.height_px, d.frame_pw0) == (320, 240, 1200.0)
+        if d.class_id == ITEM_CLASS_ID:
+            assert d.embedding.shape == (512,)
+            assert np.linalg.norm(d.embedding) == pytest.approx(1.0, abs=1e-5)
+        else:
+            assert d.embedding is None
+    assert archive.get(body["image_uri"]) == data
+    frames = repository.session_frames("ARM001", "s1")
+    assert [f["image_name"] for f in frames] == ["1200.jpg"]
+    assert frames[0]["image_uri"] == body["image_uri"]
+
+
+def test_reposting_a_frame_replaces_it_and_never_duplicates(client, repository):
+    first = ingest(client, frame_bytes(FRAME)).get_json()
+    again = ingest(client, frame_bytes(FRAME)).get_json()
+    assert again["frame_id"] == first["frame_id"]
+    assert len(repository.load_session("ARM001", "s1")) == 3
+    replaced = ingest(client, frame_bytes(OTHER_FRAME)).get_json()
+    assert replaced["frame_id"] == first["frame_id"]
+    stored = repository.load_session("ARM001", "s1")
+    assert [(d.class_id, tuple(d.box_xyxy)) for d in stored] == [(ITEM_CLASS_ID, (200.0, 20.0, 231.0, 51.0))]
+
+
+def test_v1_put_frame_is_the_same_ingest(client, repository):
+    response = client.put("/v1/arms/ARM001/sessions/s1/frames/1250.jpg", data=frame_bytes(FRAME), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200
+    assert response.get_json()["image_name"] == "1250.jpg"
+    assert {d.image_name for d in repository.load_session("ARM001", "s1")} == {"1250.jpg"}
+
+
+BAD_REQUESTS = {
+    "empty-body": dict(data=b""),
+    "truncated": dict(data=frame_bytes(OTHER_FRAME)[:300]),
+    "not-image": dict(data=b"%PDF-1.4 not a frame"),
+    "wrong-type": dict(data=frame_bytes(OTHER_FRAME), content_type="text/plain"),
+    "too-large": dict(data=b"\x89PNG\r\n\x1a\n" + b"\x00" * 400_000),
+    "bad-image-name": dict(data=frame_bytes(OTHER_FRAME), image="../1200.jpg"),
+    "bad-session-id": dict(data=frame_bytes(OTHER_FRAME), session="s 1"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
+def test_rejected_ingest_leaves_stored_data_unchanged(client, repository, archive, case):
+    original = frame_bytes(FRAME)
+    body = ingest(client, original).get_json()
+    before = snapshot(repository)
+    params = dict(BAD_REQUESTS[case])
+    data = params.pop("data")
+    content_type = params.pop("content_type", "image/png")
+    response = client.post(
+        "/process_image",
+        query_string={"arm_id": "ARM001", "session_id": params.get("session", "s1"), "image_name": params.get("image", "1200.jpg")},
+        data=data,
+        headers={"Content-Type": content_type},
+    )
+    assert 400 <= response.status_code < 500
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json()["detail"]
+    assert snapshot(repository) == before
+    assert archive.get(body["image_uri"]) == original
+
+
+def test_four_arms_posting_at_once_lose_and_duplicate_nothing(app, repository):
+    """4 arms x 6 frames (each posted twice) over real HTTP on a threaded server."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/process_image"
+    arms = [f"ARM00{i}" for i in range(1, 5)]
+    pulse_widths = [1000 + 50 * k for k in range(6)]
+    # frame k of arm i holds i+1 items and one container, so counts identify frames
+    frames = {
+        (arm, pw): frame_bytes([Rect("red", (10 + 40 * j, 10, 35 + 40 * j, 35)) for j in range(i + 1)] + [Rect("green", (150, 120, 260, 220))])
+        for i, arm in enumerate(arms)
+        for pw in pulse_widths
+    }
+    jobs = [(arm, pw) for _ in range(2) for pw in pulse_widths for arm in arms]
+
+    def post(job):
+        arm, pw = job
+        with requests.Session() as http:
+            response = http.post(url, params={"arm_id": arm, "session_id": "shared", "image_name": f"{pw}.jpg"},
+                                 data=frames[job], headers={"Content-Type": "image/png"}, timeout=60)
+        return response.status_code
+
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            statuses = list(pool.map(post, jobs))
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert statuses == [200] * len(jobs)
+    for i, arm in enumerate(arms):
+        stored = repository.load_session(arm, "shared")
+        per_frame = {}
+        for d in stored:
+            per_frame.setdefault(d.image_name, []).append(d.class_id)
+        assert sorted(per_frame) == sorted(f"{pw}.jpg" for pw in pulse_widths)
+        for classes in per_frame.values():
+            assert sorted(classes) == [ITEM_CLASS_ID] * (i + 1) + [CONTAINER_CLASS_ID]
+    assert repository.arm_ids_of_session("shared") == arms

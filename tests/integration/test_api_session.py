@@ -1,0 +1,162 @@
+"""Ingest then trigger over HTTP, end to end on a real PostgreSQL (fake models).
+
+The geometry, dedup, clustering and planning stages are real; the detector and embedder
+are the colour fakes of ``conftest_service`` (the models are not under test here).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud.api import create_app
+from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.imaging import decode_image
+from tests.integration.conftest_service import (
+    SESSION_FRAMES,
+    FakeDetector,
+    FakeEmbedder,
+    Rect,
+    colour_of_box,
+    frame_bytes,
+    legacy_constants,
+)
+
+
+@pytest.fixture
+def app(settings, repository, archive):
+    return create_app(settings, detector=FakeDetector(), embedder=FakeEmbedder(), repository=repository, archive=archive)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def post_session(client, arm="ARM001", session="s1", frames=SESSION_FRAMES):
+    for name, rects in frames.items():
+        response = client.post(f"/process_image?arm_id={arm}&session_id={session}&image_name={name}", data=frame_bytes(rects))
+        assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def colours_per_container(result) -> dict[int, set[str]]:
+    """container object_id -> colours of the items commanded into it."""
+    objects = {o["object_id"]: o for o in result["objects"]}
+    out: dict[int, set[str]] = {}
+    for command in result["commands"]:
+        det = objects[command["pick"]["object_id"]]["detections"][0]
+        out.setdefault(command["place"]["object_id"], set()).add(colour_of_box(det["image_name"], det["box_xyxy"]))
+    return out
+
+
+def is_wire_list(value) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(c, list) and len(c) == 2
+        and all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) for p in c)
+        for c in value
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "constants"),
+    [
+        ("session_id=s1&arm_id=ARM001", legacy_constants()),
+        ("session_id=s1", legacy_constants()),  # the original client: arm_id in the body
+        ("session_id=s1", legacy_constants(arm_id=None)),  # the session's only arm
+        ("session_id=s1", legacy_constants() | {"cloud_ip": "10.0.0.2", "cloud_port": 5000}),  # arm_config.yaml extras
+    ],
+    ids=["arm-in-query", "arm-in-body", "arm-from-db", "extra-config-keys"],
+)
+def test_compat_trigger_sorts_every_item_by_colour(client, repository, query, constants):
+    post_session(client)
+    response = client.post(f"/get_commands_of_session?{query}", json=constants)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    wire = response.get_json()
+    assert is_wire_list(wire)
+    assert len(wire) == 4  # 4 items, each commanded once
+    stored = repository.latest_commands("ARM001", "s1")
+    assert stored["result"]["wire"] == wire
+    per_container = colours_per_container(stored["result"])
+    assert sorted(map(sorted, per_container.values())) == [["blue"], ["red"]]
+
+
+def test_rich_route_matches_the_wire_route_and_is_deterministic(client):
+    post_session(client)
+    wire = client.post("/get_commands_of_session?session_id=s1", json=legacy_constants()).get_json()
+    rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
+    again = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
+    assert rich["wire"] == wire == again["wire"]
+    assert rich["commands"] == again["commands"] and rich["objects"] == again["objects"]
+    assert rich["mode"] == "legacy" and rich["reason"] is None
+    assert [[[c["pick"]["pw0"], c["pick"]["pw1"]], [c["place"]["pw0"], c["place"]["pw1"]]] for c in rich["commands"]] == wire
+    items = [o for o in rich["objects"] if o["class"] == "item"]
+    containers = [o for o in rich["objects"] if o["class"] == "container"]
+    assert len(items) == 4 and len(containers) == 2
+    assert all(o["cluster_id"] is not None for o in items) and all(o["cluster_id"] is None for o in containers)
+    assert sorted(c["pick"]["object_id"] for c in rich["commands"]) == sorted(o["object_id"] for o in items)
+    assert set(rich["timings_ms"]) >= {"load", "geometry", "dedup", "cluster", "plan", "store", "total"}
+    assert client.get("/v1/arms/ARM001/sessions/s1/commands").get_json()["wire"] == wire
+
+
+def test_calibrated_constants_give_calibrated_mode(client):
+    post_session(client)
+    constants = ArmConstants.reference(calibrated=True).to_mapping()
+    rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=constants).get_json()
+    assert rich["mode"] == "calibrated"
+    assert len(rich["commands"]) == 4
+    assert sorted(map(sorted, colours_per_container(rich).values())) == [["blue"], ["red"]]
+
+
+@pytest.mark.parametrize(
+    ("frames", "reason"),
+    [
+        ({"1200.jpg": [Rect("red", (10, 10, 40, 40)), Rect("blue", (60, 10, 90, 40))]}, "no container"),
+        ({"1200.jpg": [Rect("green", (100, 100, 200, 200))]}, "no item"),
+        ({"1200.jpg": []}, "no container"),
+    ],
+    ids=["no-container", "no-item", "nothing"],
+)
+def test_session_with_nothing_to_sort_answers_empty_with_reason(client, frames, reason, caplog):
+    post_session(client, frames=frames)
+    with caplog.at_level("WARNING"):
+        wire = client.post("/get_commands_of_session?session_id=s1", json=legacy_constants())
+    assert wire.status_code == 200 and wire.get_json() == []
+    assert any(reason in r.getMessage() for r in caplog.records)
+    rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
+    assert rich["commands"] == [] and reason in rich["reason"]
+
+
+@pytest.mark.parametrize(
+    ("query", "body", "status"),
+    [
+        ("session_id=unknown", legacy_constants(), 404),
+        ("session_id=s1&arm_id=OTHER", legacy_constants(), 404),
+        ("session_id=s1", {"arm_radius": 1}, 422),
+        ("session_id=s1", legacy_constants(dist_max_as_pw=1200.0), 422),
+        ("session_id=s1", legacy_constants() | {"camera": {"fx": 1}}, 422),
+        ("session_id=s1", "not an object", 422),
+    ],
+    ids=["unknown-session", "unknown-arm", "missing-keys", "empty-reach-range", "bad-camera", "string-body"],
+)
+def test_rejected_trigger_stores_nothing(client, repository, query, body, status):
+    post_session(client)
+    before = [(d.detection_id, d.class_id) for d in repository.load_session("ARM001", "s1")]
+    response = client.post(f"/get_commands_of_session?{query}", json=body)
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    assert repository.latest_commands("ARM001", "s1") is None
+    assert [(d.detection_id, d.class_id) for d in repository.load_session("ARM001", "s1")] == before
+
+
+def test_overview_png_of_latest_result(client):
+    post_session(client)
+    missing = client.get("/v1/arms/ARM001/sessions/s1/overview.png")
+    assert missing.status_code == 404 and "POST the arm constants" in missing.get_json()["detail"]
+    client.post("/get_commands_of_session?session_id=s1", json=legacy_constants())
+    response = client.get("/v1/arms/ARM001/sessions/s1/overview.png")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    sheet = decode_image(response.data)
+    assert sheet.shape[1] > 2 * 320 / 2 and sheet.shape[0] > 240 / 2
+    posted = client.post("/v1/arms/ARM001/sessions/s1/overview.png", json=legacy_constants())
+    assert posted.status_code == 200
+    np.testing.assert_array_equal(decode_image(posted.data), sheet)
