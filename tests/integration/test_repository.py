@@ -309,3 +309,19 @@ def test_repository_survives_a_failed_transaction(repository, database):
         conn.execute("ALTER TABLE detections DROP CONSTRAINT no_big_scores")
     repository.save_frame(frame(), detections, embeddings, None)
     assert len(repository.load_session("ARM001", "sess_1")) == 2
+
+
+def test_store_benchmark_runs_and_cleans_up(pg_conn, repository):
+    from sorterbot_cloud.db.bench import run
+
+    result = run(pg_conn, n_frames=2, n_detections=3, repeats=2)
+
+    assert set(result["medians_ms"]) == {
+        "save_frame_new",
+        "save_frame_repost",
+        "load_session",
+        "load_session_text",
+        "select_1",
+    }
+    assert all(v > 0 for v in result["medians_ms"].values())
+    assert repository.list_sessions() == []
