@@ -129,9 +129,10 @@ def merge(
     distance_factor : float
         Link threshold as a share of the larger estimated object size (``Settings.dedup_distance_factor``).
     constants : ArmConstants, optional
-        Used to turn the merged position into pulse widths (``pw0_of_theta``, and
-        ``pw1_of_r`` in calibrated mode). Without it, pulse widths are the
-        weighted means of the detections' pulse widths.
+        In calibrated mode, turns the merged position into pulse widths
+        (``pw0_of_theta``, ``pw1_of_r``). Otherwise (legacy, or not given) pulse widths
+        are the weighted means of the detections' pulse widths (legacy: the original
+        formulas' values; calibrated: within a fraction of a µs of the exact mapping).
     min_single_frame_score : float
         A group seen on one frame only is kept when its score is at least this.
 
@@ -169,13 +170,10 @@ def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None) -
     y_mm = float(np.dot(weights, [d.y_mm for d in dets]))
     r_mm = math.hypot(x_mm, y_mm)
     theta_deg = math.degrees(math.atan2(y_mm, x_mm))
-    if constants is not None:
+    if constants is not None and constants.calibrated:
         pw0 = constants.pw0_of_theta(theta_deg)
-        if constants.calibrated:
-            pw1 = constants.pw1_of_r(r_mm)
-        else:
-            pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
-    else:
+        pw1 = constants.pw1_of_r(r_mm)
+    else:  # legacy: keep the original formulas' pulse widths
         pw0 = float(np.dot(weights, [d.pw0 for d in dets]))
         pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
     # size: prefer boxes not cut by the border (a cut box under-estimates the size)

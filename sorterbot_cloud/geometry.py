@@ -8,12 +8,15 @@ Two conversions (DESIGN.md, Arm constants and geometry):
   ``pw0 = p0 + s * rotation_range_as_pw * gamma_deg / rotation_range_as_deg`` with
   ``s = -1`` when ``x > W/2`` else ``+1``, and
   ``pw1 = dist_min_as_pw + (dist_max_as_pw - dist_min_as_pw) * (d - (R - H/2)) / H``.
-  For deduplication and planning each legacy detection also gets a planar position in
-  *legacy pixel units* (not millimetres): the absolute angle
-  ``theta_deg = ArmConstants.theta_of_pw(pw0)`` and the distance ``r_mm = d`` give
-  ``x_mm = d cos theta``, ``y_mm = d sin theta``; ``size_mm`` is the larger side of the
-  box in pixels. Both are consistent within one session, which is all dedup and the
-  planner need; the ``_mm`` suffix keeps one schema for both modes.
+  ``pw0``/``pw1`` are exactly these values. For deduplication and planning each legacy
+  detection also gets a planar position in *legacy pixel units* (not millimetres): the
+  absolute angle ``theta_deg = theta_frame + k * gamma_deg`` (``theta_frame`` the
+  frame's angle ``ArmConstants.theta_of_pw(p0)``, ``k`` a per-session scale that keeps
+  objects still from frame to frame, see :func:`_legacy_angle_scale`; ``k = 1`` gives
+  ``theta_of_pw(pw0)``) and the distance ``r_mm = d`` give ``x_mm = d cos theta``,
+  ``y_mm = d sin theta``; ``size_mm`` is the larger side of the box in pixels. These are
+  consistent within one session, which is all dedup and the planner need; the ``_mm``
+  suffix keeps one schema for both modes.
 
 - **calibrated** (a :class:`~sorterbot_cloud.camera.CameraModel` is given): the object's
   ground footprint centre on ``z = 0`` is estimated from its box by fitting an upright
@@ -212,24 +215,70 @@ def legacy_pulse_widths(box_xyxy: np.ndarray, width_px: int, height_px: int, fra
     return pw0, pw1, s * gamma_deg, d_px
 
 
+#: Candidate scales of the legacy angle for the planar dedup position (see :func:`_legacy_angle_scale`).
+LEGACY_ANGLE_SCALES = tuple(np.round(np.arange(0.5, 2.001, 0.05), 2))
+
+
+def _legacy_angle_scale(frame_theta_deg, gamma_deg, d_px, size_px, class_ids, pws) -> float:
+    """Scale ``k`` of the legacy angle that keeps objects still from frame to frame.
+
+    The legacy model's angle ``gamma`` of an object off the frame's centre line is only
+    proportional to the true one (its ``arm_radius`` is a rough stand-in for the camera's
+    focal length and mounting), so ``theta_frame + gamma`` drifts as an object crosses the
+    image, by up to several object sizes over a sweep. For deduplication only, the planar
+    position uses ``theta_frame + k * gamma`` with the ``k`` (from
+    :data:`LEGACY_ANGLE_SCALES`) that minimises the median size-normalised distance
+    from each detection to the nearest detection of the same class on the next frame.
+    ``k = 1`` when fewer than two frames hold detections.
+    """
+    frames = np.unique(pws)
+    if len(frames) < 2:
+        return 1.0
+    pairs = [(np.nonzero(pws == a)[0], np.nonzero(pws == b)[0]) for a, b in zip(frames[:-1], frames[1:])]
+    best, best_cost = 1.0, np.inf
+    for k in LEGACY_ANGLE_SCALES:
+        t = np.radians(frame_theta_deg + k * gamma_deg)
+        xy = np.stack([d_px * np.cos(t), d_px * np.sin(t)], axis=1)
+        costs = []
+        for ia, ib in pairs:
+            if len(ia) == 0 or len(ib) == 0:
+                continue
+            dist = np.linalg.norm(xy[ia, None] - xy[None, ib], axis=2)
+            dist = np.where(class_ids[ia, None] == class_ids[None, ib], dist, np.inf)
+            nearest = dist.min(axis=1) / size_px[ia]
+            costs.extend(nearest[np.isfinite(nearest)])
+        if costs:
+            cost = float(np.median(costs))
+            if cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and abs(k - 1) < abs(best - 1)):
+                best, best_cost = float(k), cost
+    return best
+
+
 def _locate_legacy(detections, boxes, sizes, constants: ArmConstants) -> list[LocatedDetection]:
     truncated = _truncation(boxes, sizes).any(axis=1)
+    n = len(detections)
+    pw0s, pw1s, gammas, ds = (np.zeros(n) for _ in range(4))
+    for i, d in enumerate(detections):
+        pw0s[i], pw1s[i], gammas[i], ds[i] = legacy_pulse_widths(boxes[i], int(sizes[i, 0]), int(sizes[i, 1]), float(d.frame_pw0), constants)
+    frame_pws = np.array([float(d.frame_pw0) for d in detections])
+    frame_theta = (frame_pws - constants.zero_pw) * constants.rotation_range_as_deg / constants.rotation_range_as_pw
+    size_px = np.maximum(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), 1.0)
+    class_ids = np.array([int(d.class_id) for d in detections])
+    scale = _legacy_angle_scale(frame_theta, gammas, ds, size_px, class_ids, frame_pws)
     out = []
     for i, d in enumerate(detections):
-        pw0, pw1, _, d_px = legacy_pulse_widths(boxes[i], int(sizes[i, 0]), int(sizes[i, 1]), float(d.frame_pw0), constants)
-        theta_deg = constants.theta_of_pw(pw0)
+        theta_deg = float(frame_theta[i] + scale * gammas[i])
         t = math.radians(theta_deg)
-        size_px = max(boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1], 1.0)
         out.append(
             LocatedDetection(
                 detection=d,
-                x_mm=d_px * math.cos(t),
-                y_mm=d_px * math.sin(t),
-                r_mm=d_px,
+                x_mm=float(ds[i] * math.cos(t)),
+                y_mm=float(ds[i] * math.sin(t)),
+                r_mm=float(ds[i]),
                 theta_deg=theta_deg,
-                pw0=pw0,
-                pw1=pw1,
-                size_mm=float(size_px),
+                pw0=float(pw0s[i]),
+                pw1=float(pw1s[i]),
+                size_mm=float(size_px[i]),
                 weight=float(d.score) * (TRUNCATED_WEIGHT_FACTOR if truncated[i] else 1.0),
                 truncated=bool(truncated[i]),
             )
@@ -247,7 +296,7 @@ def _locate_legacy(detections, boxes, sizes, constants: ArmConstants) -> list[Lo
 #: simulator catalogue (items 15..60 mm across, containers 100..220 mm, 15..80 mm high).
 FIT_PRIORS = {
     0: (30.0, 0.6, 15.0, 25.0, 0.25),
-    1: (160.0, 0.35, 45.0, 15.0, 0.45),
+    1: (160.0, 0.35, 40.0, 15.0, 0.25),
 }
 #: Pixel noise assumed on a box side (pixels, one sigma).
 BOX_SIGMA_PX = 1.0

@@ -1,0 +1,164 @@
+"""Dedup: one object per physical object across frames, never two of one frame."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud import dedup, geometry
+from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, StoredDetection
+from tests.unit.test_geometry import CONTAINER_SHAPES, ITEM_SHAPES, make_shape, observe, stored
+
+
+def fake_located(i, frame_pw, x, y, size=30.0, score=0.9, class_id=ITEM_CLASS_ID, embedding=None, truncated=False):
+    """A LocatedDetection placed by hand (geometry is not under test)."""
+    det = StoredDetection(i, f"{frame_pw}.jpg", float(frame_pw), 1640, 1232, np.zeros(4, np.float32), score, class_id, embedding)
+    r, t = math.hypot(x, y), math.degrees(math.atan2(y, x))
+    weight = score * (geometry.TRUNCATED_WEIGHT_FACTOR if truncated else 1.0)
+    return geometry.LocatedDetection(det, x, y, r, t, 1475 + t * 1400 / 130, 1200 + r, size, weight, truncated)
+
+
+def test_same_object_on_several_frames_becomes_one_object():
+    located = [fake_located(i, 1000 + 50 * i, 300 + i, 10 - i) for i in range(5)]
+    [obj] = dedup.merge(located)
+    assert obj.detection_ids == [0, 1, 2, 3, 4]
+    assert obj.x_mm == pytest.approx(302.0)
+    assert obj.y_mm == pytest.approx(8.0)
+    assert obj.position.r_mm == pytest.approx(math.hypot(302, 8))
+
+
+def test_two_detections_of_one_frame_are_never_merged():
+    located = [fake_located(0, 1200, 300, 0), fake_located(1, 1200, 301, 0), fake_located(2, 1250, 300.5, 0)]
+    objects = dedup.merge(located)
+    assert len(objects) == 2
+    for obj in objects:
+        frames = [located[i].image_name for i in obj.detection_ids]
+        assert len(frames) == len(set(frames))
+
+
+def test_classes_are_never_merged():
+    located = [fake_located(0, 1200, 300, 0), fake_located(1, 1250, 300, 0, class_id=CONTAINER_CLASS_ID)]
+    assert sorted(o.class_id for o in dedup.merge(located)) == [ITEM_CLASS_ID, CONTAINER_CLASS_ID]
+
+
+@pytest.mark.parametrize("distance_mm, expected", [(10.0, 1), (25.0, 2)], ids=["within-threshold", "beyond-threshold"])
+def test_threshold_scales_with_size(distance_mm, expected):
+    located = [fake_located(0, 1200, 300, 0, size=30.0), fake_located(1, 1250, 300 + distance_mm, 0, size=30.0)]
+    assert len(dedup.merge(located, distance_factor=0.6)) == expected
+
+
+def test_weighted_average_favours_whole_boxes():
+    located = [
+        fake_located(0, 1200, 300, 0, score=0.9),
+        fake_located(1, 1250, 310, 0, score=0.9, truncated=True),
+    ]
+    [obj] = dedup.merge(located)
+    w_cut = 0.9 * geometry.TRUNCATED_WEIGHT_FACTOR
+    assert obj.x_mm == pytest.approx((0.9 * 300 + w_cut * 310) / (0.9 + w_cut))
+    assert obj.size_mm == pytest.approx(30.0)
+
+
+def test_embeddings_are_averaged_and_renormalised():
+    e1 = np.array([1.0, 0.0, 0.0], np.float32)
+    e2 = np.array([0.0, 1.0, 0.0], np.float32)
+    located = [fake_located(0, 1200, 300, 0, embedding=e1), fake_located(1, 1250, 301, 0, embedding=e2)]
+    [obj] = dedup.merge(located)
+    np.testing.assert_allclose(obj.embedding, [math.sqrt(0.5), math.sqrt(0.5), 0.0], atol=1e-6)
+    assert obj.embedding.dtype == np.float32
+
+
+@pytest.mark.parametrize("score, kept", [(0.3, 0), (0.95, 1)], ids=["low-score-dropped", "high-score-kept"])
+def test_single_frame_objects_need_a_high_score(score, kept):
+    assert len(dedup.merge([fake_located(0, 1200, 300, 0, score=score)])) == kept
+
+
+def test_object_ids_items_first_then_by_theta():
+    located = [
+        fake_located(0, 1200, 300, 100, class_id=CONTAINER_CLASS_ID, size=150),
+        fake_located(1, 1200, 300, 50),
+        fake_located(2, 1200, 300, -50),
+    ]
+    objects = dedup.merge(located)
+    assert [o.object_id for o in objects] == [0, 1, 2]
+    assert [o.detection_ids for o in objects] == [[2], [1], [0]]
+
+
+def test_result_is_independent_of_input_order():
+    rng = np.random.default_rng(4)
+    located = [fake_located(i, 1000 + 50 * (i % 6), 200 + 80 * (i // 6) + rng.normal(0, 2), rng.normal(0, 2)) for i in range(18)]
+    a = dedup.merge(located)
+    b = dedup.merge(located[::-1])
+    assert [o.detection_ids for o in a] == [o.detection_ids for o in b]
+    assert len(a) == 3
+
+
+def test_bad_distance_factor_raises():
+    with pytest.raises(ValueError, match="distance_factor"):
+        dedup.merge([fake_located(0, 1200, 300, 0)], distance_factor=0)
+
+
+# ------------------------------------------------------- simulated multi-frame sessions
+
+
+def _simulated_session(rng, constants, n_items, n_containers, box_noise_px=3.0, miss_rate=0.1, n_false=2):
+    """Stored detections of a random table seen by the reference arm, and the true count."""
+    placed: list[tuple[float, float, float]] = []
+    dets: list[StoredDetection] = []
+    truth = []
+
+    def place(radius, r_range):
+        for _ in range(500):
+            r = math.sqrt(rng.uniform(r_range[0] ** 2, r_range[1] ** 2))
+            t = math.radians(rng.uniform(-40, 40))
+            x, y = r * math.cos(t), r * math.sin(t)
+            if all(math.hypot(x - px, y - py) > radius + pr + 6 for px, py, pr in placed):
+                placed.append((x, y, radius))
+                return x, y
+        return None
+
+    for k in range(n_items + n_containers):
+        container = k < n_containers
+        kind = (CONTAINER_SHAPES if container else ITEM_SHAPES)[rng.integers(3)]
+        pts = make_shape(kind, rng)
+        pos = place(float(np.hypot(pts[:, 0], pts[:, 1]).max()), (200, 450) if container else (180, 430))
+        if pos is None:
+            continue
+        truth.append(container)
+        for pw, box in observe(pts + [pos[0], pos[1], 0], constants):
+            if rng.random() < miss_rate:
+                continue
+            w, h = box[2] - box[0], box[3] - box[1]
+            # detector noise on the object's extent; a side cut by the border stays on it
+            cut = (box <= 0.5) | (box >= [1638.5, 1230.5, 1638.5, 1230.5])
+            noisy = np.where(cut, box, box + rng.normal(0, box_noise_px, 4))
+            noisy = np.clip(np.sort(noisy.reshape(2, 2), axis=0).reshape(4), 0, [1639, 1231, 1639, 1231])
+            if noisy[2] - noisy[0] < 0.3 * w or noisy[3] - noisy[1] < 0.3 * h:
+                continue
+            dets.append(stored(len(dets), pw, noisy, CONTAINER_CLASS_ID if container else ITEM_CLASS_ID, score=float(rng.uniform(0.75, 1.0))))
+    for _ in range(n_false):  # low-score one-frame false positives
+        pw = float(rng.choice(range(1000, 1951, 50)))
+        x0, y0 = rng.uniform(0, 1500), rng.uniform(0, 1100)
+        dets.append(stored(len(dets), pw, (x0, y0, x0 + 60, y0 + 60), ITEM_CLASS_ID, score=float(rng.uniform(0.5, 0.59))))
+    return dets, sum(not c for c in truth), sum(truth)
+
+
+@pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "legacy"])
+def test_counts_exact_in_simulated_sessions(calibrated):
+    constants = ArmConstants.reference()
+    run_constants = ArmConstants.reference(calibrated=calibrated)
+    rng = np.random.default_rng(20 if calibrated else 21)
+    n_sessions, exact = 20, 0
+    failures = []
+    for s in range(n_sessions):
+        dets, n_items, n_containers = _simulated_session(rng, constants, int(rng.integers(3, 9)), int(rng.integers(1, 5)))
+        objects = dedup.merge(geometry.locate(dets, run_constants), constants=run_constants)
+        found = (sum(o.class_id == ITEM_CLASS_ID for o in objects), sum(o.class_id == CONTAINER_CLASS_ID for o in objects))
+        if found == (n_items, n_containers):
+            exact += 1
+        else:
+            failures.append((s, found, (n_items, n_containers)))
+    print(f"exact {exact}/{n_sessions}", failures)
+    assert exact >= 0.95 * n_sessions, failures
