@@ -13,9 +13,10 @@ the containers, and returns one :class:`~sorterbot_cloud.structures.Command` per
 - **order**: the arm starts at its rest pose (the base axis, ``x = y = 0``), picks an
   item, drops it, goes to the next item, ... The carries are fixed by the assignment;
   only the empty runs (rest -> first item, container -> next item) depend on the order.
-  The order is built greedily (nearest next item from where the arm is) and improved by
-  2-opt segment reversals until no reversal shortens the tour. Everything is
-  deterministic (ties broken by object id).
+  Up to :data:`MAX_EXACT_MOVES` moves the shortest order is found exactly (Held-Karp
+  dynamic programme over subsets); beyond, it is built greedily (nearest next item from
+  where the arm is) and improved by 2-opt segment reversals until no reversal shortens
+  the tour. Everything is deterministic (ties broken by index).
 
 Distances use the objects' planar ``x_mm, y_mm`` (legacy mode: legacy pixel units;
 the same units for every object of a session, which is all a comparison needs).
@@ -33,6 +34,8 @@ from sorterbot_cloud.structures import CLASS_NAMES, ArmObject, Command
 REST_XY_MM = (0.0, 0.0)
 #: Bound on 2-opt sweeps (each sweep is O(n^2) reversals; convergence takes a few).
 MAX_TWO_OPT_SWEEPS = 50
+#: Up to this many moves the order is exact (Held-Karp dynamic programme, O(n^2 2^n)).
+MAX_EXACT_MOVES = 9
 
 
 def choose_n_clusters(n_items: int, n_containers: int) -> int:
@@ -102,7 +105,8 @@ def order_moves(pick_xy: np.ndarray, place_xy: np.ndarray, start_xy=REST_XY_MM) 
     Returns
     -------
     list of int
-        A permutation of ``range(N)``: greedy nearest-neighbour, then 2-opt.
+        A permutation of ``range(N)``: the shortest for ``N <= MAX_EXACT_MOVES``,
+        else greedy nearest-neighbour improved by 2-opt.
     """
     pick_xy = np.asarray(pick_xy, float).reshape(-1, 2)
     place_xy = np.asarray(place_xy, float).reshape(-1, 2)
@@ -113,6 +117,9 @@ def order_moves(pick_xy: np.ndarray, place_xy: np.ndarray, start_xy=REST_XY_MM) 
     # run[i, j]: empty run from the drop of move i to the pick of move j; row n = start
     ends = np.vstack([place_xy, start[None]])
     run = np.linalg.norm(ends[:, None, :] - pick_xy[None, :, :], axis=2)  # (N + 1, N)
+
+    if n <= MAX_EXACT_MOVES:
+        return _held_karp(run)
 
     def tour_cost(order: list[int]) -> float:
         prev = [n] + order[:-1]
@@ -138,6 +145,45 @@ def order_moves(pick_xy: np.ndarray, place_xy: np.ndarray, start_xy=REST_XY_MM) 
         if not improved:
             break
     return order
+
+
+def _held_karp(run: np.ndarray) -> list[int]:
+    """Shortest open path from the start (row ``n``) through all ``n`` nodes.
+
+    Parameters
+    ----------
+    run : ndarray of shape (n + 1, n)
+        ``run[i, j]``: cost of going to node ``j`` after node ``i`` (row ``n``: the start).
+
+    Returns
+    -------
+    list of int
+        The order of the nodes (ties: lowest index first).
+    """
+    n = run.shape[1]
+    full = (1 << n) - 1
+    dp = np.full((1 << n, n), np.inf)
+    parent = np.full((1 << n, n), -1, dtype=np.int64)
+    bits = 1 << np.arange(n)
+    for j in range(n):
+        dp[1 << j, j] = run[n, j]
+    for mask in range(1, full + 1):
+        js = np.nonzero(mask & bits)[0]
+        if len(js) < 2:
+            continue
+        prev = mask ^ bits[js]  # (k,)
+        cand = dp[prev] + run[:n, js].T  # (k, n): via predecessor i
+        best_i = np.argmin(cand, axis=1)
+        dp[mask, js] = cand[np.arange(len(js)), best_i]
+        parent[mask, js] = best_i
+    last = int(np.argmin(dp[full]))
+    order, mask = [], full
+    while last >= 0:
+        order.append(last)
+        nxt = int(parent[mask, last])
+        mask ^= 1 << last
+        last = nxt
+    return order[::-1]
 
 
 def plan(items: list[ArmObject], containers: list[ArmObject], cluster_ids) -> list[Command]:

@@ -1,0 +1,162 @@
+"""Planner: groups to containers by least carry (Hungarian), short move order."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud import planner
+from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, ArmObject, PolarPoint
+
+
+def obj(object_id: int, x: float, y: float, class_id: int = ITEM_CLASS_ID) -> ArmObject:
+    r, t = math.hypot(x, y), math.degrees(math.atan2(y, x))
+    return ArmObject(object_id, class_id, PolarPoint(r, t, 1475 + t * 1400 / 130, 1200 + r), x, y, 30.0, 0.9, [object_id])
+
+
+def carry_cost(items, containers, labels, assignment) -> float:
+    return sum(math.hypot(i.x_mm - containers[assignment[int(g)]].x_mm, i.y_mm - containers[assignment[int(g)]].y_mm) for i, g in zip(items, labels))
+
+
+@pytest.mark.parametrize(
+    "n_items, n_containers, expected", [(5, 3, 3), (2, 4, 2), (0, 3, 0), (4, 0, 0), (3, 3, 3)], ids=["more-items", "fewer-items", "no-items", "no-containers", "equal"]
+)
+def test_choose_n_clusters(n_items, n_containers, expected):
+    assert planner.choose_n_clusters(n_items, n_containers) == expected
+
+
+def test_choose_n_clusters_rejects_negative():
+    with pytest.raises(BadRequest, match="counts"):
+        planner.choose_n_clusters(-1, 2)
+
+
+@pytest.mark.parametrize("n_items, n_containers", [(0, 2), (3, 0), (0, 0)], ids=["no-items", "no-containers", "nothing"])
+def test_empty_inputs_give_no_commands(n_items, n_containers):
+    items = [obj(i, 200 + 10 * i, 0) for i in range(n_items)]
+    containers = [obj(10 + j, 300, 100 * j, CONTAINER_CLASS_ID) for j in range(n_containers)]
+    assert planner.plan(items, containers, np.zeros(n_items, np.int64)) == []
+
+
+def test_hungarian_beats_greedy_assignment():
+    """Greedy (cheapest pair first) sends group 0 to container A and group 1 far away to B;
+    the optimal assignment swaps them."""
+    containers = [obj(10, 300, 0, CONTAINER_CLASS_ID), obj(11, 300, 100, CONTAINER_CLASS_ID)]
+    items = [obj(0, 300, 40), obj(1, 300, 40), obj(2, 300, -200), obj(3, 300, -200)]
+    labels = np.array([0, 0, 1, 1])
+    assignment = planner.assign_groups(items, containers, labels)
+    assert assignment == {0: 1, 1: 0}
+
+
+@pytest.mark.parametrize("seed", range(5), ids=lambda s: f"seed{s}")
+def test_assignment_is_optimal_against_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    n_containers = int(rng.integers(2, 5))
+    containers = [obj(100 + j, *rng.uniform(-300, 300, 2), CONTAINER_CLASS_ID) for j in range(n_containers)]
+    n_groups = int(rng.integers(1, n_containers + 1))
+    labels = np.concatenate([np.arange(n_groups), rng.integers(0, n_groups, 6)])
+    items = [obj(i, *rng.uniform(-300, 300, 2)) for i in range(len(labels))]
+    got = carry_cost(items, containers, labels, planner.assign_groups(items, containers, labels))
+    best = min(
+        carry_cost(items, containers, labels, dict(enumerate(perm))) for perm in itertools.permutations(range(n_containers), n_groups)
+    )
+    assert got == pytest.approx(best)
+
+
+@pytest.mark.parametrize("seed", range(4), ids=lambda s: f"seed{s}")
+def test_every_item_gets_exactly_one_command_and_groups_stay_together(seed):
+    rng = np.random.default_rng(seed)
+    containers = [obj(100 + j, *rng.uniform(-300, 300, 2), CONTAINER_CLASS_ID) for j in range(3)]
+    items = [obj(i, *rng.uniform(-300, 300, 2)) for i in range(8)]
+    labels = rng.integers(0, 3, len(items))
+    commands = planner.plan(items, containers, labels)
+    assert sorted(c.item.object_id for c in commands) == list(range(8))
+    for g in np.unique(labels):
+        assert len({c.container.object_id for c in commands if c.cluster_id == g}) == 1
+    assert len({c.container.object_id for c in commands}) == len(np.unique(labels))
+
+
+def _tour(commands) -> float:
+    here, total = np.zeros(2), 0.0
+    for c in commands:
+        total += math.hypot(c.item.x_mm - here[0], c.item.y_mm - here[1])
+        here = np.array([c.container.x_mm, c.container.y_mm])
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4), ids=lambda s: f"seed{s}")
+def test_move_order_is_shortest_and_not_above_nearest_neighbour(seed):
+    rng = np.random.default_rng(10 + seed)
+    containers = [obj(100 + j, *rng.uniform(-300, 300, 2), CONTAINER_CLASS_ID) for j in range(2)]
+    items = [obj(i, *rng.uniform(-300, 300, 2)) for i in range(6)]
+    labels = rng.integers(0, 2, len(items))
+    commands = planner.plan(items, containers, labels)
+    pick = np.array([[c.item.x_mm, c.item.y_mm] for c in commands])
+    place = np.array([[c.container.x_mm, c.container.y_mm] for c in commands])
+    best = min(_tour([commands[i] for i in perm]) for perm in itertools.permutations(range(len(commands))))
+    assert _tour(commands) == pytest.approx(best)  # exact up to MAX_EXACT_MOVES
+    # 2-opt never ends above its greedy start
+    greedy_order = []
+    here, left = None, list(range(len(commands)))
+    ends = np.vstack([place, [0, 0]])
+    here = len(commands)
+    while left:
+        nxt = min(left, key=lambda j: (np.linalg.norm(ends[here] - pick[j]), j))
+        greedy_order.append(nxt)
+        left.remove(nxt)
+        here = nxt
+    assert _tour(commands) <= _tour([commands[i] for i in greedy_order]) + 1e-9
+
+
+def test_plan_is_deterministic():
+    rng = np.random.default_rng(3)
+    containers = [obj(100 + j, *rng.uniform(-300, 300, 2), CONTAINER_CLASS_ID) for j in range(3)]
+    items = [obj(i, *rng.uniform(-300, 300, 2)) for i in range(7)]
+    labels = rng.integers(0, 3, 7)
+    a = [c.to_wire() for c in planner.plan(items, containers, labels)]
+    b = [c.to_wire() for c in planner.plan(items, containers, labels)]
+    assert a == b
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [(np.array([0, 1]), "one label per item"), (np.array([0.5, 1.0, 0.0]), "integers")],
+    ids=["wrong-length", "float-labels"],
+)
+def test_bad_cluster_ids_raise(labels, match):
+    items = [obj(i, 200, 10 * i) for i in range(3)]
+    containers = [obj(10, 300, 0, CONTAINER_CLASS_ID)]
+    with pytest.raises(BadRequest, match=match):
+        planner.plan(items, containers, labels)
+
+
+def test_wrong_class_raises():
+    with pytest.raises(BadRequest, match="containers must all be of class 'container'"):
+        planner.plan([obj(0, 200, 0)], [obj(1, 300, 0)], np.zeros(1, np.int64))
+
+
+@pytest.mark.parametrize("seed", range(3), ids=lambda s: f"seed{s}")
+def test_long_sessions_use_two_opt_not_above_greedy(seed):
+    rng = np.random.default_rng(30 + seed)
+    n = planner.MAX_EXACT_MOVES + 4
+    pick, place = rng.uniform(-300, 300, (n, 2)), rng.uniform(-300, 300, (n, 2))
+    order = planner.order_moves(pick, place)
+    assert sorted(order) == list(range(n))
+
+    def cost(o):
+        here, total = np.zeros(2), 0.0
+        for i in o:
+            total += np.linalg.norm(pick[i] - here)
+            here = place[i]
+        return total
+
+    ends, here, left, greedy = np.vstack([place, [0, 0]]), n, list(range(n)), []
+    while left:
+        nxt = min(left, key=lambda j: (np.linalg.norm(ends[here] - pick[j]), j))
+        greedy.append(nxt)
+        left.remove(nxt)
+        here = nxt
+    assert cost(order) <= cost(greedy) + 1e-9
