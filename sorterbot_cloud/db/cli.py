@@ -1,0 +1,87 @@
+"""``sorterbot-cloud db ...``: migrate, status, sessions, benchmark.
+
+Every command reads the settings like the service (``PG_CONN`` or the embedded server
+under ``DATA_DIR``), so ``sorterbot-cloud db migrate`` can run as a one-off task before a
+deployment (the service also migrates at start; both are safe at once).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _settings(config_file):
+    from sorterbot_cloud.config import Settings
+
+    return Settings.load(config_file=config_file)
+
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Config file (default: $SORTERBOT_CONFIG or config.yaml).",
+)
+
+
+@click.group()
+def db() -> None:
+    """The store: migrations, sessions, benchmark."""
+
+
+@db.command("migrate")
+@config_option
+def migrate_command(config_file) -> None:
+    """Apply pending migrations and list what was applied."""
+    from sorterbot_cloud.db import Database
+
+    with Database.from_settings(_settings(config_file)) as database:
+        applied = database.applied_migrations
+    click.echo("\n".join(applied) if applied else "schema is current")
+
+
+@db.command("status")
+@config_option
+def status_command(config_file) -> None:
+    """Show the applied migrations and whether the database answers."""
+    from sorterbot_cloud.db import Database
+    from sorterbot_cloud.db.migrate import applied_migrations, load_migrations
+
+    with Database.from_settings(_settings(config_file), run_migrations=False) as database:
+        with database.pool.connection() as conn:
+            done = applied_migrations(conn)
+        ok = database.ping()
+    for migration in load_migrations():
+        mark = "applied" if migration.version in done else "PENDING"
+        click.echo(f"{migration.version:04d}_{migration.name}.sql  {mark}")
+    click.echo(f"ping: {'ok' if ok else 'FAILED'}")
+
+
+@db.command("sessions")
+@config_option
+@click.option("--arm-id", default=None, help="Only this arm's sessions.")
+@click.option("--limit", type=int, default=20, show_default=True)
+def sessions_command(config_file, arm_id, limit) -> None:
+    """List the latest sessions as JSON lines."""
+    from sorterbot_cloud.db import Database, Repository
+
+    with Database.from_settings(_settings(config_file)) as database:
+        for record in Repository(database.pool).list_sessions(arm_id=arm_id, limit=limit):
+            click.echo(json.dumps(record, default=str))
+
+
+@db.command("bench")
+@click.option("--pg-conn", default=None, help="libpq URI; default: a throw-away embedded server.")
+@click.option("--frames", type=int, default=20, show_default=True)
+@click.option("--detections", type=int, default=10, show_default=True)
+@click.option("--repeats", type=int, default=30, show_default=True)
+def bench_command(pg_conn, frames, detections, repeats) -> None:
+    """Median save_frame / load_session times and their ratios to reference queries."""
+    from sorterbot_cloud.db.bench import main
+
+    args = ["--frames", str(frames), "--detections", str(detections), "--repeats", str(repeats)]
+    main(args + (["--pg-conn", pg_conn] if pg_conn else []))
