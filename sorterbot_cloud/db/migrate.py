@@ -146,5 +146,8 @@ def migrate(conninfo: str, directory: str | Path = MIGRATIONS_DIR, *, lock_timeo
                 logger.info("applied migration %s", file_name)
                 applied_now.append(file_name)
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+            except psycopg.OperationalError:  # connection lost: the server released the lock
+                pass
     return applied_now

@@ -136,9 +136,9 @@ class Repository:
         frame : Frame
         detections : Detections
             N boxes (``boxes_xyxy`` (N, 4) float32 pixels, ``scores`` (N,), ``class_ids`` (N,)).
-        embeddings : sequence of length N of (ndarray of shape (512,), float32, or None), or None
-            Item embeddings, aligned with ``detections``; None for containers (or for
-            every detection when ``embeddings`` is None).
+        embeddings : sequence of length N of (ndarray of shape (512,), float32, or None), or ndarray of shape (N, 512), or None
+            Item embeddings (L2-normalised), aligned with ``detections``; None for
+            containers (or for every detection when ``embeddings`` is None).
         image_uri : str or None
             Where the original image is archived.
 

@@ -325,3 +325,16 @@ def test_store_benchmark_runs_and_cleans_up(pg_conn, repository):
     }
     assert all(v > 0 for v in result["medians_ms"].values())
     assert repository.list_sessions() == []
+
+
+def test_embeddings_as_one_float64_array_are_stored_as_float32(repository):
+    rng = np.random.default_rng(10)
+    detections = Detections(np.array([[0, 0, 5, 5], [1, 1, 9, 9]], np.float32), np.array([0.9, 0.8]), np.array([0, 0]))
+    embeddings = rng.standard_normal((2, EMBEDDING_DIM))  # float64
+
+    repository.save_frame(frame(), detections, embeddings, None)
+
+    stored = repository.load_session("ARM001", "sess_1")
+    for s, e in zip(stored, embeddings, strict=True):
+        assert s.embedding.dtype == np.float32
+        np.testing.assert_array_equal(s.embedding, e.astype(np.float32))
