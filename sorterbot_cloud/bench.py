@@ -1,0 +1,363 @@
+"""Benchmarks and the session-level evaluation of the service (issue 4's figures).
+
+- ``sorterbot-cloud bench ingest``: per-stage medians (decode, detect, embed, store) of
+  :meth:`Service.process_frame` over repeated runs on 1640x1232 simulated frames, with a
+  reference run measured in the same process (torchvision's Faster R-CNN
+  ResNet-50-FPN, the architecture of the original Detectron2 model, at its default
+  800 px input, randomly initialised: only its speed matters) so the detector figure is
+  also a ratio that holds across machines; plus the process RSS with the models loaded
+  (psutil).
+- ``sorterbot-cloud bench trigger``: median of :meth:`Service.commands_for_session` on a
+  20-frame session, calibrated and legacy constants.
+- ``sorterbot-cloud bench all``: both, then ``evaluate-sessions``.
+- ``sorterbot-cloud evaluate-sessions --n 20 --seed-start 1000``: simulated sessions with
+  held-out seeds, item types and textures (3 to 8 items of 2 to 4 types, 1 to 4
+  containers), each ingested once and triggered in both geometry modes, scored with
+  :func:`sorterbot_cloud.evaluation.score_session`; prints a table, writes JSON.
+
+Everything runs in process on the real service code, the real models (from their weight
+files; a clear error when they are missing) and a real PostgreSQL (embedded in a
+temporary folder unless ``PG_CONN`` is set). Simulated sessions are cached under
+``--cache`` so reruns skip rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import click
+import numpy as np
+
+#: Frame size of the reference arm's camera (Raspberry Pi camera v2, DESIGN.md).
+FRAME_WIDTH_PX, FRAME_HEIGHT_PX = 1640, 1232
+#: Issue 4's targets, printed next to the measured figures.
+TARGETS = {
+    "ingest_median_ms": 300.0,
+    "trigger_median_ms": 100.0,
+    "rss_mb": 1536.0,
+    "share_counts_exact": 0.95,
+    "position_p95_mm": 15.0,
+    "share_sorted_correctly": 0.95,
+}
+DEFAULT_CACHE = Path("out") / "bench" / "sessions"
+LEGACY_DROP_KEYS = ("camera", "zero_pw", "r_min_mm", "r_max_mm")
+
+
+def _median(values) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+@dataclasses.dataclass
+class BenchContext:
+    """A service on a real database with the real models, for in-process measurements."""
+
+    settings: object
+    service: object
+    database: object
+    model_load_s: float
+
+
+@contextmanager
+def bench_context(data_dir: Path | None = None) -> Iterator[BenchContext]:
+    """Start the database (embedded under a temporary folder unless ``PG_CONN`` is set),
+    load the models once and yield a :class:`BenchContext`.
+
+    Raises
+    ------
+    click.ClickException
+        If a model's weights are missing.
+    """
+    import torch
+
+    from sorterbot_cloud.config import Settings
+    from sorterbot_cloud.db import Database, Repository
+    from sorterbot_cloud.service import Service
+    from sorterbot_cloud.storage import DiskArchive
+
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory(prefix="sorterbot-bench-") as tmp:
+        settings = Settings.load(data_dir=str(data_dir or Path(tmp)))
+        started = time.perf_counter()
+        try:
+            from locator import load_detector
+            from vectorizer import load_embedder
+
+            detector = load_detector(settings)
+            embedder = load_embedder(settings)
+        except FileNotFoundError as exc:
+            raise click.ClickException(
+                f"model weights missing: {exc}. Train or fetch them first (weights/README.md); nothing is downloaded."
+            ) from exc
+        model_load_s = time.perf_counter() - started
+        database = Database.from_settings(settings)
+        try:
+            service = Service(
+                settings, detector=detector, embedder=embedder, repository=Repository(database.pool),
+                archive=DiskArchive.from_settings(settings),
+            )
+            yield BenchContext(settings, service, database, model_load_s)
+        finally:
+            database.close()
+
+
+def simulated_session(cache: Path, seed: int, **kwargs) -> Path:
+    """A simulated session folder for ``seed`` (rendered once, then reused from ``cache``).
+
+    Returns
+    -------
+    Path
+        The session folder (``<pw>.jpg`` frames and ``ground_truth.json``).
+    """
+    from sorterbot_cloud.sim import simulate_session
+
+    tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
+    folder = Path(cache) / f"seed{seed}{'_' + tag if tag else ''}"
+    if not (folder / "ground_truth.json").exists():
+        simulate_session(folder, seed, heldout=True, session_id=f"sim_{seed}", progress=False, contact_sheet=False, **kwargs)
+    return folder
+
+
+def _frames(folder: Path) -> list[Path]:
+    from sorterbot_cloud.service_cli import session_frames
+
+    return session_frames(folder)
+
+
+def ingest_session(service, folder: Path, arm_id: str, session_id: str) -> list[dict]:
+    """Ingest every frame of a session folder; returns the responses."""
+    return [service.process_frame(arm_id, session_id, p.name, p.read_bytes()) for p in _frames(folder)]
+
+
+def legacy_constants_of(constants: dict) -> dict:
+    """The original keys only (no calibrated camera): the legacy geometry."""
+    return {k: v for k, v in constants.items() if k not in LEGACY_DROP_KEYS}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (MiB), psutil."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def reference_detector_ms(images: list[np.ndarray], repeats: int) -> float:
+    """Median forward time (ms) of torchvision's Faster R-CNN ResNet-50-FPN (random weights,
+    default 800 px input) on the same frames, in this process."""
+    import torch
+    from torchvision.models.detection import fasterrcnn_resnet50_fpn
+
+    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3).eval()
+    tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255) for im in images]
+    times = []
+    with torch.inference_mode():
+        model([tensors[0]])  # warm-up
+        for _ in range(repeats):
+            for t in tensors:
+                start = time.perf_counter()
+                model([t])
+                times.append((time.perf_counter() - start) * 1e3)
+    return _median(times)
+
+
+def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dict:
+    """Measure ingest; returns the figures (ms medians, RSS MiB)."""
+    from sorterbot_cloud.imaging import decode_image
+
+    folder = simulated_session(cache, 4242, n_items=6, n_item_types=3, n_containers=2)
+    frames = _frames(folder)
+    step = max(1, len(frames) // n_frames)
+    frames = frames[::step][:n_frames]
+    with bench_context() as ctx:
+        rss_loaded = rss_mb()
+        service = ctx.service
+        service.process_frame("BENCH", "warmup", frames[0].name, frames[0].read_bytes())
+        stages: dict[str, list[float]] = {}
+        for r in range(repeats):
+            for p in frames:
+                out = service.process_frame("BENCH", f"run{r}", p.name, p.read_bytes())
+                for k, v in out["timings_ms"].items():
+                    stages.setdefault(k, []).append(v)
+        figures = {
+            "frames": len(frames),
+            "repeats": repeats,
+            "frame_size_px": [FRAME_WIDTH_PX, FRAME_HEIGHT_PX],
+            "model_load_s": round(ctx.model_load_s, 2),
+            "rss_mb_models_loaded": round(rss_loaded, 1),
+            "median_ms": {k: round(_median(v), 1) for k, v in stages.items()},
+        }
+        if reference:
+            images = [decode_image(p.read_bytes()) for p in frames]
+            ref = reference_detector_ms(images, 1)
+            figures["reference_detect_ms"] = round(ref, 1)
+            figures["detect_ratio_to_reference"] = round(figures["median_ms"]["detect"] / ref, 3)
+        figures["rss_mb_peak"] = round(rss_mb(), 1)
+    return figures
+
+
+def run_trigger(repeats: int, cache: Path) -> dict:
+    """Measure the session trigger on a 20-frame session; returns median ms per mode."""
+    folder = simulated_session(cache, 4343, n_items=8, n_item_types=4, n_containers=4)
+    gt = json.loads((folder / "ground_truth.json").read_text())
+    constants = gt["arm_constants"]
+    with bench_context() as ctx:
+        ingest_session(ctx.service, folder, "BENCH", "trigger")
+        out = {"frames": len(_frames(folder)), "repeats": repeats}
+        for mode, c in (("calibrated", constants), ("legacy", legacy_constants_of(constants))):
+            ctx.service.commands_for_session("BENCH", "trigger", c)  # warm-up
+            totals, stages = [], {}
+            for _ in range(repeats):
+                start = time.perf_counter()
+                result = ctx.service.commands_for_session("BENCH", "trigger", c)
+                totals.append((time.perf_counter() - start) * 1e3)
+                for k, v in result["timings_ms"].items():
+                    stages.setdefault(k, []).append(v)
+            out[mode] = {"median_ms": round(_median(totals), 2),
+                         "stage_median_ms": {k: round(_median(v), 2) for k, v in stages.items()},
+                         "n_commands": len(result["commands"])}
+    return out
+
+
+def _print_ingest(fig: dict) -> None:
+    m = fig["median_ms"]
+    click.echo(f"ingest: {fig['frames']} frames x {fig['repeats']} repeats, {FRAME_WIDTH_PX}x{FRAME_HEIGHT_PX} px")
+    click.echo("  stage     median ms")
+    for stage in ("decode", "detect", "embed", "store", "total"):
+        click.echo(f"  {stage:<8} {m.get(stage, float('nan')):9.1f}")
+    click.echo(f"  target: total median <= {TARGETS['ingest_median_ms']:.0f} ms -> {'met' if m['total'] <= TARGETS['ingest_median_ms'] else 'NOT met'}")
+    if "reference_detect_ms" in fig:
+        click.echo(f"  reference Faster R-CNN R50-FPN (800 px) detect median {fig['reference_detect_ms']:.1f} ms; "
+                   f"our detect / reference = {fig['detect_ratio_to_reference']:.3f}")
+    click.echo(f"  RSS with models loaded {fig['rss_mb_models_loaded']:.0f} MiB (peak {fig['rss_mb_peak']:.0f} MiB; "
+               f"target <= {TARGETS['rss_mb']:.0f}) ; model load {fig['model_load_s']:.1f} s")
+
+
+def _print_trigger(fig: dict) -> None:
+    click.echo(f"trigger: {fig['frames']}-frame session, {fig['repeats']} repeats")
+    for mode in ("calibrated", "legacy"):
+        f = fig[mode]
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in f["stage_median_ms"].items() if k != "total")
+        click.echo(f"  {mode:<10} median {f['median_ms']:7.1f} ms ({stages}); {f['n_commands']} commands")
+    worst = max(fig["calibrated"]["median_ms"], fig["legacy"]["median_ms"])
+    click.echo(f"  target: median <= {TARGETS['trigger_median_ms']:.0f} ms -> {'met' if worst <= TARGETS['trigger_median_ms'] else 'NOT met'}")
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
+    click.echo(f"wrote {path}")
+
+
+@click.group()
+def bench() -> None:
+    """Speed benchmarks of the service (medians; see also evaluate-sessions)."""
+
+
+@bench.command("ingest")
+@click.option("--frames", "n_frames", default=5, show_default=True, type=int)
+@click.option("--repeats", default=3, show_default=True, type=int)
+@click.option("--no-reference", is_flag=True, help="Skip the Faster R-CNN R50-FPN reference run.")
+@click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
+@click.option("--json-out", default="out/bench/ingest.json", show_default=True, type=click.Path(path_type=Path))
+def bench_ingest(n_frames: int, repeats: int, no_reference: bool, cache: Path, json_out: Path) -> None:
+    """Per-stage ingest medians on 1640x1232 frames, plus RSS with models loaded."""
+    fig = run_ingest(n_frames, repeats, cache, reference=not no_reference)
+    _print_ingest(fig)
+    _write_json(json_out, fig)
+
+
+@bench.command("trigger")
+@click.option("--repeats", default=20, show_default=True, type=int)
+@click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
+@click.option("--json-out", default="out/bench/trigger.json", show_default=True, type=click.Path(path_type=Path))
+def bench_trigger(repeats: int, cache: Path, json_out: Path) -> None:
+    """Median session-trigger time on a 20-frame session."""
+    fig = run_trigger(repeats, cache)
+    _print_trigger(fig)
+    _write_json(json_out, fig)
+
+
+@bench.command("all")
+@click.option("--n", "n_sessions", default=20, show_default=True, type=int)
+@click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
+@click.pass_context
+def bench_all(ctx, n_sessions: int, cache: Path) -> None:
+    """ingest, trigger, then evaluate-sessions."""
+    ctx.invoke(bench_ingest, cache=cache)
+    ctx.invoke(bench_trigger, cache=cache)
+    ctx.invoke(evaluate_sessions, n_sessions=n_sessions, cache=cache)
+
+
+def session_spec(seed: int) -> dict:
+    """Scene content of an evaluation session, drawn from its seed: 2 to 4 item types,
+    3 to 8 items (at least one per type), 1 to 4 containers."""
+    rng = np.random.default_rng(seed)
+    n_types = int(rng.integers(2, 5))
+    n_items = int(rng.integers(max(3, n_types), 9))
+    n_containers = int(rng.integers(1, 5))
+    return {"n_items": n_items, "n_item_types": n_types, "n_containers": n_containers}
+
+
+@click.command("evaluate-sessions")
+@click.option("--n", "n_sessions", default=20, show_default=True, type=int, help="Simulated sessions (>= 20 for the issue's figures).")
+@click.option("--seed-start", default=1000, show_default=True, type=int, help="Held-out seeds seed_start .. seed_start + n - 1.")
+@click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
+@click.option("--json-out", default="out/bench/evaluate_sessions.json", show_default=True, type=click.Path(path_type=Path))
+def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, json_out: Path) -> None:
+    """Score the service on simulated sessions in both geometry modes."""
+    from sorterbot_cloud import evaluation
+
+    rows, scores = [], {"calibrated": [], "legacy": []}
+    with bench_context() as ctx:
+        for i in range(n_sessions):
+            seed = seed_start + i
+            spec = session_spec(seed)
+            click.echo(f"session {i + 1}/{n_sessions} seed {seed}: {spec} ...", err=True)
+            folder = simulated_session(cache, seed, **spec)
+            gt = json.loads((folder / "ground_truth.json").read_text())
+            session_id = f"eval_{seed}"
+            ingest_session(ctx.service, folder, "EVAL", session_id)
+            for mode, constants in (("calibrated", gt["arm_constants"]), ("legacy", legacy_constants_of(gt["arm_constants"]))):
+                result = ctx.service.commands_for_session("EVAL", session_id, constants)
+                score = evaluation.score_session(gt, result)
+                scores[mode].append(score)
+                rows.append({"seed": seed, "mode": mode, **spec, "score": score.to_dict()})
+    _print_evaluation(rows, scores)
+    summary = {mode: evaluation.aggregate(s).to_dict() for mode, s in scores.items()}
+    summary["all"] = evaluation.aggregate(scores["calibrated"] + scores["legacy"]).to_dict()
+    _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "targets": TARGETS, "summary": summary, "sessions": rows})
+
+
+def _print_evaluation(rows: list[dict], scores: dict) -> None:
+    from sorterbot_cloud import evaluation
+
+    click.echo(f"{'seed':>5} {'mode':<10} {'items':>7} {'cont.':>6} {'p95 mm':>7} {'ARI':>5}  sorted")
+    for row in rows:
+        s = row["score"]
+        items = f"{s['n_found']['item']}/{s['n_true']['item']}"
+        conts = f"{s['n_found']['container']}/{s['n_true']['container']}"
+        p95 = "-" if s["position_p95_mm"] is None else f"{s['position_p95_mm']:.1f}"
+        ari = "-" if s["ari"] is None else f"{s['ari']:.2f}"
+        sorted_ok = "yes" if s["sorted_correctly"] else "no: " + "; ".join(s["problems"])[:80]
+        click.echo(f"{row['seed']:>5} {row['mode']:<10} {items:>7} {conts:>6} {p95:>7} {ari:>5}  {sorted_ok}")
+    click.echo("")
+    click.echo(f"{'mode':<10} {'sessions':>8} {'counts exact':>12} {'pos median':>10} {'pos p95':>8} {'sorted':>7} {'mean ARI':>8}")
+    for mode in ("calibrated", "legacy"):
+        a = evaluation.aggregate(scores[mode])
+        med = "-" if a.position_median_mm is None else f"{a.position_median_mm:.1f}"
+        p95 = "-" if a.position_p95_mm is None else f"{a.position_p95_mm:.1f}"
+        ari = "-" if a.mean_ari is None else f"{a.mean_ari:.3f}"
+        click.echo(f"{mode:<10} {a.n_sessions:>8} {a.share_counts_exact:>12.2f} {med:>10} {p95:>8} {a.share_sorted_correctly:>7.2f} {ari:>8}")
+    both = evaluation.aggregate(scores["calibrated"] + scores["legacy"])
+    cal = evaluation.aggregate(scores["calibrated"])
+    click.echo("")
+    click.echo(f"targets: counts exact >= {TARGETS['share_counts_exact']:.0%}: {both.share_counts_exact:.0%}; "
+               f"calibrated position p95 <= {TARGETS['position_p95_mm']:.0f} mm: "
+               f"{'-' if cal.position_p95_mm is None else f'{cal.position_p95_mm:.1f} mm'}; "
+               f"sorted correctly >= {TARGETS['share_sorted_correctly']:.0%}: {both.share_sorted_correctly:.0%}")
