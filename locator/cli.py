@@ -1,0 +1,287 @@
+"""Click commands of the locator: ``train-detector``, ``evaluate-detector``, ``bench-detector``,
+``export-detector`` and ``convert-voc`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import click
+
+_DATASET_HELP = ("COCO dataset 'annotations.json:images_dir[:weight[:scale]]'; repeat to mix datasets by weight. "
+                 "scale = factor from the dataset's pixels to model-input pixels (default: the model's own resize).")
+
+
+def _recipe() -> str:
+    return "sorterbot-cloud " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+@click.command("train-detector")
+@click.option("--dataset", "datasets", multiple=True, required=True, help=_DATASET_HELP)
+@click.option("--class-map", multiple=True, help="'source=item|container|ignore', repeatable.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--warmup", type=int, default=200, show_default=True, help="Warm-up iterations.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True)
+@click.option("--log-every", type=int, default=10, show_default=True)
+@click.option("--val-dataset", default=None, help="COCO 'annotations.json:images_dir' validated during training.")
+@click.option("--val-every", type=int, default=0, show_default=True)
+@click.option("--val-max-images", type=int, default=60, show_default=True)
+@click.option("--time-budget-min", type=float, default=None,
+              help="Stop (and finish the LR schedule) after this many minutes of training.")
+@click.option("--crop-px", type=int, default=512, show_default=True, help="Random crop side, model-input pixels.")
+@click.option("--scale-jitter", type=(float, float), default=(0.75, 1.33), show_default=True)
+@click.option("--backbone", default="mobilenet_v3_large", show_default=True)
+@click.option("--fpn-channels", type=int, default=128, show_default=True)
+@click.option("--box-head-units", type=int, default=256, show_default=True)
+@click.option("--min-size-px", type=int, default=608, show_default=True, help="Inference short side.")
+@click.option("--max-size-px", type=int, default=1024, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_last.pt.")
+@click.option("--no-progress", is_flag=True)
+def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, weight_decay, warmup,
+                   checkpoint_every, log_every, val_dataset, val_every, val_max_images, time_budget_min, crop_px,
+                   scale_jitter, backbone, fpn_channels, box_head_units, min_size_px, max_size_px, seed, device,
+                   threads, resume, no_progress):
+    """Train the Faster R-CNN detector from scratch on COCO dataset(s); writes OUT/detector.pt + .json."""
+    from .data import AugmentConfig, DatasetSpec, parse_class_map
+    from .torchvision_detector import DetectorConfig
+    from .train import TrainConfig, train
+
+    try:
+        specs = [DatasetSpec.parse(d) for d in datasets]
+        val = DatasetSpec.parse(val_dataset) if val_dataset else None
+        cmap = parse_class_map(class_map)
+        dc = DetectorConfig(backbone=backbone, fpn_channels=fpn_channels, box_head_units=box_head_units,
+                            min_size_px=min_size_px, max_size_px=max_size_px)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    tc = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     warmup_iterations=warmup, checkpoint_every=checkpoint_every, log_every=log_every,
+                     val_every=val_every, time_budget_min=time_budget_min, seed=seed, device=device,
+                     threads=threads)
+    ac = AugmentConfig(crop_px=crop_px, scale_jitter=tuple(scale_jitter))
+    path = train(specs, out_dir, class_map=cmap, detector_config=dc, train_config=tc, augment_config=ac,
+                 val_dataset=val, val_max_images=val_max_images, resume=resume, recipe=_recipe(),
+                 progress=not no_progress)
+    click.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
+@click.command("export-detector")
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), required=True,
+              help="checkpoint_last.pt or checkpoint_best.pt of a train-detector run.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("weights/detector.pt"),
+              show_default=True)
+def export_detector(checkpoint, out_path):
+    """Write the fp16 detector file + JSON sidecar from a training checkpoint."""
+    from .train import export_checkpoint
+
+    path = export_checkpoint(checkpoint, out_path)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
+
+
+@click.command("evaluate-detector")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Detector file (default: settings' detector_weights).")
+@click.option("--dataset", required=True, help="COCO 'annotations.json:images_dir'.")
+@click.option("--class-map", multiple=True, help="'source=item|container|ignore', repeatable.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for metrics.json, pr_curve.png, confusion_matrix.png.")
+@click.option("--score-threshold", type=float, default=None, help="Operating threshold (default: the model's).")
+@click.option("--min-size-px", type=int, default=None, help="Override the model's input short side.")
+@click.option("--max-images", type=int, default=None)
+@click.option("--name", default=None, help="Also store the metrics under sidecar['metrics'][NAME].")
+@click.option("--threads", type=int, default=None)
+def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min_size_px, max_images, name, threads):
+    """AP50 per class, COCO mAP, precision / recall / F1, confusion matrix and plots on a COCO dataset."""
+    import torch
+
+    from sorterbot_cloud.config import Settings
+
+    from .data import DatasetSpec, load_coco, parse_class_map
+    from .evaluate import evaluate_records, write_report
+    from .torchvision_detector import TorchvisionDetector
+
+    if threads:
+        torch.set_num_threads(threads)
+    weights = Path(weights) if weights else Settings.load().detector_weights
+    try:
+        spec = DatasetSpec.parse(dataset)
+        cmap = parse_class_map(class_map)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    overrides = {"score_threshold": 0.01}
+    if min_size_px:
+        overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
+    probe = TorchvisionDetector.load(weights)
+    threshold = probe.config.score_threshold if score_threshold is None else score_threshold
+    detector = TorchvisionDetector.load(weights, **overrides)
+    records = load_coco(spec.annotations, spec.images_dir, cmap, detector.config.class_names)
+    if max_images:
+        records = records[:max_images]
+    t0 = time.perf_counter()
+    metrics = evaluate_records(detector, records, detector.config.class_names, threshold, progress=True)
+    metrics.update(weights=str(weights), dataset=dataset, min_size_px=detector.config.min_size_px,
+                   seconds=round(time.perf_counter() - t0, 1))
+    paths = write_report(metrics, out_dir, title=name or "")
+    ap = metrics["ap50_per_class"]
+    op = metrics["operating_point"]
+    click.echo(json.dumps({"ap50_per_class": ap, "map": round(metrics["map"], 4), "precision": round(op["precision"], 4),
+                           "recall": round(op["recall"], 4), "f1": round(op["f1"], 4),
+                           "confusion_matrix": op["confusion_matrix"], "labels": op["labels"], "files": paths}))
+    if name:
+        sidecar = weights.with_suffix(".json")
+        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        summary = {k: v for k, v in metrics.items() if k != "pr_curves"}
+        meta.setdefault("metrics", {})[name] = summary
+        sidecar.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        click.echo(f"stored metrics under {sidecar}: metrics.{name}")
+
+
+def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, n_frames: int = 4, repeats: int = 3,
+                   reference: bool = True, threads: int | None = None, width_px: int = 1640,
+                   height_px: int = 1232, echo=print) -> dict:
+    """Median ms per frame of our detector and of torchvision's ``fasterrcnn_resnet50_fpn``, same frames.
+
+    The reference is the Detectron2 ``faster_rcnn_R_50_FPN`` architecture as torchvision
+    builds it (random weights, its default 800 px short side); it is timed in the same
+    process on the same frames, so the ratio holds across machines. Decoding is excluded.
+
+    Parameters
+    ----------
+    weights : path, optional
+        Our detector file; an untrained default model when None or missing.
+    frames_dir : path, optional
+        JPEG/PNG frames; otherwise ``n_frames`` seeded random-texture frames of
+        ``width_px`` x ``height_px`` are used.
+    n_frames, repeats : int
+        Frames, and timed passes over them (one untimed warm-up pass first).
+    reference : bool
+        Also time the reference model.
+    threads : int, optional
+        ``torch.set_num_threads``.
+
+    Returns
+    -------
+    dict
+        ``ours_ms_median``, ``reference_ms_median`` (or None), ``speedup``, ``frames``, ``threads``.
+    """
+    import numpy as np
+    import torch
+    import torchvision
+
+    from .data import read_rgb
+    from .torchvision_detector import TorchvisionDetector
+
+    if threads:
+        torch.set_num_threads(threads)
+    if frames_dir:
+        paths = sorted(p for p in Path(frames_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        images = [read_rgb(p) for p in paths[:n_frames]]
+    else:
+        import cv2
+
+        rng = np.random.default_rng(0)
+        images = []
+        for _ in range(n_frames):
+            small = rng.integers(0, 256, (height_px // 16, width_px // 16, 3), dtype=np.uint8)
+            images.append(cv2.resize(small, (width_px, height_px), interpolation=cv2.INTER_CUBIC))
+    if weights is not None and Path(weights).is_file():
+        ours = TorchvisionDetector.load(weights)
+        label = str(weights)
+    else:
+        ours = TorchvisionDetector.untrained()
+        label = "untrained default architecture"
+
+    def time_fn(fn) -> list[float]:
+        for img in images[:1]:
+            fn(img)
+        out = []
+        for _ in range(repeats):
+            for img in images:
+                t0 = time.perf_counter()
+                fn(img)
+                out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    ours_ms = time_fn(ours.detect)
+    result = {"ours": label, "ours_ms_median": statistics.median(ours_ms), "reference_ms_median": None,
+              "speedup": None, "frames": len(images), "frame_size": list(images[0].shape[:2][::-1]),
+              "threads": torch.get_num_threads(), "parameters": ours.parameter_count()}
+    echo(f"ours ({label}): median {result['ours_ms_median']:.1f} ms/frame over {len(ours_ms)} runs "
+         f"({result['frame_size'][0]}x{result['frame_size'][1]}, {result['threads']} threads)")
+    if reference:
+        ref = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+
+        @torch.inference_mode()
+        def run_ref(img):
+            ref([torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)])
+
+        saved = repeats
+        repeats = max(1, min(repeats, 2))
+        ref_ms = time_fn(run_ref)
+        repeats = saved
+        result["reference_ms_median"] = statistics.median(ref_ms)
+        result["speedup"] = result["reference_ms_median"] / result["ours_ms_median"]
+        echo(f"reference torchvision fasterrcnn_resnet50_fpn: median {result['reference_ms_median']:.1f} ms/frame "
+             f"over {len(ref_ms)} runs")
+        echo(f"speed-up: {result['speedup']:.1f}x")
+    return result
+
+
+@click.command("bench-detector")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="Default: settings' detector_weights.")
+@click.option("--frames", "frames_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of frames (default: synthetic 1640x1232 frames).")
+@click.option("--n-frames", type=int, default=4, show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--reference/--no-reference", default=True, show_default=True)
+@click.option("--threads", type=int, default=None)
+@click.option("--json-out", type=click.Path(path_type=Path), default=None)
+def bench_detector_command(weights, frames_dir, n_frames, repeats, reference, threads, json_out):
+    """Median ms per frame: ours vs torchvision's fasterrcnn_resnet50_fpn (same frames, same process)."""
+    from sorterbot_cloud.config import Settings
+
+    weights = Path(weights) if weights else Settings.load().detector_weights
+    result = bench_detector(weights, frames_dir, n_frames, repeats, reference, threads, echo=click.echo)
+    if json_out:
+        Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+@click.command("convert-voc")
+@click.option("--xml-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--out", "out_json", type=click.Path(path_type=Path), required=True)
+@click.option("--class-map", multiple=True, help="'VOC name=item|container|ignore', repeatable.")
+@click.option("--default-class", default="item", show_default=True, help="Class of names not in the map.")
+def convert_voc(xml_dir, out_json, class_map, default_class):
+    """Convert Pascal VOC xml files (labelImg) to one COCO instances file."""
+    from .data import parse_class_map, voc_to_coco
+
+    coco = voc_to_coco(xml_dir, out_json, parse_class_map(class_map), default_class)
+    click.echo(f"wrote {out_json}: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
+
+
+#: the lead wires this one as ``bench-detector``.
+bench_detector_cmd = bench_detector_command
+
+
+@click.group("locator")
+def locator_group():
+    """Detector commands (also reachable as ``python -m locator.cli``)."""
+
+
+for _cmd in (train_detector, evaluate_detector, bench_detector_command, export_detector, convert_voc):
+    locator_group.add_command(_cmd)
+
+
+if __name__ == "__main__":
+    locator_group()

@@ -1,0 +1,247 @@
+"""Detection metrics: COCO AP (pycocotools), operating-point precision / recall / F1, confusion matrix.
+
+The metrics are the ones of the CAD-synthetic-data study SorterBot learns from
+(DESIGN.md, Evaluation protocol): AP at IoU 0.5 per class and COCO mAP@[.5:.95]
+(pycocotools ``COCOeval``, 101-point interpolated precision), and at the operating
+score threshold precision, recall and F1 per class plus a confusion matrix whose last
+row and column are background (missed objects and false detections).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from sorterbot_cloud.structures import CLASS_NAMES, Detections
+
+from .data import Record, read_rgb
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), XYXY pixels -> (N, M) float64."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _coco_dicts(records: Sequence[Record], predictions: Sequence[Detections], class_names: Sequence[str]):
+    images, gts, dets = [], [], []
+    for rec, pred in zip(records, predictions):
+        images.append({"id": rec.image_id, "width": rec.width_px, "height": rec.height_px})
+        for box, c in zip(rec.boxes_xyxy, rec.class_ids):
+            w, h = float(box[2] - box[0]), float(box[3] - box[1])
+            gts.append({"id": len(gts) + 1, "image_id": rec.image_id, "category_id": int(c) + 1,
+                        "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
+        for box, s, c in zip(pred.boxes_xyxy, pred.scores, pred.class_ids):
+            dets.append({"image_id": rec.image_id, "category_id": int(c) + 1, "score": float(s),
+                         "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
+    return {"images": images, "annotations": gts, "categories": cats}, dets
+
+
+def coco_ap(records: Sequence[Record], predictions: Sequence[Detections],
+            class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    """COCO AP with pycocotools.
+
+    Parameters
+    ----------
+    records : sequence of Record
+        Ground truth; ``image_id`` must be unique.
+    predictions : sequence of Detections
+        One per record, boxes in the record's pixels; keep low-score detections (down to
+        ~0.01) for a faithful AP.
+    class_names : sequence of str
+
+    Returns
+    -------
+    dict
+        ``ap50_per_class`` {name: float or None (no ground truth)}, ``ap50_mean``,
+        ``map`` (AP@[.5:.95], all classes), ``pr_curves`` {name: {"recall": [...],
+        "precision": [...]}} at IoU 0.5 (101 recall points).
+
+    Raises
+    ------
+    ValueError
+        If ``records`` and ``predictions`` differ in length.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(records) != len(predictions):
+        raise ValueError(f"need one prediction per record, got {len(predictions)} for {len(records)}")
+    gt_dict, dets = _coco_dicts(records, predictions, class_names)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = gt_dict
+        gt.createIndex()
+        if not dets:
+            return {"ap50_per_class": {n: (0.0 if any(int(c) == i for r in records for c in r.class_ids) else None)
+                                       for i, n in enumerate(class_names)},
+                    "ap50_mean": 0.0, "map": 0.0,
+                    "pr_curves": {n: {"recall": [], "precision": []} for n in class_names}}
+        dt = gt.loadRes(dets)
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # [T=10 IoUs, R=101 recalls, K classes, A=4 areas, M=3 maxDets]
+    recall_points = ev.params.recThrs
+    ap50, curves = {}, {}
+    for k, name in enumerate(class_names):
+        p = precision[0, :, k, 0, -1]
+        valid = p > -1
+        ap50[name] = float(p[valid].mean()) if valid.any() else None
+        curves[name] = {"recall": recall_points[valid].tolist(), "precision": p[valid].tolist()}
+    values = [v for v in ap50.values() if v is not None]
+    return {"ap50_per_class": ap50, "ap50_mean": float(np.mean(values)) if values else 0.0,
+            "map": float(max(ev.stats[0], 0.0)), "pr_curves": curves}
+
+
+def confusion_at_threshold(records: Sequence[Record], predictions: Sequence[Detections], score_threshold: float,
+                           iou_threshold: float = 0.5, class_names: Sequence[str] = CLASS_NAMES) -> dict:
+    """Confusion matrix with background, and precision / recall / F1 per class at one threshold.
+
+    Detections with ``score >= score_threshold`` are matched greedily, highest score
+    first, to the not yet matched ground-truth box of highest IoU (any class) if that
+    IoU is >= ``iou_threshold``. Matrix rows are the true class, columns the predicted
+    class; the last row / column is background: an unmatched ground-truth box counts in
+    (its class, background), an unmatched detection in (background, its class).
+
+    Returns
+    -------
+    dict
+        ``confusion_matrix`` (C+1, C+1) int list, ``labels`` (class names + background),
+        ``per_class`` {name: {precision, recall, f1, tp, fp, fn}}, and micro-averaged
+        ``precision``, ``recall``, ``f1``. A ratio with a zero denominator is 0.
+    """
+    c = len(class_names)
+    cm = np.zeros((c + 1, c + 1), dtype=np.int64)
+    for rec, pred in zip(records, predictions):
+        keep = pred.scores >= score_threshold
+        boxes, scores, cls = pred.boxes_xyxy[keep], pred.scores[keep], pred.class_ids[keep]
+        order = np.argsort(-scores, kind="stable")
+        iou = box_iou(boxes, rec.boxes_xyxy)
+        matched = np.zeros(len(rec.boxes_xyxy), bool)
+        for d in order:
+            cand = np.where(~matched, iou[d], -1.0) if len(rec.boxes_xyxy) else np.zeros(0)
+            g = int(np.argmax(cand)) if len(cand) else -1
+            if g >= 0 and cand[g] >= iou_threshold:
+                matched[g] = True
+                cm[int(rec.class_ids[g]), int(cls[d])] += 1
+            else:
+                cm[c, int(cls[d])] += 1
+        for g in np.where(~matched)[0]:
+            cm[int(rec.class_ids[g]), c] += 1
+
+    def ratio(a, b):
+        return float(a / b) if b else 0.0
+
+    per_class = {}
+    for k, name in enumerate(class_names):
+        tp = int(cm[k, k])
+        fp = int(cm[:, k].sum() - tp)
+        fn = int(cm[k, :].sum() - tp)
+        p, r = ratio(tp, tp + fp), ratio(tp, tp + fn)
+        per_class[name] = {"precision": p, "recall": r, "f1": ratio(2 * p * r, p + r), "tp": tp, "fp": fp, "fn": fn}
+    tp = sum(v["tp"] for v in per_class.values())
+    fp = sum(v["fp"] for v in per_class.values())
+    fn = sum(v["fn"] for v in per_class.values())
+    p, r = ratio(tp, tp + fp), ratio(tp, tp + fn)
+    return {"confusion_matrix": cm.tolist(), "labels": list(class_names) + ["background"], "per_class": per_class,
+            "precision": p, "recall": r, "f1": ratio(2 * p * r, p + r), "score_threshold": float(score_threshold),
+            "iou_threshold": float(iou_threshold)}
+
+
+def predict_records(detector, records: Sequence[Record], progress: bool = False) -> list[Detections]:
+    """Run ``detector.detect`` on the image of every record (boxes rescaled if the file's size differs)."""
+    from tqdm import tqdm
+
+    out = []
+    for rec in tqdm(records, disable=not progress, desc="detect", dynamic_ncols=True):
+        image = read_rgb(rec.path)
+        det = detector.detect(image)
+        sx, sy = rec.width_px / image.shape[1], rec.height_px / image.shape[0]
+        if (sx, sy) != (1.0, 1.0):
+            det = Detections(det.boxes_xyxy * np.float32([sx, sy, sx, sy]), det.scores, det.class_ids)
+        out.append(det)
+    return out
+
+
+def evaluate_records(detector, records: Sequence[Record], class_names: Sequence[str] = CLASS_NAMES,
+                     score_threshold: float = 0.5, progress: bool = False) -> dict:
+    """Predict on ``records`` (the detector should keep low scores) and compute all metrics.
+
+    Returns
+    -------
+    dict
+        :func:`coco_ap` keys plus ``operating_point`` (:func:`confusion_at_threshold`) and ``images``.
+    """
+    predictions = predict_records(detector, records, progress=progress)
+    metrics = coco_ap(records, predictions, class_names)
+    metrics["operating_point"] = confusion_at_threshold(records, predictions, score_threshold,
+                                                        class_names=class_names)
+    metrics["images"] = len(records)
+    metrics["objects"] = {n: int(sum(int((r.class_ids == k).sum()) for r in records))
+                          for k, n in enumerate(class_names)}
+    return metrics
+
+
+def write_report(metrics: dict, out_dir: str | Path, title: str = "") -> dict:
+    """Write ``metrics.json``, ``pr_curve.png`` and ``confusion_matrix.png`` into ``out_dir``.
+
+    Returns
+    -------
+    dict
+        Paths written, by name.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out_dir / "metrics.json", "pr_curve": out_dir / "pr_curve.png",
+             "confusion_matrix": out_dir / "confusion_matrix.png"}
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n")
+
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
+    for name, curve in metrics["pr_curves"].items():
+        ap = metrics["ap50_per_class"].get(name)
+        if curve["recall"]:
+            ax.plot(curve["recall"], curve["precision"], label=f"{name} (AP50 {ap:.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR at IoU 0.5 {title}".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(paths["pr_curve"])
+    plt.close(fig)
+
+    op = metrics["operating_point"]
+    cm = np.asarray(op["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(4.5, 4), dpi=110)
+    ax.imshow(cm, cmap="Blues")
+    labels = op["labels"]
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true",
+           title=f"score >= {op['score_threshold']:.2f}, IoU >= {op['iou_threshold']:.1f} {title}".strip())
+    fig.tight_layout()
+    fig.savefig(paths["confusion_matrix"])
+    plt.close(fig)
+    return {k: str(v) for k, v in paths.items()}

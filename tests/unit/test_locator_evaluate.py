@@ -1,0 +1,102 @@
+"""Detection metrics on hand-made predictions with known values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from locator.data import Record
+from locator.evaluate import box_iou, coco_ap, confusion_at_threshold, write_report
+from sorterbot_cloud.structures import Detections
+
+
+def record(image_id, boxes, classes):
+    return Record(Path(f"{image_id}.jpg"), image_id, 200, 100, np.asarray(boxes, np.float32).reshape(-1, 4),
+                  np.asarray(classes, np.int64))
+
+
+GT = [
+    record(1, [[10, 10, 30, 30], [50, 10, 70, 40], [100, 20, 180, 90]], [0, 0, 1]),
+    record(2, [[20, 20, 40, 40], [110, 10, 190, 80]], [0, 1]),
+]
+
+
+def perfect():
+    return [Detections(r.boxes_xyxy, np.full(len(r.boxes_xyxy), 0.9), r.class_ids) for r in GT]
+
+
+def test_box_iou_known_values():
+    iou = box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
+
+
+def test_perfect_predictions_give_ap_one():
+    metrics = coco_ap(GT, perfect())
+    assert metrics["ap50_per_class"] == {"item": pytest.approx(1.0), "container": pytest.approx(1.0)}
+    assert metrics["map"] == pytest.approx(1.0)
+
+
+def test_third_recall_gives_34_of_101_points():
+    """1 of 3 items found, no false positive: precision 1 up to recall 1/3 -> 34 of 101 recall points."""
+    preds = perfect()
+    preds[0] = Detections(GT[0].boxes_xyxy[[0, 2]], [0.9, 0.9], [0, 1])
+    preds[1] = Detections(GT[1].boxes_xyxy[[1]], [0.9], [1])
+    metrics = coco_ap(GT, preds)
+    assert metrics["ap50_per_class"]["item"] == pytest.approx(34 / 101)
+    assert metrics["ap50_per_class"]["container"] == pytest.approx(1.0)
+
+
+def test_false_positive_ranked_first_halves_precision():
+    """A wrong container box scored above both true ones: precision 1/2 at recall 0.5, 2/3 at recall 1."""
+    preds = perfect()
+    preds[0] = Detections(np.vstack([GT[0].boxes_xyxy, [[0, 60, 40, 99]]]), [0.9, 0.9, 0.8, 0.95], [0, 0, 1, 1])
+    metrics = coco_ap(GT, preds)
+    # interpolated precision is 2/3 at every recall point up to 1 (101 points)
+    assert metrics["ap50_per_class"]["container"] == pytest.approx(2 / 3)
+    assert metrics["ap50_per_class"]["item"] == pytest.approx(1.0)
+
+
+def test_no_predictions_give_zero_ap():
+    metrics = coco_ap(GT, [Detections.empty(), Detections.empty()])
+    assert metrics["ap50_per_class"] == {"item": 0.0, "container": 0.0}
+
+
+def test_mismatched_lengths_raise():
+    with pytest.raises(ValueError, match="one prediction per record"):
+        coco_ap(GT, [Detections.empty()])
+
+
+def test_confusion_matrix_with_background():
+    preds = [
+        # item 1 found, item 2 missed, container called item, one false item on background
+        Detections([[10, 10, 30, 30], [100, 20, 180, 90], [150, 0, 160, 5], [50, 10, 70, 40]],
+                   [0.9, 0.8, 0.7, 0.3], [0, 0, 0, 0]),
+        Detections([[20, 20, 40, 40], [110, 10, 190, 80]], [0.9, 0.9], [0, 1]),
+    ]
+    op = confusion_at_threshold(GT, preds, score_threshold=0.5)
+    # rows true (item, container, background), columns predicted
+    assert op["confusion_matrix"] == [[2, 0, 1], [1, 1, 0], [1, 0, 0]]
+    assert op["labels"] == ["item", "container", "background"]
+    item = op["per_class"]["item"]
+    assert (item["tp"], item["fp"], item["fn"]) == (2, 2, 1)
+    assert item["precision"] == pytest.approx(0.5) and item["recall"] == pytest.approx(2 / 3)
+    assert item["f1"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    assert op["per_class"]["container"]["recall"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("threshold, expected_tp", [pytest.param(0.0, 5, id="all"), pytest.param(0.95, 0, id="none")])
+def test_threshold_filters_detections(threshold, expected_tp):
+    op = confusion_at_threshold(GT, perfect(), score_threshold=threshold)
+    assert sum(v["tp"] for v in op["per_class"].values()) == expected_tp
+
+
+def test_report_files_are_written(tmp_path):
+    metrics = coco_ap(GT, perfect())
+    metrics["operating_point"] = confusion_at_threshold(GT, perfect(), 0.5)
+    paths = write_report(metrics, tmp_path, title="test")
+    for key in ("pr_curve", "confusion_matrix"):
+        assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(Path(paths["metrics"]).read_text())["ap50_per_class"]["item"] == pytest.approx(1.0)

@@ -1,0 +1,155 @@
+"""Model construction, output contract, fp16 save/load round trip and settings of the torchvision detector."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from locator import Detector, load_detector
+from locator.base import check_image
+from locator.torchvision_detector import DetectorConfig, TorchvisionDetector, build_model, model_summary
+from sorterbot_cloud.config import Settings
+from sorterbot_cloud.errors import InvalidImage
+from sorterbot_cloud.structures import Detections
+
+torch.set_num_threads(1)
+
+#: A small configuration so that the tests stay fast; the shipped one is DetectorConfig().
+TINY = DetectorConfig(backbone="mobilenet_v3_small", fpn_channels=32, box_head_units=64, min_size_px=96,
+                      max_size_px=160, anchor_sizes_px=((8, 12, 16), (24, 32, 48), (64, 96, 128), (160, 200, 256)),
+                      score_threshold=0.0, detections_per_image=20)
+
+
+@pytest.fixture(scope="module")
+def tiny_detector() -> TorchvisionDetector:
+    torch.manual_seed(0)
+    return TorchvisionDetector.untrained(TINY)
+
+
+def test_default_architecture_fits_the_size_budget():
+    parts = model_summary(DetectorConfig())
+    # fp16: 2 bytes per parameter; the budget is 30 MB for the detector file.
+    assert parts["total"] * 2 < 30e6
+    # the box head is the shrunk one (default TwoMLPHead with 1024 units alone has 13M parameters)
+    assert parts["roi_heads"] < 3e6
+
+
+def test_default_model_has_fpn_levels_at_strides_8_to_64():
+    model = build_model(DetectorConfig()).eval()
+    with torch.inference_mode():
+        features = model.backbone(torch.zeros(1, 3, 256, 320))
+    assert list(features) == ["0", "1", "2", "pool"]
+    assert [tuple(f.shape[-2:]) for f in features.values()] == [(32, 40), (16, 20), (8, 10), (4, 5)]
+    assert {f.shape[1] for f in features.values()} == {128}
+
+
+def test_backbone_batchnorm_is_trainable_not_frozen():
+    model = build_model(TINY)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(m.weight.requires_grad for m in norms)
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        pytest.param({"backbone": "resnet999"}, "backbone must be one of", id="unknown-backbone"),
+        pytest.param({"anchor_sizes_px": ((8,), (16,))}, "4 levels", id="three-levels"),
+        pytest.param({"anchor_sizes_px": ((8,), (16, 20), (32,), (64,))}, "equal length", id="ragged-anchors"),
+        pytest.param({"score_threshold": 1.5}, "score_threshold", id="score-above-one"),
+        pytest.param({"min_size_px": 800, "max_size_px": 600}, "min_size_px", id="min-above-max"),
+    ],
+)
+def test_config_rejects_bad_values(config, match):
+    with pytest.raises(ValueError, match=match):
+        DetectorConfig(**config)
+
+
+def test_config_dict_round_trip():
+    assert DetectorConfig.from_dict(TINY.to_dict()) == TINY
+    with pytest.raises(ValueError, match="unknown detector config keys"):
+        DetectorConfig.from_dict({**TINY.to_dict(), "colour": "red"})
+
+
+def test_detector_satisfies_the_protocol(tiny_detector):
+    assert isinstance(tiny_detector, Detector)
+
+
+def test_boxes_come_back_in_original_frame_pixels(tiny_detector):
+    """A 2x nearest-upscaled frame is resized back inside the model: same boxes, times 2."""
+    rng = np.random.default_rng(3)
+    small = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    big = small.repeat(2, axis=0).repeat(2, axis=1)
+    det_small, det_big = tiny_detector.detect_batch([small, big])
+    assert len(det_small) > 0 and len(det_small) == len(det_big)
+    np.testing.assert_allclose(det_big.boxes_xyxy, det_small.boxes_xyxy * 2, atol=0.05)
+    np.testing.assert_allclose(det_big.scores, det_small.scores, atol=1e-4)
+    assert det_big.boxes_xyxy[:, [0, 2]].max() <= 256 and det_big.boxes_xyxy[:, [1, 3]].max() <= 192
+
+
+def test_detect_returns_validated_detections(tiny_detector):
+    image = np.random.default_rng(1).integers(0, 256, (120, 150, 3), dtype=np.uint8)
+    det = tiny_detector.detect(image)
+    assert isinstance(det, Detections)
+    assert det.boxes_xyxy.dtype == np.float32 and det.class_ids.dtype == np.int64
+    assert set(np.unique(det.class_ids)) <= {0, 1}
+    assert tiny_detector.detect_batch([]) == []
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [
+        pytest.param(np.zeros((10, 10), np.uint8), "shape", id="grey"),
+        pytest.param(np.zeros((10, 10, 4), np.uint8), "shape", id="rgba"),
+        pytest.param(np.zeros((10, 10, 3), np.float32), "uint8", id="float"),
+        pytest.param(np.zeros((0, 10, 3), np.uint8), "empty", id="empty"),
+        pytest.param([[1, 2, 3]], "numpy array", id="list"),
+    ],
+)
+def test_bad_images_raise_invalid_image(tiny_detector, image, match):
+    with pytest.raises(InvalidImage, match=match):
+        tiny_detector.detect(image)
+    with pytest.raises(InvalidImage, match=match):
+        check_image(image)
+
+
+def test_fp16_save_load_round_trip(tiny_detector, tmp_path):
+    path = tiny_detector.save(tmp_path / "det.pt", {"recipe": "test", "seed": 7})
+    blob = torch.load(path, weights_only=True)
+    floats = [v for v in blob["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    assert json.loads(path.with_suffix(".json").read_text()) == {"recipe": "test", "seed": 7}
+
+    loaded = TorchvisionDetector.load(path)
+    assert loaded.config == TINY and loaded.metadata["seed"] == 7
+    expected = {k: v.half().float() for k, v in tiny_detector.model.state_dict().items() if v.is_floating_point()}
+    for key, value in loaded.model.state_dict().items():
+        if key in expected:
+            torch.testing.assert_close(value, expected[key])
+    image = np.random.default_rng(2).integers(0, 256, (100, 140, 3), dtype=np.uint8)
+    a, b = loaded.detect(image), TorchvisionDetector.load(path).detect(image)
+    np.testing.assert_array_equal(a.boxes_xyxy, b.boxes_xyxy)
+
+
+def test_load_applies_overrides_and_rejects_other_files(tiny_detector, tmp_path):
+    path = tiny_detector.save(tmp_path / "det.pt")
+    loaded = TorchvisionDetector.load(path, score_threshold=0.7, nms_iou=0.3)
+    assert loaded.model.roi_heads.score_thresh == 0.7 and loaded.model.roi_heads.nms_thresh == 0.3
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a sorterbot-detector"):
+        TorchvisionDetector.load(tmp_path / "other.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        TorchvisionDetector.load(tmp_path / "missing.pt")
+
+
+def test_load_detector_uses_the_settings(tiny_detector, tmp_path):
+    path = tiny_detector.save(tmp_path / "det.pt")
+    settings = Settings.load(environ={}, detector_weights=str(path), detector_score_threshold=0.25,
+                             detector_nms_iou=0.4, detector_min_size_px=128)
+    detector = load_detector(settings)
+    assert isinstance(detector, TorchvisionDetector)
+    assert detector.config.score_threshold == 0.25 and detector.config.nms_iou == 0.4
+    assert detector.model.transform.min_size == (128,)
+    assert detector.model.transform.max_size >= 128

@@ -1,0 +1,140 @@
+"""Training code on a tiny OpenCV-drawn dataset: augmentation, mixing, a few iterations, resume, export."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
+from locator.toydata import write_toy_coco
+from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
+from locator.train import TrainConfig, export_checkpoint, lr_factor, train
+
+torch.set_num_threads(1)
+
+TINY = DetectorConfig(backbone="mobilenet_v3_small", fpn_channels=32, box_head_units=64, min_size_px=120,
+                      max_size_px=160, anchor_sizes_px=((8, 12, 16), (24, 32, 48), (64, 96, 128), (160, 200, 256)),
+                      rpn_pre_nms_top_n_train=200, rpn_post_nms_top_n_train=100,
+                      rpn_batch_size_per_image=64, box_batch_size_per_image=32)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_coco(tmp_path_factory.mktemp("toy"), n_images=6, seed=0)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("a.json:imgs", ("a.json", "imgs", 1.0, None), id="plain"),
+        pytest.param("a.json:imgs:3", ("a.json", "imgs", 3.0, None), id="weight"),
+        pytest.param("a.json:imgs:0.5:0.35", ("a.json", "imgs", 0.5, 0.35), id="weight-scale"),
+    ],
+)
+def test_dataset_spec_parse(text, expected):
+    spec = DatasetSpec.parse(text)
+    assert (str(spec.annotations), str(spec.images_dir), spec.weight, spec.scale) == expected
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [pytest.param("a.json", "annotations.json:images_dir", id="no-dir"),
+     pytest.param("a.json:imgs:x", "numbers", id="bad-weight"),
+     pytest.param("a.json:imgs:-1", "positive", id="negative-weight")],
+)
+def test_dataset_spec_rejects(text, match):
+    with pytest.raises(ValueError, match=match):
+        DatasetSpec.parse(text)
+
+
+def test_class_map_and_loading(toy):
+    assert parse_class_map(["ESP8266=item", "bin = container"]) == {"ESP8266": "item", "bin": "container"}
+    with pytest.raises(ValueError, match="target must be one of"):
+        parse_class_map(["ESP8266=board"])
+    records = load_coco(toy, toy.parent)
+    assert len(records) == 6 and all(set(r.class_ids) == {0, 1} for r in records)
+    only_items = load_coco(toy, toy.parent, {"container": "ignore"})
+    assert all(set(r.class_ids) == {0} for r in only_items)
+    with pytest.raises(ValueError, match="maps onto"):
+        load_coco(toy, toy.parent, {"item": "ignore", "container": "ignore"})
+
+
+def test_augment_keeps_boxes_on_their_pixels():
+    """A bright square on black: after scale, crop, flip its box still frames the bright pixels."""
+    rng = np.random.default_rng(0)
+    image = np.zeros((300, 400, 3), np.uint8)
+    image[100:140, 250:300] = 255
+    boxes = np.float32([[250, 100, 300, 140]])
+    config = AugmentConfig(crop_px=200, scale_jitter=(0.9, 1.1), hflip=0.5, color=0.0)
+    kept = 0
+    for _ in range(20):
+        out, out_boxes, out_cls = augment(image, boxes, np.int64([0]), 1.0, config, rng)
+        assert out.shape[0] <= 200 and out.shape[1] <= 200
+        if len(out_boxes):
+            kept += 1
+            x0, y0, x1, y1 = np.round(out_boxes[0]).astype(int)
+            bright = np.argwhere(out[..., 0] > 128)
+            assert abs(bright[:, 1].min() - x0) <= 2 and abs(bright[:, 1].max() + 1 - x1) <= 2
+            assert abs(bright[:, 0].min() - y0) <= 2 and abs(bright[:, 0].max() + 1 - y1) <= 2
+    assert kept > 0
+
+
+def test_augment_drops_boxes_mostly_outside_the_crop():
+    rng = np.random.default_rng(1)
+    image = np.zeros((100, 1000, 3), np.uint8)
+    boxes = np.float32([[0, 0, 50, 50], [900, 0, 1000, 50]])
+    out, out_boxes, _ = augment(image, boxes, np.int64([0, 1]), 1.0,
+                                AugmentConfig(crop_px=100, scale_jitter=(1.0, 1.0), hflip=0.0, color=0.0), rng)
+    assert out.shape == (100, 100, 3)
+    assert len(out_boxes) <= 1
+
+
+def test_mixed_sampler_weights(toy):
+    records = load_coco(toy, toy.parent)
+    sampler = MixedSampler([(DatasetSpec(toy, toy.parent, 3.0), records), (DatasetSpec(toy, toy.parent, 1.0), records)],
+                           120, AugmentConfig(crop_px=96), seed=0)
+    np.testing.assert_allclose(sampler.probabilities, [0.75, 0.25])
+    image, target = sampler.sample()
+    assert image.dtype == torch.float32 and image.shape[0] == 3 and max(image.shape[1:]) <= 96
+    assert target["boxes"].shape[1] == 4 and target["labels"].min() >= 1
+
+
+def test_lr_schedule_warms_up_then_decays():
+    tc = TrainConfig(iterations=100, warmup_iterations=10)
+    assert lr_factor(0.0, 0, tc) == pytest.approx(0.01)
+    assert lr_factor(0.1, 10, tc) > lr_factor(0.9, 90, tc) > lr_factor(1.0, 100, tc) == pytest.approx(0.01)
+
+
+def test_tiny_training_run_checkpoints_resumes_and_exports(toy, tmp_path):
+    spec = DatasetSpec(toy, toy.parent)
+    tc = TrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2, val_every=2)
+    out = tmp_path / "run"
+    path = train([spec], out, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128),
+                 val_dataset=spec, val_max_images=2, recipe="pytest", progress=False)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    losses = [r for r in rows if "loss" in r]
+    assert [r["iteration"] for r in losses] == [2, 4]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in losses)
+    assert any("validation" in r for r in rows)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["recipe"] == "pytest" and meta["iterations_done"] == 4 and meta["data"][0]["images"] == 6
+    assert TorchvisionDetector.load(path).config.fpn_channels == 32
+
+    tc_more = TrainConfig(iterations=6, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    train([spec], out, detector_config=TINY, train_config=tc_more, augment_config=AugmentConfig(crop_px=128),
+          resume=True, progress=False)
+    state = torch.load(out / "checkpoint_last.pt", weights_only=False)
+    assert state["iteration"] == 6
+
+    exported = export_checkpoint(out / "checkpoint_last.pt", tmp_path / "exported.pt")
+    assert json.loads(exported.with_suffix(".json").read_text())["iterations_done"] == 6
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    assert TorchvisionDetector.load(exported).detect(image) is not None
+
+
+def test_resume_without_checkpoint_raises(toy, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train([DatasetSpec(toy, toy.parent)], tmp_path, detector_config=TINY, resume=True, progress=False)
