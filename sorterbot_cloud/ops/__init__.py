@@ -11,7 +11,9 @@ Integration points
        generated; echoed on every response; on every log record (``request_id``).
     2. structured logs on the root logger: JSON lines when stderr is not a terminal
        (``settings.log_json`` forces either way), one access record per request
-       (logger ``sorterbot_cloud.access``: method, route, status, duration_ms).
+       (logger ``sorterbot_cloud.access``: method, route, status, duration_ms, and for a
+       session route ``arm_id``, ``session_id`` and ``log_type`` = the view's name, so
+       it also reaches the control panel).
     3. bearer-token auth when ``settings.api_token`` is set: every path but ``/healthz``;
        401 ``application/problem+json`` otherwise.
     4. ``GET /metrics`` (Prometheus text format) and per-route request counts and latencies.
@@ -182,11 +184,10 @@ def init_app(app, settings, *, aws=None, uploads=None, configure_logs: bool = Tr
             duration_s = time.perf_counter() - start_s
             route = request.url_rule.rule if request.url_rule is not None else "<unmatched>"
             metrics.observe_request(request.method, route, response.status_code, duration_s)
-            access_log.info(
-                "%s %s %d", request.method, request.path, response.status_code,
-                extra={"method": request.method, "route": route, "status": response.status_code,
-                       "duration_ms": round(duration_s * 1000.0, 3)},
-            )
+            extra = {"method": request.method, "route": route, "status": response.status_code,
+                     "duration_ms": round(duration_s * 1000.0, 3)}
+            extra.update(_session_fields(request))
+            access_log.info("%s %s %d", request.method, request.path, response.status_code, extra=extra)
         return response
 
     def _metrics_view():
@@ -197,6 +198,22 @@ def init_app(app, settings, *, aws=None, uploads=None, configure_logs: bool = Tr
     app.extensions[EXTENSION_KEY] = state
     atexit.register(state.close, 2.0)
     return state
+
+
+def _session_fields(request) -> dict[str, str]:
+    """``arm_id``, ``session_id`` (from the URL or the query, when well formed) and, when
+    both are known, ``log_type`` = the view's name: the access record of a session request
+    then reaches the control panel with its duration as timing mark."""
+    from ..structures import ID_PATTERN
+
+    fields: dict[str, str] = {}
+    for name in ("arm_id", "session_id"):
+        value = (request.view_args or {}).get(name) or request.args.get(name)
+        if isinstance(value, str) and ID_PATTERN.match(value):
+            fields[name] = value
+    if len(fields) == 2 and request.endpoint:
+        fields["log_type"] = request.endpoint.rsplit(".", 1)[-1]
+    return fields
 
 
 def _json_dumps(obj: Any) -> str:

@@ -38,6 +38,14 @@ def make_app(**settings_overrides) -> Flask:
         log.info("frame processed", extra={"log_type": "process_image", "duration_ms": 1.5})
         return jsonify(detections=[])
 
+    @app.get("/arms/<arm_id>/sessions/<session_id>/ping")
+    def session_ping(arm_id, session_id):
+        return jsonify(ok=True)
+
+    @app.get("/ping")
+    def plain_ping():
+        return jsonify(ok=True)
+
     @app.get("/items/<int:item_id>")
     def item(item_id):
         return jsonify(item_id=item_id)
@@ -252,3 +260,19 @@ def test_model_load_timer_skips_failed_load():
     with metrics.model_load_timer("embedder"):
         pass
     assert _get(_samples(metrics.render()[0].decode()), "sorterbot_model_load_seconds", model="embedder") < 3.0
+
+
+@pytest.mark.parametrize(
+    "path, expected",
+    [("/arms/ARM001/sessions/S1/ping", {"arm_id": "ARM001", "session_id": "S1", "log_type": "session_ping"}),
+     ("/arms/ARM001/sessions/bad%20id/ping", {"arm_id": "ARM001"}),
+     ("/ping?arm_id=ARM002&session_id=S2", {"arm_id": "ARM002", "session_id": "S2", "log_type": "plain_ping"}),
+     ("/ping", {})],
+    ids=["url-ids", "malformed-id", "query-ids", "no-ids"],
+)
+def test_access_record_names_the_session(client_and_logs, path, expected):
+    client, stream = client_and_logs
+    assert client.get(path, headers={"X-Request-ID": "acc-1"}).status_code == 200
+    records = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = next(r for r in records if r["logger"] == "sorterbot_cloud.access" and r["request_id"] == "acc-1")
+    assert {k: access[k] for k in ("arm_id", "session_id", "log_type") if k in access} == expected
