@@ -94,3 +94,37 @@ def types_cmd():
         split = "train" if name in catalog.TRAIN_ITEM_TYPES else "heldout" if name in catalog.HELDOUT_ITEM_TYPES else "-"
         click.echo(f"{t.kind:10s} {name:14s} {split:8s} {t.description}")
     click.echo(f"textures train: {', '.join(textures.TRAIN_TEXTURES)}; heldout: {', '.join(textures.HELDOUT_TEXTURES)}")
+
+
+@simulate.command("views")
+@click.argument("model")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--colour", default=None, help="r,g,b in 0..1 for mesh files.")
+@click.option("--size-mm", type=float, default=None, help="Rescale the model's largest side to this.")
+@click.option("--category", default="item", show_default=True)
+@click.option("--width", "width_px", type=int, default=640, show_default=True)
+@click.option("--height", "height_px", type=int, default=480, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def views_cmd(model, out_dir, colour, size_mm, category, width_px, height_px, seed):
+    """Render MODEL (a type name, STL/OBJ/PLY or STEP file) from every azimuth/altitude/tilt with COCO + YOLO boxes."""
+    from sorterbot_cloud.sim.views import render_views
+
+    rgb = tuple(float(v) for v in colour.split(",")) if colour else None
+    path = render_views(model, out_dir, colour=rgb, size_mm=size_mm, category=category, width_px=width_px, height_px=height_px, seed=seed)
+    click.echo(f"wrote {path}")
+
+
+@simulate.command("bench")
+@click.option("--width", "width_px", type=int, default=1640, show_default=True)
+@click.option("--height", "height_px", type=int, default=1232, show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--frames", "n_frames", type=int, default=20, show_default=True)
+def bench_cmd(width_px, height_px, repeats, n_frames):
+    """Print the simulator's frames per second (median over repeated sessions) and per-stage medians."""
+    from sorterbot_cloud.sim.bench import benchmark
+
+    res = benchmark(width_px=width_px, height_px=height_px, repeats=repeats, n_frames=n_frames)
+    click.echo(f"simulator at {width_px}x{height_px}: {res['fps_median']} frames/s (median of {repeats} sessions of {n_frames} frames; "
+               f"all: {res['fps_all']})")
+    click.echo(f"per frame medians: render {res['render_ms']} ms, photo effects {res['effects_ms']} ms, JPEG {res['encode_ms']} ms, "
+               f"boxes {res['boxes_ms']} ms; scene set-up {res['setup_ms']} ms per session")

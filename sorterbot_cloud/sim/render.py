@@ -85,30 +85,49 @@ def photo_effects(image: np.ndarray, params: PhotoParams, rng: np.random.Generat
     ndarray of shape (H, W, 3), uint8, RGB
     """
     h, w = image.shape[:2]
-    gain = (2.0 ** params.exposure_ev) * np.asarray(params.white_balance, np.float32)
-    img = image.astype(np.float32) * gain[None, None, :]
-    if params.vignetting > 0:
-        img *= _vignette(w, h, params.vignetting)[..., None]
     sigma = params.blur_sigma_px * w / 1640.0
     if sigma > 0.05:
-        img = cv2.GaussianBlur(img, (0, 0), sigma)
+        image = cv2.GaussianBlur(image, (0, 0), sigma)
+    img = image.astype(np.float32)
+    # exposure, white balance and vignetting as one smooth gain map, built at 1/8 size
+    gain = (2.0 ** params.exposure_ev) * np.asarray(params.white_balance, np.float32)
+    small = _radius2(max(w // 8, 2), max(h // 8, 2))
+    gmap = (1.0 - params.vignetting * small)[..., None] * gain[None, None, :]
+    cv2.multiply(img, cv2.resize(gmap.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR), dst=img)
     if params.noise_sigma > 0:
-        noise = rng.standard_normal((h // 2 + 1, w // 2 + 1, 3), dtype=np.float32) * params.noise_sigma
-        img += cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)  # 2x2 grain, like a demosaiced sensor
-        img += rng.standard_normal((h, w, 1), dtype=np.float32) * (params.noise_sigma * 0.5)
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+        field = _noise_field(w, h)
+        dy, dx = (int(v) for v in rng.integers(0, _NOISE_PAD, 2))
+        cv2.scaleAdd(field[dy:dy + h, dx:dx + w], float(params.noise_sigma), img, dst=img)
+    img += 0.5
+    np.clip(img, 0, 255, out=img)
+    return img.astype(np.uint8)
 
 
-_VIGNETTE_CACHE: dict[tuple[int, int], np.ndarray] = {}
+_NOISE_PAD = 64
+_NOISE_CACHE: dict[tuple[int, int], np.ndarray] = {}
 
 
-def _vignette(w: int, h: int, strength: float) -> np.ndarray:
+def _noise_field(w: int, h: int) -> np.ndarray:
+    """Unit sensor-noise field (H + pad, W + pad, 3) float32: 2x2 chroma grain plus luminance noise.
+
+    Generated once per size from a fixed seed; frames take randomly offset windows of it
+    (drawn from their own generator), which keeps photo effects cheap and deterministic.
+    """
     key = (w, h)
-    if key not in _VIGNETTE_CACHE:
-        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-        rr = ((x - w / 2) / (w / 2)) ** 2 + ((y - h / 2) / (h / 2)) ** 2
-        _VIGNETTE_CACHE[key] = rr / 2.0
-    return 1.0 - strength * _VIGNETTE_CACHE[key]
+    if key not in _NOISE_CACHE:
+        rng = np.random.default_rng(12345)
+        hh, ww = h + _NOISE_PAD, w + _NOISE_PAD
+        grain = rng.standard_normal((hh // 2 + 1, ww // 2 + 1, 3), dtype=np.float32)
+        grain = cv2.resize(grain, (ww, hh), interpolation=cv2.INTER_NEAREST)
+        luma = rng.standard_normal((hh, ww, 1), dtype=np.float32)
+        _NOISE_CACHE[key] = np.ascontiguousarray(grain + 0.5 * luma)
+    return _NOISE_CACHE[key]
+
+
+def _radius2(w: int, h: int) -> np.ndarray:
+    """Squared normalised distance from the image centre, halved (0 centre .. 1 corners), (h, w) float32."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    return ((((x + 0.5) - w / 2) / (w / 2)) ** 2 + (((y + 0.5) - h / 2) / (h / 2)) ** 2) / 2.0
 
 
 def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
@@ -119,21 +138,38 @@ def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def set_camera(plotter: pv.Plotter, camera: CameraModel, theta_deg: float, width_px: int, height_px: int) -> None:
-    """Point the plotter's VTK camera exactly as ``camera`` at base angle ``theta_deg``."""
-    rotation, center = camera.pose(theta_deg)
-    right, down, forward = rotation
-    fx, fy, cx, cy = camera.intrinsics(width_px, height_px)
+def set_camera_pose(plotter: pv.Plotter, rotation: np.ndarray, center_mm: np.ndarray, intrinsics: tuple[float, float, float, float],
+                    width_px: int, height_px: int, clipping_mm: tuple[float, float] = (5.0, 4000.0)) -> None:
+    """Set the plotter's VTK camera from a pinhole pose.
+
+    Parameters
+    ----------
+    rotation : ndarray of shape (3, 3)
+        World-to-camera rotation; rows are the camera's right, down and forward axes.
+    center_mm : ndarray of shape (3,)
+        Camera centre.
+    intrinsics : (fx, fy, cx, cy)
+        Pixels, for a ``width_px x height_px`` frame.
+    clipping_mm : (near, far)
+    """
+    right, down, forward = np.asarray(rotation, float)
+    fx, fy, cx, cy = intrinsics
     vcam = plotter.camera
-    vcam.SetPosition(*center)
-    vcam.SetFocalPoint(*(center + 100.0 * forward))
+    vcam.SetPosition(*center_mm)
+    vcam.SetFocalPoint(*(np.asarray(center_mm, float) + 100.0 * forward))
     vcam.SetViewUp(*(-down))
     vcam.SetViewAngle(math.degrees(2 * math.atan(height_px / 2 / fy)))
     vcam.SetUseExplicitAspectRatio(True)
     vcam.SetExplicitAspectRatio((width_px / fx) / (height_px / fy))
     # principal point offset in normalised viewport units (VTK window y points up)
     vcam.SetWindowCenter(-(cx - width_px / 2) / (width_px / 2), (cy - height_px / 2) / (height_px / 2))
-    vcam.SetClippingRange(5.0, 4000.0)
+    vcam.SetClippingRange(*clipping_mm)
+
+
+def set_camera(plotter: pv.Plotter, camera: CameraModel, theta_deg: float, width_px: int, height_px: int) -> None:
+    """Point the plotter's VTK camera exactly as ``camera`` at base angle ``theta_deg``."""
+    rotation, center = camera.pose(theta_deg)
+    set_camera_pose(plotter, rotation, center, camera.intrinsics(width_px, height_px), width_px, height_px)
 
 
 def table_plane() -> pv.PolyData:

@@ -15,18 +15,19 @@ import numpy as np
 from sorterbot_cloud.errors import BadRequest
 
 
-def smooth_noise(rng: np.random.Generator, size: int, cells: int | tuple[int, int], octaves: int = 1) -> np.ndarray:
-    """Multi-octave value noise, float32 (size, size) roughly in [0, 1].
+def smooth_noise(rng: np.random.Generator, size: int, cells: int | tuple[int, int], octaves: int = 1, channels: int = 1) -> np.ndarray:
+    """Multi-octave value noise, float32 (size, size) or (size, size, channels), roughly in [0, 1].
 
     ``cells`` is the number of random lattice cells across at the coarsest octave
     (an int, or (rows, cols) for anisotropic noise); each octave doubles it and halves
     the amplitude. Upsampling is bicubic (OpenCV).
     """
     cy, cx = (cells, cells) if isinstance(cells, int) else cells
-    out = np.zeros((size, size), np.float32)
+    shape = (size, size) if channels == 1 else (size, size, channels)
+    out = np.zeros(shape, np.float32)
     amp, total = 1.0, 0.0
     for _ in range(octaves):
-        grid = rng.random((max(cy, 2), max(cx, 2)), dtype=np.float32)
+        grid = rng.random((max(cy, 2), max(cx, 2)) + (() if channels == 1 else (channels,)), dtype=np.float32)
         out += amp * cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
         total += amp
         amp *= 0.5
@@ -77,8 +78,7 @@ def _concrete(rng, s):
 
 
 def _noise(rng, s):
-    layers = [smooth_noise(rng, s, int(rng.integers(4, 30)), 4) for _ in range(3)]
-    img = np.stack(layers, axis=-1)
+    img = smooth_noise(rng, s, int(rng.integers(4, 30)), 4, channels=3)
     return 0.2 + 0.6 * (img - img.min()) / (np.ptp(img) + 1e-6)
 
 
@@ -104,7 +104,7 @@ def _tiles(rng, s):
 
 def _paper(rng, s):
     col = _tint(rng, rng.choice([(0.95, 0.94, 0.90), (0.92, 0.90, 0.82), (0.88, 0.90, 0.93)]), 0.03)
-    fibres = cv2.GaussianBlur(rng.random((s, s), dtype=np.float32), (0, 0), 1.5)
+    fibres = cv2.resize(rng.random((s // 2, s // 2), dtype=np.float32), (s, s), interpolation=cv2.INTER_CUBIC)
     lines = np.zeros((s, s), np.float32)
     if rng.random() < 0.5:
         period = int(rng.integers(40, 70))
@@ -172,5 +172,6 @@ def make_texture(name: str, rng: np.random.Generator, size_px: int = 1024) -> np
     """
     if name not in TEXTURES:
         raise BadRequest(f"unknown texture {name!r}; expected one of {sorted(TEXTURES)}")
-    img = TEXTURES[name](rng, size_px)
-    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
+    img = np.asarray(TEXTURES[name](rng, size_px), np.float32)
+    # convertScaleAbs rounds and saturates to uint8 in one pass; clip negatives first
+    return cv2.convertScaleAbs(np.maximum(img, 0.0, out=img), alpha=255.0)
