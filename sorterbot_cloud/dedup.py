@@ -12,8 +12,11 @@ located detections of one class by constrained single-linkage agglomeration:
    close their estimates are;
 3. each group becomes one :class:`~sorterbot_cloud.structures.ArmObject`: position the
    weighted mean of its detections' positions (weights: score, lowered for boxes cut by
-   the image border, see :mod:`sorterbot_cloud.geometry`), item embedding the weighted
-   mean re-normalised, score the highest detection score;
+   the image border, see :mod:`sorterbot_cloud.geometry`); in calibrated mode replaced
+   by the position of one 3D shape fitted to all the object's boxes
+   (:func:`~sorterbot_cloud.geometry.refine_objects`), which resolves what single boxes
+   cannot (height against depth); item embedding the weighted mean re-normalised,
+   score the highest detection score;
 4. a group seen on a single frame with a score below ``min_single_frame_score`` is
    dropped as noise: a real object is on several frames (the frames overlap by far more
    than one step), and a one-frame, low-confidence box is most likely a false positive
@@ -33,13 +36,16 @@ import math
 import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
-from sorterbot_cloud.geometry import LocatedDetection
+from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, refine_objects
 from sorterbot_cloud.structures import ITEM_CLASS_ID, ArmObject, PolarPoint
 
 #: Default share of the larger object size within which two detections may be one object.
 DEFAULT_DISTANCE_FACTOR = 0.6
 #: One-frame groups below this score are dropped as noise.
 DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
+#: A multi-frame fit may move an object from its averaged position by up to its size,
+#: or this much for small objects (mm); a larger move means the fit failed.
+MIN_REFINE_SHIFT_MM = 30.0
 
 
 class _DisjointSets:
@@ -119,6 +125,7 @@ def merge(
     distance_factor: float = DEFAULT_DISTANCE_FACTOR,
     constants: ArmConstants | None = None,
     min_single_frame_score: float = DEFAULT_MIN_SINGLE_FRAME_SCORE,
+    refine: bool = True,
 ) -> list[ArmObject]:
     """Merge located detections of a session into one object per physical object.
 
@@ -129,12 +136,15 @@ def merge(
     distance_factor : float
         Link threshold as a share of the larger estimated object size (``Settings.dedup_distance_factor``).
     constants : ArmConstants, optional
-        In calibrated mode, turns the merged position into pulse widths
+        Default: the constants the detections were located with. In calibrated mode, turns the merged position into pulse widths
         (``pw0_of_theta``, ``pw1_of_r``). Otherwise (legacy, or not given) pulse widths
         are the weighted means of the detections' pulse widths (legacy: the original
         formulas' values; calibrated: within a fraction of a µs of the exact mapping).
     min_single_frame_score : float
         A group seen on one frame only is kept when its score is at least this.
+    refine : bool
+        In calibrated mode, place each object by fitting one 3D shape to all its boxes
+        (:func:`geometry.refine_objects`) instead of averaging single-frame estimates.
 
     Returns
     -------
@@ -147,27 +157,36 @@ def merge(
     ValueError
         If ``distance_factor`` is not positive.
     """
-    groups = group(located, distance_factor)
-    objects = []
-    for members in groups:
+    if constants is None and located:
+        constants = located[0].constants
+    kept = []
+    for members in group(located, distance_factor):
         dets = [located[i] for i in members]
         if len(dets) == 1 and dets[0].detection.score < min_single_frame_score:
             continue
-        objects.append(_merge_group(dets, constants))
+        kept.append(dets)
+    shapes = refine_objects(kept, constants) if constants is not None and constants.calibrated and refine else [None] * len(kept)
+    objects = [_merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes)]
     objects.sort(key=lambda o: (o.class_id != ITEM_CLASS_ID, o.class_id, round(o.position.theta_deg, 6), round(o.position.r_mm, 6), min(o.detection_ids)))
     for object_id, obj in enumerate(objects):
         obj.object_id = object_id
     return objects
 
 
-def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None) -> ArmObject:
-    """One ArmObject from the detections of one physical object."""
+def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, shape: ObjectShape | None = None) -> ArmObject:
+    """One ArmObject from the detections of one physical object (and its fitted shape)."""
     weights = np.array([d.weight for d in dets], dtype=np.float64)
     if not weights.sum() > 0:
         weights = np.ones(len(dets))
     weights = weights / weights.sum()
     x_mm = float(np.dot(weights, [d.x_mm for d in dets]))
     y_mm = float(np.dot(weights, [d.y_mm for d in dets]))
+    # size: prefer boxes not cut by the border (a cut box under-estimates the size)
+    whole = [d for d in dets if not d.truncated] or dets
+    size_w = np.array([max(d.weight, 1e-9) for d in whole])
+    size_mm = float(np.dot(size_w / size_w.sum(), [d.size_mm for d in whole]))
+    if shape is not None and math.hypot(shape.x_mm - x_mm, shape.y_mm - y_mm) <= max(size_mm, MIN_REFINE_SHIFT_MM):
+        x_mm, y_mm, size_mm = shape.x_mm, shape.y_mm, shape.size_mm
     r_mm = math.hypot(x_mm, y_mm)
     theta_deg = math.degrees(math.atan2(y_mm, x_mm))
     if constants is not None and constants.calibrated:
@@ -176,10 +195,6 @@ def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None) -
     else:  # legacy: keep the original formulas' pulse widths
         pw0 = float(np.dot(weights, [d.pw0 for d in dets]))
         pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
-    # size: prefer boxes not cut by the border (a cut box under-estimates the size)
-    whole = [d for d in dets if not d.truncated] or dets
-    size_w = np.array([max(d.weight, 1e-9) for d in whole])
-    size_mm = float(np.dot(size_w / size_w.sum(), [d.size_mm for d in whole]))
     embeddings = [(w, d.detection.embedding) for w, d in zip(weights, dets) if d.detection.embedding is not None]
     embedding = None
     if embeddings:

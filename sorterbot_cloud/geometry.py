@@ -38,7 +38,7 @@ of the (nearer) top. The cylinder fit models both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -82,6 +82,9 @@ class LocatedDetection:
         Whether a box side touches the image border.
     height_mm : float
         Estimated object height (calibrated mode; 0 in legacy mode).
+    constants : ArmConstants or None
+        The constants the detection was located with (lets :func:`dedup.merge` refine
+        objects across frames without being handed them again).
 
     Raises
     ------
@@ -100,6 +103,7 @@ class LocatedDetection:
     weight: float
     truncated: bool = False
     height_mm: float = 0.0
+    constants: ArmConstants | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         values = {k: getattr(self, k) for k in ("x_mm", "y_mm", "r_mm", "theta_deg", "pw0", "pw1", "size_mm", "weight", "height_mm")}
@@ -281,6 +285,7 @@ def _locate_legacy(detections, boxes, sizes, constants: ArmConstants) -> list[Lo
                 size_mm=float(size_px[i]),
                 weight=float(d.score) * (TRUNCATED_WEIGHT_FACTOR if truncated[i] else 1.0),
                 truncated=bool(truncated[i]),
+                constants=constants,
             )
         )
     return out
@@ -507,6 +512,344 @@ def _locate_calibrated(detections, boxes, sizes, constants: ArmConstants) -> lis
                 weight=float(d.score) * (TRUNCATED_WEIGHT_FACTOR if cut else 1.0),
                 truncated=cut,
                 height_mm=max(h_mm, 0.0),
+                constants=constants,
             )
         )
+    return out
+
+
+# ------------------------------------------------- multi-frame refinement (calibrated)
+
+#: Box noise assumed by the multi-frame refinement (pixels, one sigma).
+REFINE_SIGMA_PX = 2.0
+#: Residuals beyond this many sigmas are down-weighted (Huber, by IRLS).
+REFINE_HUBER_SIGMAS = 2.0
+#: Iterations of the multi-frame refinement.
+REFINE_ITERATIONS = 20
+#: Per-parameter penalty (in squared sigmas) when choosing between shape models.
+REFINE_PARAM_PENALTY = 2.0
+#: Starting yaws (degrees) of the cuboid model (a rectangle repeats every 90 degrees
+#: once its sides may swap).
+_CUBOID_START_YAWS_DEG = (0.0, 30.0, 60.0)
+def _cuboid_points(p: np.ndarray) -> np.ndarray:
+    """Vertices (B, 8, 3) of cuboids ``x, y, L, W, yaw_rad, h``."""
+    corners = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])
+    local = corners[None] * np.stack([np.abs(p[:, 2]), np.abs(p[:, 3]), p[:, 5]], axis=1)[:, None, :]
+    c, s = np.cos(p[:, 4])[:, None], np.sin(p[:, 4])[:, None]
+    x = p[:, 0:1] + c * local[:, :, 0] - s * local[:, :, 1]
+    y = p[:, 1:2] + s * local[:, :, 0] + c * local[:, :, 1]
+    return np.stack([x, y, local[:, :, 2]], axis=2)
+
+
+def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel):
+    """Per-frame camera terms, each shaped (B, F, ...): axes, centre, scaled intrinsics."""
+    b, f = thetas.shape
+    forward, right, down, center = (a.reshape(b, f, 3) for a in _camera_axes(camera, thetas.reshape(-1)))
+    sx = sizes[:, :, 0] / camera.calib_width
+    sy = sizes[:, :, 1] / camera.calib_height
+    return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy
+
+
+def _ring_boxes(centre_xy: np.ndarray, z: np.ndarray, radius: np.ndarray, terms) -> np.ndarray:
+    """Exact image boxes (B, F, 4) of horizontal circles, one per batch row.
+
+    A circle ``c + r (cos phi, sin phi, 0)`` projects to ``u(phi) = N(phi) / D(phi)``
+    with ``N, D`` affine in ``cos phi, sin phi``; ``u' = 0`` reduces to
+    ``A sin phi + B cos phi + C = 0`` with ``A = a0 b1 - a1 b0``, ``B = a2 b0 - a0 b2``,
+    ``C = a2 b1 - a1 b2``, solved in closed form (likewise for ``v``).
+
+    Parameters
+    ----------
+    centre_xy : ndarray of shape (B, 2), mm
+    z : ndarray of shape (B,), mm
+    radius : ndarray of shape (B,), mm
+    terms : tuple
+        From :func:`_frame_terms`.
+    """
+    forward, right, down, center, fx, fy, cx, cy = terms
+    c0 = np.concatenate([centre_xy, z[:, None]], axis=1)[:, None, :] - center  # (B, F, 3)
+    r = radius[:, None]
+    b0 = (c0 * forward).sum(2)
+    b1, b2 = r * forward[:, :, 0], r * forward[:, :, 1]
+    out = []
+    for axis, f, c in ((right, fx, cx), (down, fy, cy)):
+        a0 = f * (c0 * axis).sum(2) + c * b0
+        a1 = r * (f * axis[:, :, 0] + c * forward[:, :, 0])
+        a2 = r * (f * axis[:, :, 1] + c * forward[:, :, 1])
+        big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
+        norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
+        psi = np.arctan2(big_a, big_b)
+        delta = np.arccos(np.clip(-big_c / norm, -1.0, 1.0))
+        values = []
+        for phi in (psi + delta, psi - delta):
+            cos_p, sin_p = np.cos(phi), np.sin(phi)
+            values.append((a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0))
+        out.append((np.minimum(*values), np.maximum(*values)))
+    (u0, u1), (v0, v1) = out
+    return np.stack([u0, v0, u1, v1], axis=2)
+
+
+def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
+    """Boxes (B, F, 4) of solids of revolution ``x, y, r_bottom, r_middle, r_top, h``.
+
+    The profile is piecewise linear through three rings (z = 0, h/2, h); each segment is
+    a frustum, whose silhouette is spanned by its two end rings, so the box is the union
+    of the rings' exact boxes (:func:`_ring_boxes`).
+    """
+    boxes = [_ring_boxes(p[:, :2], frac * p[:, 5], np.abs(p[:, j]), terms) for j, frac in ((2, 0.0), (3, 0.5), (4, 1.0))]
+    stacked = np.stack(boxes, axis=0)
+    return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
+
+
+def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
+    """Exact boxes (B, F, 4) of spheres ``x, y, R`` resting on the table.
+
+    The planes through the camera centre tangent to a sphere of radius ``r`` centred at
+    camera coordinates ``(X, Y, Z)`` have ``u' = x / z`` solving
+    ``u'^2 (Z^2 - r^2) - 2 X Z u' + X^2 - r^2 = 0`` (likewise ``v'`` with ``Y``).
+    """
+    forward, right, down, center, fx, fy, cx, cy = terms
+    r = np.abs(p[:, 2])
+    c0 = np.stack([p[:, 0], p[:, 1], r], axis=1)[:, None, :] - center
+    zc = (c0 * forward).sum(2)
+    r2 = (r**2)[:, None]
+    denom = np.maximum(zc**2 - r2, 1e-6)
+    out = []
+    for axis, f, c in ((right, fx, cx), (down, fy, cy)):
+        xc = (c0 * axis).sum(2)
+        root = np.sqrt(np.maximum(r2 * (xc**2 + zc**2 - r2), 0.0))
+        out.append((f * (xc * zc - root) / denom + c, f * (xc * zc + root) / denom + c))
+    (u0, u1), (v0, v1) = out
+    return np.stack([u0, v0, u1, v1], axis=2)
+
+
+def _project_boxes(points: np.ndarray, terms) -> np.ndarray:
+    """Boxes (B, F, 4) of world points (B, P, 3) on the frames of ``terms`` (:func:`_frame_terms`)."""
+    forward, right, down, center, fx, fy, cx, cy = terms
+    rel = points[:, None, :, :] - center[:, :, None, :]  # (B, F, P, 3)
+    zc = np.maximum((rel * forward[:, :, None, :]).sum(3), 1.0)
+    u = fx[:, :, None] * (rel * right[:, :, None, :]).sum(3) / zc + cx[:, :, None]
+    v = fy[:, :, None] * (rel * down[:, :, None, :]).sum(3) / zc + cy[:, :, None]
+    return np.stack([u.min(2), v.min(2), u.max(2), v.max(2)], axis=2)
+
+
+def _cuboid_boxes(p: np.ndarray, terms) -> np.ndarray:
+    """Boxes (B, F, 4) of upright cuboids ``x, y, L, W, yaw_rad, h``."""
+    return _project_boxes(_cuboid_points(p), terms)
+
+
+def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt on a batch of independent problems.
+
+    Parameters
+    ----------
+    residual_fn : callable
+        ``residual_fn(params (k B, D)) -> residuals (k B, M)``: must accept ``k`` stacked
+        copies of the batch (the Jacobian is evaluated in one call with ``k = D``).
+    params : ndarray of shape (B, D)
+        Starting points.
+    steps : ndarray of shape (D,)
+        Finite-difference steps.
+    clamp : callable
+        ``clamp(params) -> params`` keeping parameters in their domain.
+    iterations : int
+
+    Returns
+    -------
+    params : ndarray of shape (B, D)
+    cost : ndarray of shape (B,)
+        Sum of squared residuals at the result.
+    """
+    params = clamp(params.copy())
+    d = params.shape[1]
+    res = residual_fn(params)
+    cost = (res**2).sum(1)
+    lam = np.full(len(params), 1e-2)
+    eye = np.eye(d)[None]
+    for _ in range(iterations):
+        # forward differences, all parameters in one stacked call
+        shifted = np.repeat(params[None], d, axis=0) + (np.eye(d) * steps)[:, None, :]  # (D, B, D)
+        jac = ((residual_fn(shifted.reshape(d * len(params), d)).reshape(d, *res.shape) - res) / steps[:, None, None]).transpose(1, 2, 0)
+        jtj = np.einsum("nri,nrj->nij", jac, jac)
+        jtr = np.einsum("nri,nr->ni", jac, res)
+        diag = np.einsum("nii->ni", jtj)
+        delta = -np.linalg.solve(jtj + lam[:, None, None] * eye * (diag[:, :, None] + 1e-6), jtr[:, :, None])[:, :, 0]
+        trial = clamp(params + delta)
+        res_t = residual_fn(trial)
+        cost_t = (res_t**2).sum(1)
+        better = cost_t < cost
+        params[better] = trial[better]
+        res[better] = res_t[better]
+        cost[better] = cost_t[better]
+        lam = np.clip(np.where(better, lam * 0.3, lam * 10.0), 1e-7, 1e7)
+    return params, cost
+
+
+@dataclass(frozen=True)
+class ObjectShape:
+    """The shape fitted to all boxes of one object (multi-frame refinement).
+
+    Parameters
+    ----------
+    x_mm, y_mm : float
+        Footprint centre on the table.
+    size_mm : float
+        Largest horizontal extent of the fitted shape (footprint diameter).
+    height_mm : float
+    model : {'cuboid', 'revolved', 'sphere'}
+    cost : float
+        Robust sum of squared box residuals, in squared :data:`REFINE_SIGMA_PX`.
+    """
+
+    x_mm: float
+    y_mm: float
+    size_mm: float
+    height_mm: float
+    model: str
+    cost: float
+
+
+def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants) -> list[ObjectShape | None]:
+    """Fit one 3D shape per object to all its boxes across frames (calibrated mode).
+
+    A single box cannot tell an object's height from its depth (module docstring), but
+    the boxes of one object on several frames can: the arm's rotation moves the camera
+    on a circle around the base and the object across the image, and only the true
+    shape projects to all the boxes. Three shape models are fitted to every object's
+    boxes jointly (batched Levenberg-Marquardt, Huber-weighted by IRLS, sides cut by the
+    image border left out): an upright cuboid with yaw (boxes, trays, dice), a solid of
+    revolution with a piecewise-linear profile through three rings (cylinders, tins,
+    bowls, cups) and a sphere resting on the table. The model with the least cost plus
+    :data:`REFINE_PARAM_PENALTY` per parameter wins. Starting points come from the
+    single-frame fits (:func:`fit_prisms`).
+
+    Parameters
+    ----------
+    groups : list of list of LocatedDetection
+        The detections of each object (one class per group, one detection per frame).
+    constants : ArmConstants
+        Calibrated constants (``camera`` set).
+
+    Returns
+    -------
+    list of ObjectShape or None
+        One per group; None where the group has fewer than 2 box sides per parameter
+        to fit (too few whole frames), where the fit fails, or in legacy mode.
+    """
+    camera = constants.camera
+    out: list[ObjectShape | None] = [None] * len(groups)
+    if camera is None:
+        return out
+    usable = []
+    for g, dets in enumerate(groups):
+        boxes = np.array([np.asarray(d.detection.box_xyxy, float).reshape(4) for d in dets])
+        sizes = np.array([(d.detection.width_px, d.detection.height_px) for d in dets], float)
+        if (~_truncation(boxes, sizes)).sum() >= 12:
+            usable.append(g)
+    if not usable:
+        return out
+    f_max = max(len(groups[g]) for g in usable)
+    b = len(usable)
+    boxes = np.zeros((b, f_max, 4))
+    sizes = np.ones((b, f_max, 2)) * [camera.calib_width, camera.calib_height]
+    thetas = np.zeros((b, f_max))
+    mask = np.zeros((b, f_max, 4))
+    start = np.zeros((b, 4))  # x, y, width, height from the single-frame fits
+    class_ids = np.zeros(b, int)
+    for k, g in enumerate(usable):
+        dets = groups[g]
+        n = len(dets)
+        boxes[k, :n] = [np.asarray(d.detection.box_xyxy, float).reshape(4) for d in dets]
+        sizes[k, :n] = [(d.detection.width_px, d.detection.height_px) for d in dets]
+        thetas[k, :n] = [constants.theta_of_pw(float(d.detection.frame_pw0)) for d in dets]
+        mask[k, :n] = ~_truncation(boxes[k, :n], sizes[k, :n])
+        w = np.array([max(d.weight, 1e-6) for d in dets])
+        whole = [d for d in dets if not d.truncated] or dets
+        start[k] = (
+            np.average([d.x_mm for d in dets], weights=w),
+            np.average([d.y_mm for d in dets], weights=w),
+            float(np.median([d.size_mm for d in whole])),
+            float(np.median([d.height_mm for d in whole])),
+        )
+        class_ids[k] = dets[0].class_id
+    h_max = camera.height_mm * 0.8
+
+    def make_residuals(boxes_fn, size_of, rep: int):
+        bx = np.repeat(boxes, rep, axis=0)
+        sz = np.repeat(sizes, rep, axis=0)
+        th = np.repeat(thetas, rep, axis=0)
+        mk = np.repeat(mask, rep, axis=0)
+        prior_size = np.repeat(start[:, 2], rep)
+        weights = np.ones_like(mk)
+        base_terms = _frame_terms(th, sz, camera)
+        tiled: dict[int, tuple] = {}
+
+        def residual_fn(p):
+            k = len(p) // len(bx)
+            if k not in tiled:
+                tiled[k] = tuple(np.concatenate([t] * k, axis=0) for t in base_terms)
+            sq_w = np.sqrt(np.concatenate([weights] * k, axis=0))
+            r = (boxes_fn(p, tiled[k]) - np.concatenate([bx] * k, axis=0)) / REFINE_SIGMA_PX * np.concatenate([mk] * k, axis=0) * sq_w
+            r_size = 0.1 * np.log(np.maximum(size_of(p), 1.0) / np.concatenate([prior_size] * k))
+            return np.concatenate([r.reshape(len(p), -1), r_size[:, None]], axis=1)
+
+        def reweight(p):
+            r = np.abs(boxes_fn(p, base_terms) - bx) / REFINE_SIGMA_PX
+            weights[:] = np.minimum(1.0, REFINE_HUBER_SIGMAS / np.maximum(r, 1e-9))
+
+        return residual_fn, reweight
+
+    def run(boxes_fn, size_of, p0, steps, clamp, rep):
+        residual_fn, reweight = make_residuals(boxes_fn, size_of, rep)
+        p = p0
+        for sweep in range(3):  # IRLS sweeps
+            p, cost = _batched_lm(residual_fn, p, steps, clamp, REFINE_ITERATIONS if sweep == 0 else REFINE_ITERATIONS // 2)
+            reweight(p)
+        return p, (residual_fn(p) ** 2).sum(1)
+
+    def clamp6(p, lo=(None, None, 1.0, 1.0, None, 0.5)):
+        p[:, 2] = np.maximum(np.abs(p[:, 2]), 1.0)
+        p[:, 3] = np.maximum(np.abs(p[:, 3]), 1.0)
+        p[:, 5] = np.clip(p[:, 5], 0.5, h_max)
+        return p
+
+    def clamp_rev(p):
+        p[:, 2:5] = np.maximum(np.abs(p[:, 2:5]), 0.5)
+        p[:, 5] = np.clip(p[:, 5], 0.5, h_max)
+        return p
+
+    def clamp_sphere(p):
+        p[:, 2] = np.clip(np.abs(p[:, 2]), 0.5, h_max / 2)
+        return p
+
+    n_yaw = len(_CUBOID_START_YAWS_DEG)
+    a0 = np.maximum(start[:, 2], 2.0)
+    h0 = np.clip(start[:, 3], 1.0, h_max)
+    cub0 = np.concatenate(
+        [np.stack([start[:, 0], start[:, 1], 0.8 * a0, 0.6 * a0, np.full(b, math.radians(y)), h0], axis=1)[:, None] for y in _CUBOID_START_YAWS_DEG],
+        axis=1,
+    ).reshape(b * n_yaw, 6)
+    cub, cub_cost = run(_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), cub0, np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp6, n_yaw)
+    cub, cub_cost = cub.reshape(b, n_yaw, 6), cub_cost.reshape(b, n_yaw)
+    best_yaw = np.argmin(cub_cost, axis=1)
+    cub, cub_cost = cub[np.arange(b), best_yaw], cub_cost[np.arange(b), best_yaw]
+    rev0 = np.stack([start[:, 0], start[:, 1], a0 / 2, a0 / 2, a0 / 2, h0], axis=1)
+    rev, rev_cost = run(_revolved_boxes, lambda p: 2 * np.abs(p[:, 2:5]).max(1), rev0, np.full(6, 0.2), clamp_rev, 1)
+    sph0 = np.stack([start[:, 0], start[:, 1], a0 / 2], axis=1)
+    sph, sph_cost = run(_sphere_boxes, lambda p: 2 * np.abs(p[:, 2]), sph0, np.full(3, 0.2), clamp_sphere, 1)
+
+    scores = np.stack([cub_cost + 6 * REFINE_PARAM_PENALTY, rev_cost + 6 * REFINE_PARAM_PENALTY, sph_cost + 3 * REFINE_PARAM_PENALTY], axis=1)
+    choice = np.argmin(scores, axis=1)
+    for k, g in enumerate(usable):
+        if choice[k] == 0:
+            x, y, length, width, _, h = cub[k]
+            shape = ObjectShape(float(x), float(y), float(math.hypot(length, width)), float(h), "cuboid", float(cub_cost[k]))
+        elif choice[k] == 1:
+            x, y, r0, r1, r2, h = rev[k]
+            shape = ObjectShape(float(x), float(y), float(2 * max(r0, r1, r2)), float(h), "revolved", float(rev_cost[k]))
+        else:
+            x, y, r = sph[k]
+            shape = ObjectShape(float(x), float(y), float(2 * r), float(2 * r), "sphere", float(sph_cost[k]))
+        if all(math.isfinite(v) for v in (shape.x_mm, shape.y_mm, shape.size_mm)):
+            out[g] = shape
     return out

@@ -126,7 +126,7 @@ def _simulated_session(rng, constants, n_items, n_containers, box_noise_px=3.0, 
         pos = place(float(np.hypot(pts[:, 0], pts[:, 1]).max()), (200, 450) if container else (180, 430))
         if pos is None:
             continue
-        truth.append(container)
+        truth.append((container, pos[0], pos[1]))
         for pw, box in observe(pts + [pos[0], pos[1], 0], constants):
             if rng.random() < miss_rate:
                 continue
@@ -142,7 +142,7 @@ def _simulated_session(rng, constants, n_items, n_containers, box_noise_px=3.0, 
         pw = float(rng.choice(range(1000, 1951, 50)))
         x0, y0 = rng.uniform(0, 1500), rng.uniform(0, 1100)
         dets.append(stored(len(dets), pw, (x0, y0, x0 + 60, y0 + 60), ITEM_CLASS_ID, score=float(rng.uniform(0.5, 0.59))))
-    return dets, sum(not c for c in truth), sum(truth)
+    return dets, truth
 
 
 @pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "legacy"])
@@ -153,7 +153,8 @@ def test_counts_exact_in_simulated_sessions(calibrated):
     n_sessions, exact = 20, 0
     failures = []
     for s in range(n_sessions):
-        dets, n_items, n_containers = _simulated_session(rng, constants, int(rng.integers(3, 9)), int(rng.integers(1, 5)))
+        dets, truth = _simulated_session(rng, constants, int(rng.integers(3, 9)), int(rng.integers(1, 5)))
+        n_items, n_containers = sum(not t[0] for t in truth), sum(t[0] for t in truth)
         objects = dedup.merge(geometry.locate(dets, run_constants), constants=run_constants)
         found = (sum(o.class_id == ITEM_CLASS_ID for o in objects), sum(o.class_id == CONTAINER_CLASS_ID for o in objects))
         if found == (n_items, n_containers):
@@ -162,3 +163,22 @@ def test_counts_exact_in_simulated_sessions(calibrated):
             failures.append((s, found, (n_items, n_containers)))
     print(f"exact {exact}/{n_sessions}", failures)
     assert exact >= 0.95 * n_sessions, failures
+
+
+def test_position_p95_within_15_mm_in_simulated_sessions():
+    """Calibrated sessions: box noise 3 px, 10 % missed boxes; each found object against
+    the nearest true object of its class."""
+    constants = ArmConstants.reference()
+    rng = np.random.default_rng(22)
+    errors = {"item": [], "container": []}
+    for _ in range(12):
+        dets, truth = _simulated_session(rng, constants, int(rng.integers(3, 9)), int(rng.integers(1, 5)))
+        for obj in dedup.merge(geometry.locate(dets, constants)):
+            container = obj.class_id == CONTAINER_CLASS_ID
+            nearest = min(math.hypot(obj.x_mm - x, obj.y_mm - y) for c, x, y in truth if c == container)
+            errors["container" if container else "item"].append(nearest)
+    all_errors = errors["item"] + errors["container"]
+    print({k: (len(v), round(float(np.median(v)), 1), round(float(np.percentile(v, 95)), 1)) for k, v in errors.items()})
+    assert len(errors["container"]) >= 20
+    assert np.percentile(all_errors, 95) <= 15.0
+    assert np.percentile(errors["container"], 95) <= 15.0
