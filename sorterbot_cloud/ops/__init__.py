@@ -35,9 +35,9 @@ Service code (no Flask import)
       ``ops.bind_log_fields(arm_id=a, session_id=s)`` once per request;
     - S3 archive: ``ops.aws.archive_from_settings(settings, disk_archive)`` returns the disk
       archive in local mode and, in the aws modes, an :class:`.aws.S3MirroredArchive` whose
-      ``put`` also queues the S3 copy at ``<session_id>/<image_name>``; other images (session
-      overviews) go through ``ops.aws.upload_queue_for(settings).submit(path,
-      ops.aws.overview_key(arm_id, session_id))``;
+      ``put`` also queues the S3 copy at ``<session_id>/<image_name>``; a session overview
+      PNG goes through ``ops.aws.publish_overview(settings, arm_id, session_id, png)``
+      (written under ``settings.overview_dir``, copied to S3 in the aws modes);
     - empty ``/process_image`` body in the aws modes: ``ops.aws.read_frame(settings,
       session_id, image_name) -> bytes`` (raises ``BadRequest`` if the object is missing,
       ``ServiceUnavailable`` if S3 is down);

@@ -260,13 +260,57 @@ class S3MirroredArchive:
         self.uploads = uploads
 
     def put(self, arm_id: str, session_id: str, image_name: str, data: bytes) -> str:
-        """Store on disk, schedule the S3 copy, return the local archive's URI."""
+        """Store on disk, schedule the S3 copy, return the local archive's URI.
+
+        Raises
+        ------
+        BadRequest
+            On a malformed id or image name (from the disk archive).
+        ServiceUnavailable
+            If the S3 copy cannot be spooled (the local disk refuses the marker).
+        """
         uri = self.disk.put(arm_id, session_id, image_name, data)
-        self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), frame_key(session_id, image_name))
+        try:
+            self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), frame_key(session_id, image_name))
+        except OSError as exc:
+            log.exception("cannot spool the S3 copy of %s/%s/%s", arm_id, session_id, image_name)
+            raise ServiceUnavailable("the frame could not be queued for upload to S3 (local disk)") from exc
         return uri
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.disk, name)
+
+
+def publish_overview(settings, arm_id: str, session_id: str, png: bytes) -> Path:
+    """Write a session overview PNG to ``settings.overview_dir/<arm_id>/<session_id>.png``
+    and, in the aws modes, queue its copy to S3 at :func:`overview_key`.
+
+    Parameters
+    ----------
+    settings : Settings
+    arm_id, session_id : str
+    png : bytes
+        The encoded PNG.
+
+    Returns
+    -------
+    Path
+        The local file.
+
+    Raises
+    ------
+    BadRequest
+        If an id is malformed.
+    """
+    key = overview_key(arm_id, session_id)  # validates both ids before touching the disk
+    path = Path(settings.overview_dir) / arm_id / f"{session_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".png.tmp")
+    tmp.write_bytes(png)
+    os.replace(tmp, path)
+    if settings.mode in AWS_MODES:
+        upload_queue_for(settings).submit(path, key)
+    return path
 
 
 def archive_from_settings(settings, disk=None):

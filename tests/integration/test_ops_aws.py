@@ -305,3 +305,35 @@ def test_init_app_in_aws_mode_builds_context_and_queue(context, moto_endpoint, t
     local = ops.init_app(Flask("local"), Settings(data_dir=tmp_path), configure_logs=False)
     assert local.aws is None and local.uploads is None
     state.uploads.close()
+
+
+def test_publish_overview_writes_locally_and_uploads_in_aws_modes(context, moto_endpoint, tmp_path):
+    settings = make_settings(moto_endpoint, tmp_path)
+    path = aws.publish_overview(settings, "ARM001", "S5", b"\x89PNG overview")
+    assert path == settings.overview_dir / "ARM001" / "S5.png" and path.read_bytes() == b"\x89PNG overview"
+    assert aws.upload_queue_for(settings).flush(30)
+    assert stored(context, "overviews/ARM001/S5.png") == b"\x89PNG overview"
+
+
+def test_publish_overview_in_local_mode_stays_local(tmp_path):
+    settings = Settings(data_dir=tmp_path)
+    path = aws.publish_overview(settings, "ARM001", "S5", b"png")
+    assert path.read_bytes() == b"png"
+    assert settings not in aws._queues
+
+
+@pytest.mark.parametrize("arm_id, session_id", [("../x", "S1"), ("ARM001", "a/b")], ids=["arm", "session"])
+def test_publish_overview_rejects_bad_ids(tmp_path, arm_id, session_id):
+    with pytest.raises(BadRequest, match="must be 1-64"):
+        aws.publish_overview(Settings(data_dir=tmp_path), arm_id, session_id, b"png")
+    assert not (tmp_path / "overviews").exists()
+
+
+def test_mirrored_archive_reports_a_spool_failure(context, tmp_path):
+    queue = UploadQueue(context.s3, context.bucket, tmp_path / "spool", start=False)
+    archive = S3MirroredArchive(DiskArchive(tmp_path / "images"), queue)
+    (tmp_path / "spool").rmdir()
+    (tmp_path / "spool").write_text("not a directory")  # the spool cannot take markers any more
+    with pytest.raises(ServiceUnavailable, match="could not be queued"):
+        archive.put("ARM001", "S9", "1450.jpg", b"frame")
+    assert queue.pending == 0
