@@ -48,7 +48,9 @@ def _recipe() -> str:
               help="Checkpoints, history and log.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=DEFAULT_WEIGHTS, show_default=True,
               help="Where the fp16 weights (+ .json sidecar) are written at the end.")
-@click.option("--steps", type=int, default=4000, show_default=True)
+@click.option("--steps", type=int, default=4000, show_default=True, help="Optimiser steps (at most, with --time-budget-s).")
+@click.option("--time-budget-s", type=float, default=0.0, show_default=True,
+              help="Stop after this many seconds; the cosine schedule follows the elapsed time. 0: off.")
 @click.option("--input-size", "input_size_px", type=int, default=64, show_default=True, help="Input side in pixels.")
 @click.option("--types-per-batch", type=int, default=8, show_default=True)
 @click.option("--crops-per-type", type=int, default=4, show_default=True)
@@ -56,6 +58,8 @@ def _recipe() -> str:
 @click.option("--warmup-steps", type=int, default=200, show_default=True)
 @click.option("--temperature", type=float, default=0.1, show_default=True)
 @click.option("--instance-weight", type=float, default=0.5, show_default=True)
+@click.option("--colour-permutations/--no-colour-permutations", default=True, show_default=True,
+              help="Add RGB channel-permutation pseudo-classes of the coloured types.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
@@ -64,8 +68,8 @@ def _recipe() -> str:
 @click.option("--export-only", is_flag=True, help="Export <out-dir>/last.pt without training.")
 @click.option("--allow-heldout-types", is_flag=True, help="Allow the simulator's held-out item types in --train-dir.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_embedder(train_dir, val_dir, out_dir, export_path, steps, input_size_px, types_per_batch, crops_per_type, lr,
-                   warmup_steps, temperature, instance_weight, seed, threads, checkpoint_every, eval_every, resume,
+def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_s, input_size_px, types_per_batch, crops_per_type, lr,
+                   warmup_steps, temperature, instance_weight, colour_permutations, seed, threads, checkpoint_every, eval_every, resume,
                    export_only, allow_heldout_types, progress):
     """Train the item embedder (ResNet18 from scratch, supervised contrastive) on crops per type."""
     import numpy as np
@@ -81,6 +85,7 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, input_size_p
         raise click.UsageError(f"--train-dir holds held-out item types {leaked}; they must stay out of training")
     cfg = TrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
                       lr=lr, warmup_steps=min(warmup_steps, steps), temperature=temperature, instance_weight=instance_weight,
+                      colour_permutations=colour_permutations, time_budget_s=time_budget_s,
                       seed=seed, threads=threads, checkpoint_every=checkpoint_every, eval_every=eval_every)
     train = load_crop_folder(train_dir)
     counts = {name: int(np.sum(train.type_ids == i)) for i, name in enumerate(train.type_names)}
@@ -93,7 +98,7 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, input_size_p
     else:
         val = load_crop_folder(val_dir) if val_dir is not None else None
         history = run(train, out_dir, cfg, val=val, resume=resume, progress=progress)
-        history["config"]["steps_done"] = cfg.steps
+        history["config"]["steps_done"] = history["steps_done"]
     sidecar = {
         "recipe": _recipe(),
         "data": {"train_dir": str(train_dir), "types": train.type_names, "crops_per_type": counts,

@@ -4,7 +4,9 @@ Recipe (no pretrained weights are reachable here):
 
 - Data: item crops per type folder (the simulator's ``export_item_crops``), letterboxed
   once to ``1.25 x`` the input side and kept in memory.
-- Batches of ``P`` types x ``K`` crops x 2 augmented views.
+- Classes: each type, plus RGB channel-permutation pseudo-classes of the coloured types
+  (:func:`colour_classes`): a red cap with swapped channels is a blue cap, a new class.
+- Batches of ``P`` classes x ``K`` crops x 2 augmented views.
 - Loss: supervised contrastive loss on the L2-normalised 512-wide penultimate features,
   positives = same type (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020,
   eq. 2, the "L_out" form), plus ``instance_weight`` times the same loss with
@@ -64,6 +66,12 @@ class TrainConfig:
         Softmax temperature of the contrastive losses (0.1 as in SupCon).
     instance_weight : float
         Weight of the instance (SimCLR) term.
+    colour_permutations : bool
+        Add RGB channel-permutation pseudo-classes (:func:`colour_classes`).
+    time_budget_s : float
+        When > 0, training stops after this many seconds (or ``steps``, whichever comes
+        first) and the cosine schedule follows the elapsed fraction of the budget: the
+        run ends on time on a busy machine. The steps actually done are recorded.
     seed : int
     threads : int
         ``torch.set_num_threads``.
@@ -80,6 +88,8 @@ class TrainConfig:
     warmup_steps: int = 200
     temperature: float = 0.1
     instance_weight: float = 0.5
+    colour_permutations: bool = True
+    time_budget_s: float = 0.0
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 200
@@ -167,6 +177,50 @@ class Augmenter:
         return np.clip(x, 0, 255).astype(np.uint8)
 
 
+#: The six orders of the RGB channels; index 0 is the identity.
+CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def colour_classes(images: np.ndarray, type_ids: np.ndarray, min_distance: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudo-classes made by permuting the RGB channels of each type.
+
+    A red cap with its channels swapped is a blue cap: a type the training set does not
+    have, of the same shape and another colour. Each permutation of a type whose mean
+    item colour (centre half of the letterboxed crops) moves by at least ``min_distance``
+    (RGB, 0..255) from every colour already kept becomes a class of its own; the others
+    fold into the class they match. A grey type therefore stays one class; a yellow one
+    (red = green) gets three. This multiplies the classes the loss must tell apart, so the
+    features keep colour and shape cues that transfer to unseen types.
+
+    Parameters
+    ----------
+    images : ndarray of shape (N, S, S, 3), uint8, RGB
+        Letterboxed crops.
+    type_ids : ndarray of shape (N,), int
+    min_distance : float
+
+    Returns
+    -------
+    class_type : ndarray of shape (C,), int64
+        Type of each pseudo-class.
+    class_perm : ndarray of shape (C,), int64
+        Index into :data:`CHANNEL_PERMUTATIONS` of each pseudo-class.
+    """
+    s = images.shape[1]
+    centre = images[:, s // 4 : s - s // 4, s // 4 : s - s // 4].reshape(len(images), -1, 3).mean(1)
+    class_type, class_perm = [], []
+    for t in np.unique(type_ids):
+        mean_rgb = np.median(centre[type_ids == t], axis=0)
+        kept: list[np.ndarray] = []
+        for p, perm in enumerate(CHANNEL_PERMUTATIONS):
+            colour = mean_rgb[list(perm)]
+            if all(np.linalg.norm(colour - k) >= min_distance for k in kept):
+                kept.append(colour)
+                class_type.append(int(t))
+                class_perm.append(p)
+    return np.asarray(class_type, np.int64), np.asarray(class_perm, np.int64)
+
+
 class BatchSampler:
     """Draw ``P`` types x ``K`` crops (with replacement when a type has fewer than ``K``)."""
 
@@ -185,10 +239,17 @@ class BatchSampler:
 # -------------------------------------------------------------------------- training
 
 
-def _lr_factor(step: int, cfg: TrainConfig) -> float:
+def _lr_factor(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 over the run.
+
+    The run's progress is ``step / steps``, or ``elapsed_s / time_budget_s`` when a time
+    budget is set (whichever is further along).
+    """
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    if cfg.time_budget_s > 0:
+        t = max(t, elapsed_s / cfg.time_budget_s)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
@@ -245,11 +306,18 @@ def train_embedder(
     load_size = int(round(cfg.input_size_px * 1.25))
     images = np.stack([letterbox(c, load_size) for c in train.crops])
     augment = Augmenter(cfg.input_size_px, rng)
-    sampler = BatchSampler(train.type_ids, cfg.types_per_batch, cfg.crops_per_type, rng)
+    if cfg.colour_permutations:
+        class_type, class_perm = colour_classes(images, train.type_ids)
+    else:
+        class_type = np.unique(train.type_ids).astype(np.int64)
+        class_perm = np.zeros(len(class_type), np.int64)
+    log.info("%d training classes: %s", len(class_type),
+             {train.type_names[t]: int(np.sum(class_type == t)) for t in np.unique(class_type)})
+    by_type = {int(t): np.flatnonzero(train.type_ids == t) for t in np.unique(train.type_ids)}
+    class_sampler = BatchSampler(np.arange(len(class_type)), cfg.types_per_batch, 1, rng)
 
     model = build_resnet18()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg))
     history: dict = {"config": asdict(cfg), "losses": [], "val": [], "seconds": 0.0}
     start = 0
     ckpt_path = out_dir / "last.pt"
@@ -257,7 +325,6 @@ def train_embedder(
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
         rng.bit_generator.state = ckpt["numpy_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         history = ckpt["history"]
@@ -267,9 +334,12 @@ def train_embedder(
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
 
+    saved = {"step": start}
+
     def checkpoint(step: int) -> None:
+        saved["step"] = step
         _save_atomic(
-            {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            {"model": model.state_dict(), "optimizer": opt.state_dict(),
              "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history, "step": step},
             ckpt_path,
         )
@@ -278,11 +348,24 @@ def train_embedder(
     t0 = time.perf_counter() - history["seconds"]
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress, desc="train-embedder")
+    done = start
     for step in bar:
-        idx = sampler()
-        views = np.stack([augment(images[i]) for i in idx] + [augment(images[i]) for i in idx])
+        elapsed_s = time.perf_counter() - t0
+        if cfg.time_budget_s > 0 and elapsed_s >= cfg.time_budget_s:
+            log.info("time budget of %.0f s reached after %d steps", cfg.time_budget_s, step)
+            break
+        lr = cfg.lr * _lr_factor(step, elapsed_s, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        classes = class_sampler()
+        idx = np.concatenate([rng.choice(by_type[int(class_type[c])], cfg.crops_per_type,
+                                         replace=len(by_type[int(class_type[c])]) < cfg.crops_per_type) for c in classes])
+        labels = np.repeat(classes, cfg.crops_per_type)
+        perms = [CHANNEL_PERMUTATIONS[class_perm[c]] for c in labels]
+        views = np.stack([augment(images[i][..., list(p)]) for i, p in zip(idx, perms)]
+                         + [augment(images[i][..., list(p)]) for i, p in zip(idx, perms)])
         x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
-        type_labels = torch.from_numpy(np.concatenate([train.type_ids[idx], train.type_ids[idx]]))
+        type_labels = torch.from_numpy(np.concatenate([labels, labels]))
         inst_labels = torch.arange(len(idx)).repeat(2)
         z = torch.nn.functional.normalize(model(x), dim=1)
         l_sup = supcon_loss(z, type_labels, cfg.temperature)
@@ -291,14 +374,14 @@ def train_embedder(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            row = [done, loss.item(), l_sup.item(), l_inst.item(), float(sched.get_last_lr()[0])]
+        last = done == cfg.steps or (cfg.time_budget_s > 0 and time.perf_counter() - t0 >= cfg.time_budget_s)
+        if done % cfg.log_every == 0 or last:
+            row = [done, loss.item(), l_sup.item(), l_inst.item(), lr]
             history["losses"].append(row)
             bar.set_postfix(loss=f"{row[1]:.3f}")
             log.info("step %d loss %.4f supcon %.4f instance %.4f lr %.4f", *row)
-        if val is not None and cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if val is not None and cfg.eval_every and (done % cfg.eval_every == 0 or last):
             model.eval()
             embedder = Embedder(model, input_size_px=cfg.input_size_px)
             aris = grouping_aris(embedder.embed(val.crops), val.type_ids, n_groupings=50, seed=cfg.seed)
@@ -306,9 +389,12 @@ def train_embedder(
             history["val"].append([done, float(np.mean(aris))])
             log.info("step %d held-out grouping ARI %.4f", done, float(np.mean(aris)))
         history["seconds"] = time.perf_counter() - t0
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+        if done % cfg.checkpoint_every == 0 or last:
             checkpoint(done)
     bar.close()
+    if saved["step"] != done:
+        checkpoint(done)
+    history["steps_done"] = done
     model.eval()
     history["seconds"] = time.perf_counter() - t0
     history["model"] = model.state_dict()

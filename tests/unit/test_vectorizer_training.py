@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from vectorizer.cli import evaluate_embedder, train_embedder
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
 from vectorizer.embedder import Embedder
-from vectorizer.training import Augmenter, BatchSampler, TrainConfig, export_weights, supcon_loss
+from vectorizer.training import CHANNEL_PERMUTATIONS, Augmenter, BatchSampler, TrainConfig, colour_classes, export_weights, supcon_loss
 from vectorizer.training import train_embedder as run_training
 
 torch.set_num_threads(1)
@@ -91,6 +91,21 @@ def test_augmenter_keeps_size_and_colour_identity():
             out = augment(img)
             assert out.shape == (32, 32, 3) and out.dtype == np.uint8
             assert np.argmax(out.reshape(-1, 3).mean(0)) == int(np.argmax(colour)), "no hue jitter"
+
+
+@pytest.mark.parametrize(
+    "rgb, n_classes",
+    [((128, 128, 128), 1), ((220, 30, 30), 3), ((220, 40, 120), 6), ((220, 220, 30), 3)],
+    ids=["grey-one-class", "red-three", "pink-six", "yellow-three"],
+)
+def test_colour_classes_split_only_distinct_permutations(rgb, n_classes):
+    images = np.full((4, 16, 16, 3), rgb, np.uint8)
+    class_type, class_perm = colour_classes(images, np.zeros(4, np.int64))
+    assert len(class_type) == n_classes and np.all(class_type == 0)
+    assert class_perm[0] == 0, "the original colours are always a class"
+    colours = [np.asarray(rgb)[list(CHANNEL_PERMUTATIONS[p])] for p in class_perm]
+    pairwise = [np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1:]]
+    assert all(d >= 40 for d in pairwise)
 
 
 def test_batch_sampler_draws_p_types_k_crops():
@@ -199,3 +214,22 @@ def test_cli_train_refuses_heldout_types(tmp_path):
     result = CliRunner().invoke(train_embedder, ["--train-dir", str(tmp_path / "train"), "--out-dir", str(tmp_path / "run"),
                                                  "--export", str(tmp_path / "e.pt"), "--steps", "1"])
     assert result.exit_code != 0 and "held-out" in result.output
+
+
+def test_time_budget_stops_training_and_checkpoints(tmp_path):
+    cfg = TrainConfig(**{**TINY, "steps": 1000, "eval_every": 0, "checkpoint_every": 1000, "time_budget_s": 1e-3})
+    history = run_training(synthetic_set(3), tmp_path, cfg, progress=False)
+    assert 1 <= history["steps_done"] < 1000
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == history["steps_done"]
+
+
+@pytest.mark.parametrize(
+    "step, elapsed_s, budget_s, expected",
+    [(0, 0.0, 0.0, 0.5), (1, 0.0, 0.0, 1.0), (6, 0.0, 0.0, 0.0), (4, 0.0, 0.0, 0.5), (2, 50.0, 100.0, 0.5), (2, 200.0, 100.0, 0.0)],
+    ids=["warmup-1", "warmup-end", "end", "cosine-mid", "time-mid", "time-over"],
+)
+def test_lr_schedule(step, elapsed_s, budget_s, expected):
+    from vectorizer.training import _lr_factor
+
+    cfg = TrainConfig(steps=6, warmup_steps=2, time_budget_s=budget_s)
+    assert _lr_factor(step, elapsed_s, cfg) == pytest.approx(expected, abs=1e-9)
