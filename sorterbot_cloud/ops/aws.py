@@ -26,6 +26,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -332,6 +333,21 @@ def archive_from_settings(settings, disk=None):
     return S3MirroredArchive(disk, upload_queue_for(settings))
 
 
+#: Running upload queues of this process; ``sorterbot_s3_uploads_pending`` counts their files.
+_LIVE_QUEUES: "weakref.WeakSet[UploadQueue]" = weakref.WeakSet()
+
+
+def _pending_in_process() -> float:
+    keys = set()
+    for queue in list(_LIVE_QUEUES):
+        if not queue._closed:
+            keys.update((str(queue.spool_dir), key) for key in list(queue._entries))
+    return float(len(keys))
+
+
+metrics.S3_PENDING.set_function(_pending_in_process)
+
+
 @dataclass
 class _Entry:
     key: str
@@ -427,14 +443,11 @@ class UploadQueue:
 
     def _schedule(self, key: str, local_path: str, *, attempts: int = 0, write: bool = True) -> None:
         with self._cond:
-            is_new = key not in self._entries
             entry = _Entry(key, local_path, attempts, next(self._generation), time.monotonic())
             if write:
                 self._write_marker(entry)
             self._entries[key] = entry
             heapq.heappush(self._heap, (entry.due_s, next(self._seq), key, entry.generation))
-            if is_new:
-                metrics.S3_PENDING.inc()
             self._cond.notify_all()
 
     # -- public ------------------------------------------------------------------------
@@ -444,6 +457,7 @@ class UploadQueue:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._closed = False
+            _LIVE_QUEUES.add(self)
             self._thread = threading.Thread(target=self._run, name="s3-upload-queue", daemon=True)
             self._thread.start()
 
@@ -530,7 +544,6 @@ class UploadQueue:
                     if current is not None and current.generation == entry.generation:
                         del self._entries[entry.key]
                         self._marker_path(entry.key).unlink(missing_ok=True)
-                        metrics.S3_PENDING.dec()
                     if outcome == "ok":
                         self.uploaded += 1
                         now_s = time.monotonic()

@@ -20,7 +20,7 @@ from moto.server import ThreadedMotoServer
 from sorterbot_cloud import ops
 from sorterbot_cloud.config import Settings
 from sorterbot_cloud.errors import BadRequest, ServiceUnavailable
-from sorterbot_cloud.ops import aws
+from sorterbot_cloud.ops import aws, metrics
 from sorterbot_cloud.ops.aws import AwsContext, S3MirroredArchive, UploadQueue, frame_key, resolve_pg_conn
 from sorterbot_cloud.storage import DiskArchive
 
@@ -101,6 +101,10 @@ def frames(tmp_path: Path, n: int, seed: int = 0) -> dict[str, bytes]:
 
 def stored(ctx: AwsContext, key: str) -> bytes:
     return ctx.s3.get_object(Bucket=ctx.bucket, Key=key)["Body"].read()
+
+
+def pending_gauge() -> float:
+    return metrics.REGISTRY.get_sample_value("sorterbot_s3_uploads_pending")
 
 
 def wait_until(predicate, timeout_s: float = 10.0) -> bool:
@@ -197,16 +201,19 @@ def test_s3_outage_mid_session_loses_no_frame(context, moto_endpoint, tmp_path):
         for key in keys[:2]:  # S3 up
             queue.submit(tmp_path / "frames" / key.split("/")[1], key)
         assert queue.flush(30)
+        pending_before = pending_gauge()
         moto_endpoint.down()  # S3 goes away in the middle of the session
         for key in keys[2:]:
             queue.submit(tmp_path / "frames" / key.split("/")[1], key)
         assert wait_until(lambda: queue.failed_attempts >= 2)
         assert queue.pending == 4
+        assert pending_gauge() == pending_before + 4
         markers = [json.loads(p.read_text()) for p in (tmp_path / "spool").glob("*.json")]
         assert sorted(m["key"] for m in markers) == sorted(keys[2:])
         moto_endpoint.up()  # S3 is back
         assert queue.flush(60)
         assert {key: stored(context, key) for key in keys} == data
+        assert pending_gauge() == pending_before
         assert list((tmp_path / "spool").glob("*.json")) == []
     finally:
         queue.close()
