@@ -314,3 +314,25 @@ def test_actionlint_catches_a_broken_workflow(actionlint, tmp_path):
     messages = [r["message"] for r in actionlint([bad])[str(bad)]]
     assert any("potentially untrusted" in m for m in messages)
     assert any('"nope" is not defined' in m for m in messages)
+
+
+@pytest.mark.parametrize("name", ["ci.yml", "deploy.yml"], ids=["ci", "deploy"])
+def test_workflow_make_targets_exist(name):
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([A-Za-z][\w-]*):", makefile, re.M))
+    used = {m for s in steps_of(load_workflow(name)) for m in re.findall(r"\bmake (\w[\w-]*)", s.get("run", ""))}
+    assert used and used <= targets, used - targets
+
+
+def test_gunicorn_target_and_ports_agree(dockerfile, task_definition):
+    import importlib
+
+    cmd = json.loads([args for k, args in dockerfile if k == "CMD"][-1])
+    module_name, _, call = cmd[-1].partition(":")
+    assert callable(getattr(importlib.import_module(module_name), call.removesuffix("()")))
+    bind_port = cmd[cmd.index("--bind") + 1].rsplit(":", 1)[1]
+    health = [args for k, args in dockerfile if k == "HEALTHCHECK"][-1]
+    env_port = re.search(r"PORT=(\d+)", " ".join(a for k, a in dockerfile if k == "ENV")).group(1)
+    assert bind_port == env_port == "5000" and "PORT" in health
+    task_health = " ".join(task_definition["containerDefinitions"][0]["healthCheck"]["command"])
+    assert f"127.0.0.1:{bind_port}/healthz" in task_health
