@@ -52,6 +52,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import Unauthorized
 from . import metrics
 from .auth import OPEN_PATHS, check_bearer
 from .control_panel import ControlPanelHandler, ControlPanelShipper
@@ -166,7 +167,7 @@ def init_app(app, settings, *, aws=None, uploads=None, configure_logs: bool = Tr
         if token and request.path not in OPEN_PATHS:
             try:
                 check_bearer(request.headers.get("Authorization"), token)
-            except Exception as exc:  # Unauthorized
+            except Unauthorized as exc:
                 response = app.response_class(
                     response=_json_dumps(exc.to_problem()), status=exc.status, mimetype="application/problem+json",
                 )
