@@ -107,20 +107,45 @@ def bench_context(data_dir: Path | None = None) -> Iterator[BenchContext]:
             database.close()
 
 
+def _simulate(out_dir: str, seed: int, kwargs: dict) -> str:
+    from sorterbot_cloud.sim import simulate_session
+
+    return str(simulate_session(out_dir, seed, progress=False, **kwargs))
+
+
+def simulate_isolated(out_dir: str | Path, seed: int, **kwargs) -> Path:
+    """Run :func:`sorterbot_cloud.sim.simulate_session` in a fresh (spawned) process.
+
+    The renderer loads VTK's OpenGL libraries; once they are in a process, importing
+    torch's Triton (which torchvision's detection ops pull in) crashes it with a
+    segmentation fault (seen with vtk 9 and triton 3 wheels). Rendering in a child
+    process keeps the service process free of VTK.
+
+    Returns
+    -------
+    Path
+        The ``ground_truth.json`` written.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return Path(pool.submit(_simulate, str(out_dir), int(seed), dict(kwargs)).result())
+
+
 def simulated_session(cache: Path, seed: int, **kwargs) -> Path:
-    """A simulated session folder for ``seed`` (rendered once, then reused from ``cache``).
+    """A simulated session folder for ``seed`` (rendered once, in a child process, then
+    reused from ``cache``); held-out item types and textures.
 
     Returns
     -------
     Path
         The session folder (``<pw>.jpg`` frames and ``ground_truth.json``).
     """
-    from sorterbot_cloud.sim import simulate_session
-
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
     folder = Path(cache) / f"seed{seed}{'_' + tag if tag else ''}"
     if not (folder / "ground_truth.json").exists():
-        simulate_session(folder, seed, heldout=True, session_id=f"sim_{seed}", progress=False, contact_sheet=False, **kwargs)
+        simulate_isolated(folder, seed, heldout=True, session_id=f"sim_{seed}", contact_sheet=False, **kwargs)
     return folder
 
 

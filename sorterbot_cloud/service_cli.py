@@ -247,13 +247,14 @@ def replay(session_dir, url, arm_id, session_id, arm_config, legacy, token, json
 def demo(out_dir: Path, seed: int, legacy: bool) -> None:
     """Simulate a session, serve it with the embedded database, replay it over HTTP, score it."""
     from sorterbot_cloud import evaluation
-    from sorterbot_cloud.sim import simulate_session
+    from sorterbot_cloud.bench import simulate_isolated
 
     out_dir = Path(out_dir)
     session_dir = out_dir / "session"
     click.echo(f"1/4 simulating session (seed {seed}) into {session_dir} ...")
-    gt_path = simulate_session(session_dir, seed, n_items=6, n_item_types=3, n_containers=3, heldout=True,
-                               session_id=f"demo_{seed}", progress=False)
+    # rendered in a child process: VTK in this process would crash torch's Triton import
+    gt_path = simulate_isolated(session_dir, seed, n_items=6, n_item_types=3, n_containers=3, heldout=True,
+                                session_id=f"demo_{seed}")
     ground_truth = json.loads(Path(gt_path).read_text())
     # the demo owns its own embedded database under out/, whatever PG_CONN says
     settings = _settings(None, data_dir=str((out_dir / "var").resolve()))
