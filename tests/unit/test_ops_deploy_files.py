@@ -336,3 +336,15 @@ def test_gunicorn_target_and_ports_agree(dockerfile, task_definition):
     assert bind_port == env_port == "5000" and "PORT" in health
     task_health = " ".join(task_definition["containerDefinitions"][0]["healthCheck"]["command"])
     assert f"127.0.0.1:{bind_port}/healthz" in task_health
+
+
+def test_cpu_requirements_filter_drops_only_cuda_and_torch(dockerfile):
+    run = next(args for k, args in dockerfile if k == "RUN" and "grep -Ev" in args)
+    pattern = re.compile(re.search(r"grep -Ev '([^']+)'", run).group(1))
+    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    kept = [line for line in lines if not pattern.search(line)]
+    dropped = sorted(set(lines) - set(kept))
+    names = {line.split("==")[0].lower() for line in kept}
+    assert not any(n.startswith(("torch", "nvidia-", "cuda-", "triton")) for n in names)
+    assert {"flask", "gunicorn", "psycopg", "boto3", "prometheus_client", "opencv-python-headless"} <= names
+    assert all(d.lower().startswith(("torch", "torchvision", "nvidia-", "cuda-", "triton")) for d in dropped), dropped
