@@ -32,3 +32,10 @@ def test_every_guide_is_in_the_toctree():
     index = (ROOT / "docs" / "index.rst").read_text()
     guides = sorted(p.stem for p in (ROOT / "docs").glob("*.rst") if p.stem != "index")
     assert [g for g in guides if f"   {g}\n" not in index] == []
+
+
+def test_configuration_page_lists_every_environment_variable():
+    from sorterbot_cloud.config import Settings
+
+    page = (ROOT / "docs" / "configuration.rst").read_text()
+    assert [name for name in Settings.ENV if f"``{name}``" not in page] == []
