@@ -39,3 +39,11 @@ def test_configuration_page_lists_every_environment_variable():
 
     page = (ROOT / "docs" / "configuration.rst").read_text()
     assert [name for name in Settings.ENV if f"``{name}``" not in page] == []
+
+
+def test_http_api_page_covers_every_route_of_the_openapi_document():
+    import json
+
+    paths = json.loads((ROOT / "sorterbot_cloud" / "api" / "openapi.json").read_text())["paths"]
+    page = (ROOT / "docs" / "http_api.rst").read_text()
+    assert [p for p in paths if f"``{p}" not in page and f" {p}" not in page] == []
