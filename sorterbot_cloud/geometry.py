@@ -50,8 +50,6 @@ from sorterbot_cloud.structures import StoredDetection
 BORDER_MARGIN_PX = 2.0
 #: Averaging weight factor of a box cut by the image border (its position is biased).
 TRUNCATED_WEIGHT_FACTOR = 0.1
-#: Points per ring of the cylinder model used by the calibrated fit.
-_RING_POINTS = 24
 #: Gauss-Newton (Levenberg-Marquardt) iterations of the calibrated fit.
 _FIT_ITERATIONS = 12
 
@@ -301,16 +299,10 @@ def _locate_legacy(detections, boxes, sizes, constants: ArmConstants) -> list[Lo
 #: simulator catalogue (items 15..60 mm across, containers 100..220 mm, 15..80 mm high).
 FIT_PRIORS = {
     0: (30.0, 0.6, 15.0, 25.0, 0.25),
-    1: (160.0, 0.35, 40.0, 15.0, 0.25),
+    1: (160.0, 0.35, 45.0, 20.0, 0.25),
 }
 #: Pixel noise assumed on a box side (pixels, one sigma).
 BOX_SIGMA_PX = 1.0
-
-
-def _ring_offsets() -> np.ndarray:
-    """Unit circle points (K, 2)."""
-    phi = np.linspace(0.0, 2 * np.pi, _RING_POINTS, endpoint=False)
-    return np.stack([np.cos(phi), np.sin(phi)], axis=1)
 
 
 def _camera_axes(camera: CameraModel, thetas: np.ndarray):
@@ -341,49 +333,61 @@ def prism_boxes(params: np.ndarray, camera: CameraModel, thetas: np.ndarray, siz
     Returns
     -------
     ndarray of shape (N, 4), float64, pixels
-        ``x0, y0, x1, y1`` of the projected silhouette (rims sampled at 24 points).
+        ``x0, y0, x1, y1``: union of the exact boxes of the bottom and top ellipses
+        (:func:`_ring_boxes`).
     """
-    ring = _ring_offsets()  # (K, 2)
-    n, k = len(params), len(ring)
-    forward, right, down, center = _camera_axes(camera, thetas)
+    terms = _frame_terms(np.asarray(thetas, float).reshape(-1, 1), np.asarray(sizes, float).reshape(-1, 1, 2), camera)
+    center = terms[3][:, 0, :]
     view = params[:, :2] - center[:, :2]
     view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-6)
-    lateral = np.stack([view[:, 1], -view[:, 0]], axis=1)
-    half_a = np.maximum(params[:, 2], 0.5)[:, None, None] / 2
-    half_b = np.maximum(params[:, 3], 0.5)[:, None, None] / 2
-    xy = params[:, None, :2] + half_a * ring[None, :, :1] * lateral[:, None] + half_b * ring[None, :, 1:] * view[:, None]
-    height = np.clip(params[:, 3 + 1], 0.0, camera.height_mm * 0.8)[:, None, None]
-    bottom = np.concatenate([xy, np.zeros((n, k, 1))], axis=2)
-    top = np.concatenate([xy, np.broadcast_to(height, (n, k, 1))], axis=2)
-    rel = np.concatenate([bottom, top], axis=1) - center[:, None, :]  # (N, 2K, 3)
-    zc = np.maximum(np.einsum("nkj,nj->nk", rel, forward), 1.0)
-    sx = sizes[:, 0] / camera.calib_width
-    sy = sizes[:, 1] / camera.calib_height
-    u = (camera.fx * sx)[:, None] * np.einsum("nkj,nj->nk", rel, right) / zc + (camera.cx * sx)[:, None]
-    v = (camera.fy * sy)[:, None] * np.einsum("nkj,nj->nk", rel, down) / zc + (camera.cy * sy)[:, None]
-    return np.stack([u.min(1), v.min(1), u.max(1), v.max(1)], axis=1)
+    n = len(params)
+    lateral = np.zeros((n, 3))
+    lateral[:, 0], lateral[:, 1] = view[:, 1], -view[:, 0]
+    along = np.zeros((n, 3))
+    along[:, :2] = view
+    u_vec = lateral * (np.maximum(params[:, 2], 0.5) / 2)[:, None]
+    v_vec = along * (np.maximum(params[:, 3], 0.5) / 2)[:, None]
+    height = np.clip(params[:, 4], 0.0, camera.height_mm * 0.8)
+    centre = np.stack([np.stack([params[:, 0], params[:, 1], np.zeros(n)], axis=1), np.stack([params[:, 0], params[:, 1], height], axis=1)])
+    rings = _ring_boxes(centre, u_vec[None], v_vec[None], terms)[:, :, 0]  # (2, N, 4): bottom, top
+    return np.concatenate([rings[:, :, :2].min(0), rings[:, :, 2:].max(0)], axis=1)
+
+
+def _ground_points(uv: np.ndarray, thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel) -> np.ndarray:
+    """Back-project pixels (N, K, 2) of frames ``thetas`` (N,), ``sizes`` (N, 2) onto z = 0: (N, K, 2) mm.
+
+    Pixels at or above the horizon are moved to the frame's lowest row first.
+    """
+    forward, right, down, center = _camera_axes(camera, thetas)
+    fx = camera.fx * sizes[:, 0] / camera.calib_width
+    fy = camera.fy * sizes[:, 1] / camera.calib_height
+    cx = camera.cx * sizes[:, 0] / camera.calib_width
+    cy = camera.cy * sizes[:, 1] / camera.calib_height
+    x = (uv[:, :, 0] - cx[:, None]) / fx[:, None]
+    y = (uv[:, :, 1] - cy[:, None]) / fy[:, None]
+    rays = x[..., None] * right[:, None] + y[..., None] * down[:, None] + forward[:, None]  # (N, K, 3)
+    above = rays[..., 2] > -1e-6
+    if np.any(above):
+        y_low = ((sizes[:, 1] - 1) - cy) / fy
+        rays_low = x[..., None] * right[:, None] + y_low[:, None, None] * down[:, None] + forward[:, None]
+        rays = np.where(above[..., None], rays_low, rays)
+    t = -center[:, None, 2] / np.minimum(rays[..., 2], -1e-6)
+    return center[:, None, :2] + t[..., None] * rays[..., :2]
 
 
 def _initial_guess(boxes, sizes, thetas, camera: CameraModel, class_ids: np.ndarray) -> np.ndarray:
     """Near edge + half the ground width, depth = width, prior height: (N, 5)."""
-    n = len(boxes)
-    params = np.zeros((n, 5))
-    for i in range(n):
-        x0, _, x1, y1 = boxes[i]
-        w, h = sizes[i]
-        uv = np.array([[(x0 + x1) / 2, y1], [x0, y1], [x1, y1]])
-        ground = camera.backproject_to_plane(uv, float(thetas[i]), int(w), int(h), 0.0)
-        if not np.all(np.isfinite(ground)):
-            # box bottom at or above the horizon: fall back to the frame's lowest row
-            uv[:, 1] = h - 1
-            ground = camera.backproject_to_plane(uv, float(thetas[i]), int(w), int(h), 0.0)
-        _, center = camera.pose(float(thetas[i]))
-        near = ground[0, :2]
-        view = near - center[:2]
-        view /= max(np.linalg.norm(view), 1e-6)
-        width = max(float(np.linalg.norm(ground[1, :2] - ground[2, :2])), 2.0)
-        params[i] = (*(near + view * width / 2), width, width, FIT_PRIORS[int(class_ids[i])][2])
-    return params
+    x0, x1, y1 = boxes[:, 0], boxes[:, 2], boxes[:, 3]
+    uv = np.stack([np.stack([(x0 + x1) / 2, y1], 1), np.stack([x0, y1], 1), np.stack([x1, y1], 1)], axis=1)  # (N, 3, 2)
+    ground = _ground_points(uv, thetas, sizes, camera)
+    center = _camera_axes(camera, thetas)[3][:, :2]
+    near = ground[:, 0]
+    view = near - center
+    view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-6)
+    width = np.maximum(np.linalg.norm(ground[:, 1] - ground[:, 2], axis=1), 2.0)
+    h0 = np.array([FIT_PRIORS[int(c)][2] for c in class_ids], dtype=np.float64).reshape(-1)
+    xy = near + view * width[:, None] / 2
+    return np.stack([xy[:, 0], xy[:, 1], width, width, h0], axis=1)
 
 
 def fit_prisms(
@@ -394,8 +398,7 @@ def fit_prisms(
     class_ids: np.ndarray,
     truncated: np.ndarray | None = None,
     iterations: int = _FIT_ITERATIONS,
-    return_covariance: bool = False,
-):
+) -> np.ndarray:
     """Fit upright elliptic prisms to boxes (the calibrated position estimator).
 
     Maximum a posteriori fit: box sides not cut by the image border with
@@ -417,17 +420,10 @@ def fit_prisms(
         Sides (left, top, right, bottom) to ignore; default from the border margin.
     iterations : int
 
-    return_covariance : bool
-        Also return the posterior covariance of the position.
-
     Returns
     -------
-    params : ndarray of shape (N, 5), float64
+    ndarray of shape (N, 5), float64
         ``x_mm, y_mm, a_mm, b_mm, h_mm`` (see :func:`prism_boxes`).
-    covariance : ndarray of shape (N, 2, 2), float64, mm^2
-        Only with ``return_covariance``: Laplace approximation ``(J^T J)^-1`` of the
-        posterior of ``x_mm, y_mm`` at the fit. It is long along the viewing direction
-        (where the box leaves depth and height ambiguous) and short across it.
     """
     boxes = np.asarray(boxes_xyxy, float).reshape(-1, 4)
     sizes = np.asarray(sizes_px, float).reshape(-1, 2)
@@ -440,50 +436,24 @@ def fit_prisms(
     params = _initial_guess(boxes, sizes, thetas, camera, class_ids)
 
     def residuals(p: np.ndarray) -> np.ndarray:
-        r_box = (prism_boxes(p, camera, thetas, sizes) - boxes) * mask
+        k = len(p) // len(boxes)  # k stacked copies of the batch (see _batched_lm)
+        tile = lambda x: np.concatenate([x] * k, axis=0) if k > 1 else x  # noqa: E731
+        r_box = (prism_boxes(p, camera, tile(thetas), tile(sizes)) - tile(boxes)) * tile(mask)
+        pr = tile(priors)
         a = np.maximum(p[:, 2], 0.5)
         b = np.maximum(p[:, 3], 0.5)
-        r_a = np.log(a / priors[:, 0]) / priors[:, 1]
-        r_h = (p[:, 4] - priors[:, 2]) / priors[:, 3]
-        r_ab = np.log(b / a) / priors[:, 4]
-        return np.concatenate([r_box, r_a[:, None], r_h[:, None], r_ab[:, None]], axis=1)  # (N, 7)
+        r_a = np.log(a / pr[:, 0]) / pr[:, 1]
+        r_h = (p[:, 4] - pr[:, 2]) / pr[:, 3]
+        r_ab = np.log(b / a) / pr[:, 4]
+        return np.concatenate([r_box, r_a[:, None], r_h[:, None], r_ab[:, None]], axis=1)  # (kN, 7)
 
-    steps = np.full(5, 0.25)
+    def clamp(p: np.ndarray) -> np.ndarray:
+        p[:, 2:4] = np.maximum(p[:, 2:4], 1.0)
+        p[:, 4] = np.clip(p[:, 4], 0.0, camera.height_mm * 0.8)
+        return p
 
-    def jacobian(p: np.ndarray, r: np.ndarray) -> np.ndarray:
-        jac = np.empty(r.shape + (5,))
-        for j in range(5):
-            shifted = p.copy()
-            shifted[:, j] += steps[j]
-            jac[:, :, j] = (residuals(shifted) - r) / steps[j]
-        return jac
-
-    lam = np.full(len(boxes), 1e-2)
-    res = residuals(params)
-    cost = (res**2).sum(1)
-    eye = np.eye(5)[None]
-    for _ in range(iterations):
-        jac = jacobian(params, res)
-        jtj = np.einsum("nri,nrj->nij", jac, jac)
-        jtr = np.einsum("nri,nr->ni", jac, res)
-        diag = np.einsum("nii->ni", jtj)
-        delta = -np.linalg.solve(jtj + lam[:, None, None] * eye * (diag[:, :, None] + 1e-6), jtr[:, :, None])[:, :, 0]
-        trial = params + delta
-        trial[:, 2:4] = np.maximum(trial[:, 2:4], 1.0)
-        trial[:, 4] = np.clip(trial[:, 4], 0.0, camera.height_mm * 0.8)
-        res_t = residuals(trial)
-        cost_t = (res_t**2).sum(1)
-        better = cost_t < cost
-        params[better] = trial[better]
-        res[better] = res_t[better]
-        cost[better] = cost_t[better]
-        lam = np.where(better, lam * 0.3, lam * 10.0)
-    if not return_covariance:
-        return params
-    jac = jacobian(params, res)
-    jtj = np.einsum("nri,nrj->nij", jac, jac) + eye * 1e-9
-    covariance = np.linalg.inv(jtj)[:, :2, :2]
-    return params, covariance
+    params, _ = _batched_lm(residuals, params, np.full(5, 0.25), clamp, iterations)
+    return params
 
 
 def _locate_calibrated(detections, boxes, sizes, constants: ArmConstants) -> list[LocatedDetection]:
@@ -524,13 +494,13 @@ def _locate_calibrated(detections, boxes, sizes, constants: ArmConstants) -> lis
 REFINE_SIGMA_PX = 2.0
 #: Residuals beyond this many sigmas are down-weighted (Huber, by IRLS).
 REFINE_HUBER_SIGMAS = 2.0
-#: Iterations of the multi-frame refinement.
-REFINE_ITERATIONS = 20
+#: Levenberg-Marquardt iterations of each IRLS sweep of the multi-frame refinement.
+REFINE_SCHEDULE = (10, 6, 5)
 #: Per-parameter penalty (in squared sigmas) when choosing between shape models.
 REFINE_PARAM_PENALTY = 2.0
 #: Starting yaws (degrees) of the cuboid model (a rectangle repeats every 90 degrees
 #: once its sides may swap).
-_CUBOID_START_YAWS_DEG = (0.0, 30.0, 60.0)
+_CUBOID_START_YAWS_DEG = (0.0, 45.0)
 def _cuboid_points(p: np.ndarray) -> np.ndarray:
     """Vertices (B, 8, 3) of cuboids ``x, y, L, W, yaw_rad, h``."""
     corners = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])
@@ -550,43 +520,47 @@ def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel):
     return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy
 
 
-def _ring_boxes(centre_xy: np.ndarray, z: np.ndarray, radius: np.ndarray, terms) -> np.ndarray:
-    """Exact image boxes (B, F, 4) of horizontal circles, one per batch row.
+def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray, v_vec: np.ndarray, terms) -> np.ndarray:
+    """Exact image boxes (B, F, 4) of ellipses ``centre + cos(phi) U + sin(phi) V``.
 
-    A circle ``c + r (cos phi, sin phi, 0)`` projects to ``u(phi) = N(phi) / D(phi)``
-    with ``N, D`` affine in ``cos phi, sin phi``; ``u' = 0`` reduces to
-    ``A sin phi + B cos phi + C = 0`` with ``A = a0 b1 - a1 b0``, ``B = a2 b0 - a0 b2``,
-    ``C = a2 b1 - a1 b2``, solved in closed form (likewise for ``v``).
+    The ellipse projects to ``u(phi) = N(phi) / D(phi)`` with ``N, D`` affine in
+    ``cos phi, sin phi``; ``u' = 0`` reduces to ``A sin phi + B cos phi + C = 0`` with
+    ``A = a0 b1 - a1 b0``, ``B = a2 b0 - a0 b2``, ``C = a2 b1 - a1 b2``, solved in closed
+    form (likewise for ``v``). Horizontal circles have ``U = r e_x``, ``V = r e_y``.
 
     Parameters
     ----------
-    centre_xy : ndarray of shape (B, 2), mm
-    z : ndarray of shape (B,), mm
-    radius : ndarray of shape (B,), mm
+    centre, u_vec, v_vec : ndarray of shape (..., B, 3), mm
+        Leading axes (several ellipses per batch row) broadcast against ``terms``.
     terms : tuple
         From :func:`_frame_terms`.
+
+    Returns
+    -------
+    ndarray of shape (..., B, F, 4), pixels
     """
     forward, right, down, center, fx, fy, cx, cy = terms
-    c0 = np.concatenate([centre_xy, z[:, None]], axis=1)[:, None, :] - center  # (B, F, 3)
-    r = radius[:, None]
-    b0 = (c0 * forward).sum(2)
-    b1, b2 = r * forward[:, :, 0], r * forward[:, :, 1]
+    axes = np.stack([right, down, forward], axis=-1)  # (B, F, 3, 3): columns right, down, forward
+
+    pc = np.matmul((centre[..., None, :] - center)[..., None, :], axes)[..., 0, :]  # (..., B, F, 3)
+    pu = np.matmul(u_vec[..., None, None, :], axes)[..., 0, :]
+    pv = np.matmul(v_vec[..., None, None, :], axes)[..., 0, :]
+    b0, b1, b2 = pc[..., 2], pu[..., 2], pv[..., 2]
     out = []
-    for axis, f, c in ((right, fx, cx), (down, fy, cy)):
-        a0 = f * (c0 * axis).sum(2) + c * b0
-        a1 = r * (f * axis[:, :, 0] + c * forward[:, :, 0])
-        a2 = r * (f * axis[:, :, 1] + c * forward[:, :, 1])
+    for k, f, c in ((0, fx, cx), (1, fy, cy)):
+        a0 = f * pc[..., k] + c * b0
+        a1 = f * pu[..., k] + c * b1
+        a2 = f * pv[..., k] + c * b2
         big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
         norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
         psi = np.arctan2(big_a, big_b)
         delta = np.arccos(np.clip(-big_c / norm, -1.0, 1.0))
-        values = []
-        for phi in (psi + delta, psi - delta):
-            cos_p, sin_p = np.cos(phi), np.sin(phi)
-            values.append((a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0))
-        out.append((np.minimum(*values), np.maximum(*values)))
+        phi = np.stack([psi + delta, psi - delta])
+        cos_p, sin_p = np.cos(phi), np.sin(phi)
+        values = (a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0)
+        out.append((values.min(0), values.max(0)))
     (u0, u1), (v0, v1) = out
-    return np.stack([u0, v0, u1, v1], axis=2)
+    return np.stack([u0, v0, u1, v1], axis=-1)
 
 
 def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
@@ -596,8 +570,16 @@ def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
     a frustum, whose silhouette is spanned by its two end rings, so the box is the union
     of the rings' exact boxes (:func:`_ring_boxes`).
     """
-    boxes = [_ring_boxes(p[:, :2], frac * p[:, 5], np.abs(p[:, j]), terms) for j, frac in ((2, 0.0), (3, 0.5), (4, 1.0))]
-    stacked = np.stack(boxes, axis=0)
+    n = len(p)
+    radii = np.abs(p[:, 2:5]).T  # (3, B)
+    ex = np.zeros((3, n, 3))
+    ey = np.zeros((3, n, 3))
+    ex[:, :, 0] = radii
+    ey[:, :, 1] = radii
+    centre = np.zeros((3, n, 3))
+    centre[:, :, :2] = p[None, :, :2]
+    centre[:, :, 2] = np.array([0.0, 0.5, 1.0])[:, None] * p[None, :, 5]
+    stacked = _ring_boxes(centre, ex, ey, terms)  # (3, B, F, 4)
     return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
 
 
@@ -626,10 +608,11 @@ def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
 def _project_boxes(points: np.ndarray, terms) -> np.ndarray:
     """Boxes (B, F, 4) of world points (B, P, 3) on the frames of ``terms`` (:func:`_frame_terms`)."""
     forward, right, down, center, fx, fy, cx, cy = terms
-    rel = points[:, None, :, :] - center[:, :, None, :]  # (B, F, P, 3)
-    zc = np.maximum((rel * forward[:, :, None, :]).sum(3), 1.0)
-    u = fx[:, :, None] * (rel * right[:, :, None, :]).sum(3) / zc + cx[:, :, None]
-    v = fy[:, :, None] * (rel * down[:, :, None, :]).sum(3) / zc + cy[:, :, None]
+    axes = np.stack([right, down, forward], axis=3)  # (B, F, 3, 3): columns
+    cam = np.matmul(points[:, None, :, :], axes) - np.matmul(center[:, :, None, :], axes)  # (B, F, P, 3)
+    zc = np.maximum(cam[..., 2], 1.0)
+    u = fx[:, :, None] * cam[..., 0] / zc + cx[:, :, None]
+    v = fy[:, :, None] * cam[..., 1] / zc + cy[:, :, None]
     return np.stack([u.min(2), v.min(2), u.max(2), v.max(2)], axis=2)
 
 
@@ -774,12 +757,14 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
         class_ids[k] = dets[0].class_id
     h_max = camera.height_mm * 0.8
 
-    def make_residuals(boxes_fn, size_of, rep: int):
+    priors = np.array([FIT_PRIORS[int(c)] for c in class_ids])  # (b, 5)
+
+    def make_residuals(boxes_fn, size_of, height_of, rep: int):
         bx = np.repeat(boxes, rep, axis=0)
         sz = np.repeat(sizes, rep, axis=0)
         th = np.repeat(thetas, rep, axis=0)
         mk = np.repeat(mask, rep, axis=0)
-        prior_size = np.repeat(start[:, 2], rep)
+        pr = np.repeat(priors, rep, axis=0)
         weights = np.ones_like(mk)
         base_terms = _frame_terms(th, sz, camera)
         tiled: dict[int, tuple] = {}
@@ -790,8 +775,10 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
                 tiled[k] = tuple(np.concatenate([t] * k, axis=0) for t in base_terms)
             sq_w = np.sqrt(np.concatenate([weights] * k, axis=0))
             r = (boxes_fn(p, tiled[k]) - np.concatenate([bx] * k, axis=0)) / REFINE_SIGMA_PX * np.concatenate([mk] * k, axis=0) * sq_w
-            r_size = 0.1 * np.log(np.maximum(size_of(p), 1.0) / np.concatenate([prior_size] * k))
-            return np.concatenate([r.reshape(len(p), -1), r_size[:, None]], axis=1)
+            prk = np.concatenate([pr] * k, axis=0)
+            r_size = np.log(np.maximum(size_of(p), 1.0) / prk[:, 0]) / prk[:, 1]
+            r_height = (height_of(p) - prk[:, 2]) / prk[:, 3]
+            return np.concatenate([r.reshape(len(p), -1), r_size[:, None], r_height[:, None]], axis=1)
 
         def reweight(p):
             r = np.abs(boxes_fn(p, base_terms) - bx) / REFINE_SIGMA_PX
@@ -799,13 +786,18 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
 
         return residual_fn, reweight
 
-    def run(boxes_fn, size_of, p0, steps, clamp, rep):
-        residual_fn, reweight = make_residuals(boxes_fn, size_of, rep)
-        p = p0
-        for sweep in range(3):  # IRLS sweeps
-            p, cost = _batched_lm(residual_fn, p, steps, clamp, REFINE_ITERATIONS if sweep == 0 else REFINE_ITERATIONS // 2)
+    def run(boxes_fn, size_of, height_of, p0, steps, clamp, rep):
+        """IRLS sweeps of LM; with ``rep`` starts per object, the best start after the first sweep goes on."""
+        residual_fn, reweight = make_residuals(boxes_fn, size_of, height_of, rep)
+        p, cost = _batched_lm(residual_fn, p0, steps, clamp, REFINE_SCHEDULE[0])
+        if rep > 1:
+            best = np.argmin(cost.reshape(b, rep), axis=1)
+            p = p.reshape(b, rep, -1)[np.arange(b), best]
+            residual_fn, reweight = make_residuals(boxes_fn, size_of, height_of, 1)
+        for iterations in REFINE_SCHEDULE[1:]:
             reweight(p)
-        return p, (residual_fn(p) ** 2).sum(1)
+            p, cost = _batched_lm(residual_fn, p, steps, clamp, iterations)
+        return p, cost
 
     def clamp6(p, lo=(None, None, 1.0, 1.0, None, 0.5)):
         p[:, 2] = np.maximum(np.abs(p[:, 2]), 1.0)
@@ -829,14 +821,11 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
         [np.stack([start[:, 0], start[:, 1], 0.8 * a0, 0.6 * a0, np.full(b, math.radians(y)), h0], axis=1)[:, None] for y in _CUBOID_START_YAWS_DEG],
         axis=1,
     ).reshape(b * n_yaw, 6)
-    cub, cub_cost = run(_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), cub0, np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp6, n_yaw)
-    cub, cub_cost = cub.reshape(b, n_yaw, 6), cub_cost.reshape(b, n_yaw)
-    best_yaw = np.argmin(cub_cost, axis=1)
-    cub, cub_cost = cub[np.arange(b), best_yaw], cub_cost[np.arange(b), best_yaw]
+    cub, cub_cost = run(_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), lambda p: p[:, 5], cub0, np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp6, n_yaw)
     rev0 = np.stack([start[:, 0], start[:, 1], a0 / 2, a0 / 2, a0 / 2, h0], axis=1)
-    rev, rev_cost = run(_revolved_boxes, lambda p: 2 * np.abs(p[:, 2:5]).max(1), rev0, np.full(6, 0.2), clamp_rev, 1)
+    rev, rev_cost = run(_revolved_boxes, lambda p: 2 * np.abs(p[:, 2:5]).max(1), lambda p: p[:, 5], rev0, np.full(6, 0.2), clamp_rev, 1)
     sph0 = np.stack([start[:, 0], start[:, 1], a0 / 2], axis=1)
-    sph, sph_cost = run(_sphere_boxes, lambda p: 2 * np.abs(p[:, 2]), sph0, np.full(3, 0.2), clamp_sphere, 1)
+    sph, sph_cost = run(_sphere_boxes, lambda p: 2 * np.abs(p[:, 2]), lambda p: 2 * np.abs(p[:, 2]), sph0, np.full(3, 0.2), clamp_sphere, 1)
 
     scores = np.stack([cub_cost + 6 * REFINE_PARAM_PENALTY, rev_cost + 6 * REFINE_PARAM_PENALTY, sph_cost + 3 * REFINE_PARAM_PENALTY], axis=1)
     choice = np.argmin(scores, axis=1)
