@@ -20,19 +20,27 @@ Two conversions (DESIGN.md, Arm constants and geometry):
 
 - **calibrated** (a :class:`~sorterbot_cloud.camera.CameraModel` is given): the object's
   ground footprint centre on ``z = 0`` is estimated from its box by fitting an upright
-  cylinder (footprint diameter ``D``, height ``h``, centre ``(x, y)``) whose projected
-  silhouette has the same box. The box bottom is the footprint's near edge, the box
-  top the far edge of its top, the box width its widest section, so the four box sides
-  pin the four unknowns; sides cut by the image border are left out and weak priors on
-  ``D`` and ``h`` keep the fit determined. Boxes touching the border also get a lower
-  averaging weight. ``pw0``/``pw1`` then follow from ``theta_deg`` and ``r_mm`` with
+  elliptic prism (width ``a`` across the viewing direction, depth ``b`` along it, height
+  ``h``, centre ``(x, y)``) whose projected silhouette has the same box
+  (:func:`fit_prisms`). The box bottom is the footprint's near edge, the box top the far
+  edge of its top, the box width its widest section; sides cut by the image border are
+  left out and weak priors (:data:`FIT_PRIORS`) decide what one box cannot: how its
+  vertical extent splits into depth and height. Boxes touching the border also get a
+  lower averaging weight. ``pw0``/``pw1`` follow from ``theta_deg`` and ``r_mm`` with
   :meth:`ArmConstants.pw0_of_theta` and :meth:`ArmConstants.pw1_of_r`.
 
-Why a fit and not the box centre: the centre of the box back-projected to the table is
-biased outwards by the object's height (its top hides ground beyond the footprint), by
-up to ``h / tan(depression)`` (tens of millimetres for a 60 mm container); stepping from
-the near edge by half the box width instead over-shoots by the perspective enlargement
-of the (nearer) top. The cylinder fit models both.
+  After deduplication, :func:`refine_objects` fits one 3D shape (cuboid with yaw, solid
+  of revolution, or sphere) to *all* boxes of an object across frames. The arm's
+  rotation moves the camera on a circle and the object across the image, and only the
+  true height and depth project to every box, so this resolves the single-box
+  ambiguity: on the simulator catalogue the position error drops from p95 ~25 mm
+  (single-frame averages) to ~5 mm.
+
+Why not the box centre: the centre of the box back-projected to the table is biased
+outwards by the object's height (its top hides ground beyond the footprint), by up to
+``h / tan(depression)`` (tens of millimetres for a 60 mm container); stepping from the
+near edge by half the box width instead over-shoots by the perspective enlargement of
+the (nearer) top and fails on bowls (rim wider than base). The shape fits model both.
 """
 
 from __future__ import annotations
