@@ -319,3 +319,85 @@ def aggregate(scores: Sequence[SessionScore]) -> AggregateScore:
         share_sorted_correctly=sum(s.sorted_correctly for s in scores) / n if n else 0.0,
         mean_ari=float(np.mean(aris)) if aris else None,
     )
+
+
+def result_to_dict(
+    objects: Sequence,
+    commands: Sequence,
+    mode: str,
+    reason: str | None,
+    detections: Sequence,
+    cluster_ids: Mapping[int, int] | None = None,
+    arm_id: str | None = None,
+    session_id: str | None = None,
+) -> dict:
+    """Build the rich trigger result that :func:`score_session` reads.
+
+    Parameters
+    ----------
+    objects : sequence of ArmObject
+        From :func:`sorterbot_cloud.dedup.merge`.
+    commands : sequence of Command
+        From :func:`sorterbot_cloud.planner.plan`, in execution order.
+    mode : {'calibrated', 'legacy'}
+    reason : str or None
+        Why ``commands`` is empty, else None.
+    detections : sequence of StoredDetection
+        The session's detections (their boxes are listed under each object).
+    cluster_ids : mapping, optional
+        ``object_id -> cluster_id`` of the items.
+    arm_id, session_id : str, optional
+
+    Returns
+    -------
+    dict
+        ``{"arm_id", "session_id", "mode", "reason", "objects": [...], "commands": [...]}``
+        with numbers rounded to 3 decimals (boxes 2, scores 4), JSON-ready.
+    """
+    by_id = {int(d.detection_id): d for d in detections}
+    cluster_ids = dict(cluster_ids or {})
+
+    def position(obj) -> dict:
+        return {
+            "object_id": int(obj.object_id),
+            "pw0": round(float(obj.position.pw0), 3),
+            "pw1": round(float(obj.position.pw1), 3),
+            "r_mm": round(float(obj.position.r_mm), 3),
+            "theta_deg": round(float(obj.position.theta_deg), 3),
+        }
+
+    records = []
+    for obj in objects:
+        dets = [by_id[i] for i in obj.detection_ids if i in by_id]
+        records.append(
+            {
+                "object_id": int(obj.object_id),
+                "class": CLASS_NAMES[int(obj.class_id)],
+                "x_mm": round(float(obj.x_mm), 3),
+                "y_mm": round(float(obj.y_mm), 3),
+                "r_mm": round(float(obj.position.r_mm), 3),
+                "theta_deg": round(float(obj.position.theta_deg), 3),
+                "pw0": round(float(obj.position.pw0), 3),
+                "pw1": round(float(obj.position.pw1), 3),
+                "size_mm": round(float(obj.size_mm), 3),
+                "score": round(float(obj.score), 4),
+                "cluster_id": cluster_ids.get(int(obj.object_id)),
+                "detections": [
+                    {
+                        "detection_id": int(d.detection_id),
+                        "image_name": d.image_name,
+                        "box_xyxy": [round(float(v), 2) for v in np.asarray(d.box_xyxy).reshape(-1)],
+                        "score": round(float(d.score), 4),
+                    }
+                    for d in dets
+                ],
+            }
+        )
+    return {
+        "arm_id": arm_id,
+        "session_id": session_id,
+        "mode": mode,
+        "reason": reason,
+        "objects": records,
+        "commands": [{"pick": position(c.item), "place": position(c.container), "cluster_id": int(c.cluster_id)} for c in commands],
+    }

@@ -34,31 +34,68 @@ from sorterbot_cloud.structures import CLASS_NAMES, ArmObject, Command
 REST_XY_MM = (0.0, 0.0)
 #: Bound on 2-opt sweeps (each sweep is O(n^2) reversals; convergence takes a few).
 MAX_TWO_OPT_SWEEPS = 50
+#: Least mean silhouette for item embeddings to count as grouped at all (else one group).
+MIN_SILHOUETTE = 0.2
 #: Up to this many moves the order is exact (Held-Karp dynamic programme, O(n^2 2^n)).
 MAX_EXACT_MOVES = 9
 
 
-def choose_n_clusters(n_items: int, n_containers: int) -> int:
-    """Number of item groups: one per container, fewer if there are fewer items.
+def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | None = None, random_state: int = 0) -> int:
+    """Number of item groups.
+
+    Without ``embeddings``: one group per container, fewer if there are fewer items
+    (DESIGN.md, Sorting semantics): ``min(n_items, n_containers)``.
+
+    With ``embeddings``, when there are more containers than kinds of item, forcing
+    ``min(n_items, n_containers)`` groups splits a kind across containers (which
+    DESIGN.md's "sorted correctly" forbids). The number of groups is then chosen among
+    ``2 .. min(n_items, n_containers)`` by the best mean silhouette of K-Means
+    (cosine geometry of L2-normalised embeddings; scikit-learn), and is 1 when even the
+    best silhouette is below :data:`MIN_SILHOUETTE` (no group structure at all).
 
     Parameters
     ----------
     n_items, n_containers : int
         Non-negative counts.
+    embeddings : ndarray of shape (n_items, D), float, optional
+        The items' L2-normalised embeddings.
+    random_state : int
+        K-Means seed (deterministic result).
 
     Returns
     -------
     int
-        ``min(n_items, n_containers)``; 0 when either is 0.
+        0 when either count is 0.
 
     Raises
     ------
     BadRequest
-        If a count is negative.
+        If a count is negative or ``embeddings`` does not have ``n_items`` rows.
     """
     if int(n_items) < 0 or int(n_containers) < 0:
         raise BadRequest(f"counts must be >= 0, got n_items={n_items}, n_containers={n_containers}")
-    return int(min(int(n_items), int(n_containers)))
+    k_max = int(min(int(n_items), int(n_containers)))
+    if embeddings is None or k_max <= 1:
+        return k_max
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2 or len(x) != int(n_items):
+        raise BadRequest(f"embeddings must have shape ({n_items}, D), got {x.shape}")
+    if k_max >= len(x):  # one item per group is the finest grouping; test the coarser ones too
+        k_max = len(x) - 1
+        if k_max < 2:
+            return int(min(int(n_items), int(n_containers)))
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+
+    best_k, best_score = 1, -1.0
+    for k in range(2, k_max + 1):
+        labels = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(x)
+        if len(np.unique(labels)) < 2:
+            continue
+        score = float(silhouette_score(x, labels, metric="cosine"))
+        if score > best_score + 1e-9:
+            best_k, best_score = k, score
+    return best_k if best_score >= MIN_SILHOUETTE else 1
 
 
 def _xy(objects: list[ArmObject]) -> np.ndarray:

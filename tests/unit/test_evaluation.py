@@ -197,3 +197,27 @@ def test_score_to_dict_is_json_ready():
     data = json.loads(json.dumps(score.to_dict()))
     assert data["matched"]["2"] == 1
     assert data["sorted_correctly"] is True
+
+
+def test_result_to_dict_round_trips_through_score_session():
+    """The pipeline's own objects and commands, written by result_to_dict, score as correct."""
+    import numpy as np
+
+    from sorterbot_cloud.structures import ArmObject, Command, PolarPoint, StoredDetection
+
+    dets, objects = [], []
+    for found_id, true_id in enumerate([10, 11, 1, 2, 3, 4]):
+        ids = []
+        for f in FRAMES:
+            dets.append(StoredDetection(len(dets), f, float(f[:4]), 1640, 1232, np.array(_box(true_id, f), np.float32), 0.9, 1 if true_id >= 10 else 0))
+            ids.append(len(dets) - 1)
+        t = next(o for o in TRUE_OBJECTS if o["object_id"] == true_id)
+        objects.append(ArmObject(found_id, 1 if true_id >= 10 else 0, PolarPoint(1.0, 2.0, 1500.0, 1600.0), t["x_mm"] + 1, t["y_mm"], 30.0, 0.9, ids))
+    clusters = {2: 0, 3: 0, 4: 1, 5: 1}
+    commands = [Command(objects[i], objects[0 if clusters[i] == 0 else 1], clusters[i]) for i in (2, 3, 4, 5)]
+    result = evaluation.result_to_dict(objects, commands, "calibrated", None, dets, clusters, "ARM001", "s1")
+    assert result["commands"][0]["pick"] == {"object_id": 2, "pw0": 1500.0, "pw1": 1600.0, "r_mm": 1.0, "theta_deg": 2.0}
+    assert result["objects"][2]["cluster_id"] == 0 and result["objects"][0]["cluster_id"] is None
+    score = evaluation.score_session(ground_truth(), result)
+    assert score.sorted_correctly, score.problems
+    assert score.position_errors_mm == pytest.approx([1.0] * 6)

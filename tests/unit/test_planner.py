@@ -160,3 +160,31 @@ def test_long_sessions_use_two_opt_not_above_greedy(seed):
         left.remove(nxt)
         here = nxt
     assert cost(order) <= cost(greedy) + 1e-9
+
+
+def _typed_embeddings(rng, counts, spread=0.1, dim=32):
+    centres = rng.normal(size=(len(counts), dim))
+    rows = [centres[t] + rng.normal(0, spread, dim) for t, n in enumerate(counts) for _ in range(n)]
+    x = np.array(rows)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "counts, n_containers, expected",
+    [((3, 3), 4, 2), ((2, 3, 2), 4, 3), ((2, 2, 2, 2), 4, 4), ((3, 3, 2), 2, 2)],
+    ids=["2-types-4-containers", "3-types-4-containers", "4-types-4-containers", "3-types-2-containers"],
+)
+def test_choose_n_clusters_from_embeddings_does_not_split_types(counts, n_containers, expected):
+    x = _typed_embeddings(np.random.default_rng(sum(counts)), counts)
+    assert planner.choose_n_clusters(len(x), n_containers, x) == expected
+
+
+def test_choose_n_clusters_without_structure_gives_one_group():
+    # one kind only: isotropic noise around one direction, no group structure
+    x = _typed_embeddings(np.random.default_rng(0), (6,), spread=1.0)
+    assert planner.choose_n_clusters(6, 3, x) == 1
+
+
+def test_choose_n_clusters_rejects_misshaped_embeddings():
+    with pytest.raises(BadRequest, match="embeddings must have shape"):
+        planner.choose_n_clusters(3, 2, np.zeros((2, 8)))
