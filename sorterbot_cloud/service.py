@@ -298,7 +298,8 @@ class Service:
 
         Steps (DESIGN.md, Data flow): load the session's detections, locate them in arm
         polar coordinates (legacy or calibrated camera), merge them into objects, cluster
-        the items' embeddings into ``k = planner.choose_n_clusters(...)`` groups, assign
+        the items' embeddings into ``k = planner.choose_n_clusters(n_items, n_containers,
+        embeddings)`` groups (at most one per container), assign
         groups to containers and order the moves (planner), store the commands.
 
         Parameters
@@ -350,8 +351,14 @@ class Service:
             reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
         else:
             with timer.stage("cluster"):
-                n_clusters = int(planner.choose_n_clusters(len(items), len(containers)))
                 embeddings = _item_embedding_matrix(items)
+                # with embeddings the planner picks fewer groups than containers when the
+                # items show fewer kinds (silhouette), so a kind is never split
+                n_clusters = int(
+                    planner.choose_n_clusters(
+                        len(items), len(containers), embeddings, random_state=self.settings.random_state
+                    )
+                )
                 if n_clusters <= 1:
                     cluster_ids = np.zeros(len(items), np.int64)
                 else:
