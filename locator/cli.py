@@ -270,6 +270,17 @@ def convert_voc(xml_dir, out_json, class_map, default_class):
     click.echo(f"wrote {out_json}: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
 
 
+@click.command("merge-coco")
+@click.argument("datasets", nargs=-1, required=True)
+@click.option("--out", "out_json", type=click.Path(path_type=Path), required=True)
+def merge_coco_command(datasets, out_json):
+    """Merge COCO datasets ('annotations.json:images_dir' ...) into OUT (file names relative to its folder)."""
+    from .data import merge_coco
+
+    merged = merge_coco(datasets, out_json)
+    click.echo(f"wrote {out_json}: {len(merged['images'])} images, {len(merged['annotations'])} boxes")
+
+
 #: the lead wires this one as ``bench-detector``.
 bench_detector_cmd = bench_detector_command
 
@@ -279,7 +290,8 @@ def locator_group():
     """Detector commands (also reachable as ``python -m locator.cli``)."""
 
 
-for _cmd in (train_detector, evaluate_detector, bench_detector_command, export_detector, convert_voc):
+for _cmd in (train_detector, evaluate_detector, bench_detector_command, export_detector, convert_voc,
+             merge_coco_command):
     locator_group.add_command(_cmd)
 
 

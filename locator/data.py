@@ -368,3 +368,57 @@ def voc_to_coco(xml_dir: str | Path, out_json: str | Path, class_map: Mapping[st
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(coco))
     return coco
+
+
+def merge_coco(specs: Sequence[str | DatasetSpec], out_json: str | Path) -> dict:
+    """Merge COCO files into one, with image and annotation ids renumbered.
+
+    ``file_name`` of each image becomes relative to ``out_json``'s folder, so the merged
+    file is read with ``images_dir`` = that folder. Categories are matched by name.
+
+    Parameters
+    ----------
+    specs : sequence of str or DatasetSpec
+        ``annotations.json:images_dir`` of each part.
+    out_json : path
+
+    Returns
+    -------
+    dict
+        The merged COCO dict.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a part's annotations file is missing.
+    """
+    import os
+
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    images, annotations, categories = [], [], []
+    names: dict[str, int] = {}
+    for spec in specs:
+        spec = DatasetSpec.parse(spec) if isinstance(spec, str) else spec
+        if not spec.annotations.is_file():
+            raise FileNotFoundError(f"COCO annotations not found: {spec.annotations}")
+        data = json.loads(spec.annotations.read_text())
+        cat_ids = {}
+        for cat in data.get("categories", []):
+            if cat["name"] not in names:
+                names[cat["name"]] = len(names) + 1
+                categories.append({**cat, "id": names[cat["name"]]})
+            cat_ids[cat["id"]] = names[cat["name"]]
+        image_ids = {}
+        for img in data["images"]:
+            image_ids[img["id"]] = len(images) + 1
+            path = (spec.images_dir / img["file_name"]).resolve()
+            images.append({**img, "id": len(images) + 1,
+                           "file_name": os.path.relpath(path, out_json.parent.resolve())})
+        for ann in data.get("annotations", []):
+            annotations.append({**ann, "id": len(annotations) + 1, "image_id": image_ids[ann["image_id"]],
+                                "category_id": cat_ids[ann["category_id"]]})
+    merged = {"images": images, "annotations": annotations, "categories": categories,
+              "info": {"description": "merged: " + ", ".join(str(s) for s in specs)}}
+    out_json.write_text(json.dumps(merged))
+    return merged

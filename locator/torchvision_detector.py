@@ -99,10 +99,10 @@ class DetectorConfig:
     detections_per_image: int = 100
     rpn_pre_nms_top_n_test: int = 500
     rpn_post_nms_top_n_test: int = 200
-    rpn_pre_nms_top_n_train: int = 1000
-    rpn_post_nms_top_n_train: int = 500
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_post_nms_top_n_train: int = 300
     rpn_batch_size_per_image: int = 128
-    box_batch_size_per_image: int = 128
+    box_batch_size_per_image: int = 64
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -138,3 +138,17 @@ def test_tiny_training_run_checkpoints_resumes_and_exports(toy, tmp_path):
 def test_resume_without_checkpoint_raises(toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train([DatasetSpec(toy, toy.parent)], tmp_path, detector_config=TINY, resume=True, progress=False)
+
+
+def test_merge_coco_renumbers_ids_and_keeps_files(tmp_path):
+    from locator.data import merge_coco
+
+    a = write_toy_coco(tmp_path / "a", n_images=2, seed=1)
+    b = write_toy_coco(tmp_path / "b", n_images=3, seed=2)
+    merged = merge_coco([f"{a}:{a.parent}", f"{b}:{b.parent}"], tmp_path / "m" / "all.json")
+    assert [img["id"] for img in merged["images"]] == [1, 2, 3, 4, 5]
+    assert len({ann["id"] for ann in merged["annotations"]}) == len(merged["annotations"])
+    records = load_coco(tmp_path / "m" / "all.json", tmp_path / "m")
+    assert len(records) == 5 and all(r.path.is_file() for r in records)
+    originals = load_coco(b, b.parent)
+    np.testing.assert_array_equal(records[2].boxes_xyxy, originals[0].boxes_xyxy)

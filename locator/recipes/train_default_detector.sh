@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Recipe of the shipped weights/detector.pt (see weights/README.md). Run from the repo root.
+# Data: simulated frames (train split item types and table textures) rendered by
+#   .venv/bin/sorterbot-cloud simulate dataset --out data/det/sim_train_a --images 400 --seed 1000 --split train
+# (1024x768), plus the real microcontroller photos (train split, all boards = item), converted with
+#   .venv/bin/python -m locator.cli convert-voc --xml-dir ../shared/realdata/microcontrollers/images/train --out data/real/train.json
+# Real photos are scaled by 0.25 so that the boards (median 265 px wide at 800x600) get the size in
+# pixels of items at the detector's 512 px input (about 30..90 px).
+set -eu
+cd "$(dirname "$0")/../.."
+REAL=../shared/realdata/microcontrollers/images
+OUT=${OUT:-data/det/run1}
+export PYTHONUNBUFFERED=1
+.venv/bin/sorterbot-cloud train-detector \
+  --dataset data/det/sim_train_a/annotations.json:data/det/sim_train_a/images:1.0 \
+  --dataset data/real/train.json:$REAL/train:0.25:0.25 \
+  --out "$OUT" --iterations 100000 --time-budget-min "${BUDGET_MIN:-80}" \
+  --batch-size 4 --lr 1e-3 --warmup 200 --crop-px 384 --min-size-px 512 --max-size-px 864 --checkpoint-every 100 --log-every 10 \
+  --seed 0 --threads 2 "$@"
