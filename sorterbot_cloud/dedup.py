@@ -9,7 +9,9 @@ located detections of one class by constrained single-linkage agglomeration:
 2. links are taken shortest first (Kruskal); a link joins two groups only if the groups
    have no frame in common (cannot-link: two detections of one frame are never one
    object, DESIGN.md), so two objects seen together on any frame never merge, however
-   close their estimates are;
+   close their estimates are; a detection still alone afterwards may join the nearest
+   compatible group within :data:`SINGLETON_REACH` times the threshold (the first or
+   last frame of an object's sweep, past a missed frame);
 3. each group becomes one :class:`~sorterbot_cloud.structures.ArmObject`: position the
    weighted mean of its detections' positions (weights: score, lowered for boxes cut by
    the image border, see :mod:`sorterbot_cloud.geometry`); in calibrated mode replaced
@@ -43,6 +45,9 @@ from sorterbot_cloud.structures import ITEM_CLASS_ID, ArmObject, PolarPoint
 DEFAULT_DISTANCE_FACTOR = 0.6
 #: One-frame groups below this score are dropped as noise.
 DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
+#: A detection left alone after linking may join a group within this multiple of the
+#: link threshold.
+SINGLETON_REACH = 2.0
 #: A multi-frame fit may move an object from its averaged position by up to its size,
 #: or this much for small objects (mm); a larger move means the fit failed.
 MIN_REFINE_SHIFT_MM = 30.0
@@ -114,10 +119,29 @@ def group(located: list[LocatedDetection], distance_factor: float = DEFAULT_DIST
     sets = _DisjointSets(frames)
     for k in order:
         sets.union_if_compatible(int(ii[k]), int(jj[k]))
+    # a detection left alone (e.g. past a missed frame at the end of an object's sweep,
+    # where legacy positions drift most) joins the nearest compatible group within a
+    # looser threshold
+    for i in np.argsort(size, kind="stable"):
+        i = int(i)
+        if len(sets.frames[sets.find(i)]) != 1:  # a group holds one detection per frame
+            continue
+        candidates = [
+            (dist[i, j], j)
+            for j in range(n)
+            if j != i and cls[j] == cls[i] and dist[i, j] < SINGLETON_REACH * limit[i, j] and image_frames_free(sets, j, frames[i])
+        ]
+        if candidates:
+            sets.union_if_compatible(i, min(candidates)[1])
     groups: dict[int, list[int]] = {}
     for i in range(n):
         groups.setdefault(sets.find(i), []).append(i)
     return sorted(groups.values(), key=lambda g: g[0])
+
+
+def image_frames_free(sets: _DisjointSets, j: int, frame: str) -> bool:
+    """Whether the group of detection ``j`` has no detection on ``frame``."""
+    return frame not in sets.frames[sets.find(j)]
 
 
 def merge(

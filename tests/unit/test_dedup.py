@@ -46,7 +46,21 @@ def test_classes_are_never_merged():
 
 @pytest.mark.parametrize("distance_mm, expected", [(10.0, 1), (25.0, 2)], ids=["within-threshold", "beyond-threshold"])
 def test_threshold_scales_with_size(distance_mm, expected):
-    located = [fake_located(0, 1200, 300, 0, size=30.0), fake_located(1, 1250, 300 + distance_mm, 0, size=30.0)]
+    """Two-frame tracks on disjoint frames, ``distance_mm`` apart (threshold 0.6 * 30 = 18 mm)."""
+    located = [
+        fake_located(0, 1200, 300, 0, size=30.0),
+        fake_located(1, 1250, 300, 0, size=30.0),
+        fake_located(2, 1300, 300 + distance_mm, 0, size=30.0),
+        fake_located(3, 1350, 300 + distance_mm, 0, size=30.0),
+    ]
+    assert len(dedup.merge(located, distance_factor=0.6)) == expected
+
+
+@pytest.mark.parametrize("distance_mm, expected", [(30.0, 1), (40.0, 2)], ids=["within-reach", "beyond-reach"])
+def test_lone_detection_joins_a_nearby_group(distance_mm, expected):
+    """A detection alone after linking joins a compatible group within 2x the threshold (36 mm)."""
+    located = [fake_located(i, 1200 + 50 * i, 300, 0, size=30.0) for i in range(3)]
+    located.append(fake_located(3, 1400, 300 + distance_mm, 0, size=30.0))
     assert len(dedup.merge(located, distance_factor=0.6)) == expected
 
 
