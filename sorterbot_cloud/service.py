@@ -15,6 +15,7 @@ clustering and planning, so any replica answers it in milliseconds.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -146,6 +147,10 @@ class Service:
         self.embedder = embedder
         self.repository = repository
         self.archive = archive
+        # One forward pass at a time per process: torch already spreads one pass over all
+        # cores (intra-op threads), so concurrent passes from request threads only
+        # contend; decoding, storing and triggers still run in parallel.
+        self.model_lock = threading.Lock()
 
     # ------------------------------------------------------------------ ingest
     def decode_and_detect(self, data: bytes, timer: _Timer | None = None) -> tuple[np.ndarray, Detections]:
@@ -165,7 +170,7 @@ class Service:
         timer = timer or _Timer()
         with timer.stage("decode"):
             image = decode_image(data)
-        with timer.stage("detect"):
+        with self.model_lock, timer.stage("detect"):
             detections = self.detector.detect(image)
         if not isinstance(detections, Detections):
             raise TypeError(f"detector must return Detections, got {type(detections).__name__}")
@@ -197,7 +202,8 @@ class Service:
         if len(item_index) == 0:
             return out
         crops = crop_items(image, detections.boxes_xyxy[item_index])
-        embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
+        with self.model_lock:
+            embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(item_index):
             raise ValueError(f"embedder must return ({len(item_index)}, D) embeddings, got {embeddings.shape}")
         if not np.all(np.isfinite(embeddings)):
