@@ -1,0 +1,115 @@
+"""Service orchestration without HTTP or a database (sorterbot_cloud.service).
+
+The store and the models are not under test: FakeRepository, FakeArchive,
+FakeDetector and FakeEmbedder stand in for them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud.config import Settings
+from sorterbot_cloud.errors import BadRequest, InvalidImage
+from sorterbot_cloud.service import Service, validate_id, validate_image_name
+from sorterbot_cloud.structures import Detections
+from tests.integration.conftest_service import FakeArchive, FakeDetector, FakeEmbedder, Rect, draw_frame, frame_bytes
+from tests.unit.test_api_routes import FakeRepository
+
+
+class WrongShapeEmbedder:
+    def embed(self, crops):
+        return np.zeros((len(crops) + 1, 512), np.float32)
+
+
+@pytest.fixture
+def service(tmp_path):
+    return Service(Settings.load(environ={}, data_dir=tmp_path), detector=FakeDetector(), embedder=FakeEmbedder(),
+                   repository=FakeRepository(), archive=FakeArchive())
+
+
+@pytest.mark.parametrize("value", ["ARM001", "sess_2020_04_25__10_12_33", "a.b-c", "x" * 64, 42],
+                         ids=["arm", "original-session", "dots", "64-chars", "int"])
+def test_valid_ids(value):
+    assert validate_id("arm_id", value) == str(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [(None, "missing parameter 'arm_id'"), ("", "missing"), ("x" * 65, "1 to 64"), ("a/b", "1 to 64"),
+     ("a b", "1 to 64"), ("é", "1 to 64"), (True, "1 to 64"), (["A"], "1 to 64")],
+    ids=["none", "empty", "65-chars", "slash", "space", "non-ascii", "bool", "list"],
+)
+def test_invalid_ids(value, match):
+    with pytest.raises(BadRequest, match=match):
+        validate_id("arm_id", value)
+
+
+@pytest.mark.parametrize("name", ["1200.jpg", "1000.png", "1475.5.jpeg", "1200.JPG"], ids=str)
+def test_valid_image_names(name):
+    assert validate_image_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["../1200.jpg", "a/1200.jpg", "1200", "cat.jpg", "1200.gif", "", None],
+                         ids=["traversal", "dir", "no-ext", "not-pw", "gif", "empty", "none"])
+def test_invalid_image_names(name):
+    with pytest.raises(BadRequest, match="image_name"):
+        validate_image_name(name)
+
+
+def test_embeddings_are_aligned_with_detections(service):
+    rects = [Rect("green", (10, 10, 80, 80)), Rect("red", (100, 10, 130, 40)), Rect("blue", (150, 100, 180, 130))]
+    image = draw_frame(rects)
+    detections = service.detector.detect(image)
+    embeddings = service.embed_items(image, detections)
+    assert len(embeddings) == len(detections) == 3
+    for class_id, emb in zip(detections.class_ids, embeddings):
+        assert (emb is None) == (class_id == 1)
+    red, blue = [e for e in embeddings if e is not None]
+    assert red.shape == (512,) and float(red @ blue) < 0.9
+
+
+def test_no_item_means_no_embedder_call(service):
+    image = draw_frame([Rect("green", (10, 10, 80, 80))])
+    assert service.embed_items(image, service.detector.detect(image)) == [None]
+    assert service.embedder.calls == 0
+
+
+def test_wrong_embedder_shape_is_an_internal_error(service):
+    service.embedder = WrongShapeEmbedder()
+    image = draw_frame([Rect("red", (10, 10, 40, 40))])
+    with pytest.raises(ValueError, match=r"must return \(1, D\)"):
+        service.embed_items(image, service.detector.detect(image))
+
+
+def test_process_frame_validates_before_any_work(service):
+    with pytest.raises(BadRequest, match="image_name"):
+        service.process_frame("ARM001", "s1", "../x.jpg", frame_bytes([]))
+    with pytest.raises(InvalidImage, match="empty"):
+        service.process_frame("ARM001", "s1", "1200.jpg", b"")
+    assert service.detector.calls == 0 and service.repository.writes == 0
+    assert service.archive.blobs == {}
+
+
+def test_process_frame_archives_original_bytes_and_reports_stages(service):
+    data = frame_bytes([Rect("red", (10, 10, 40, 40))], fmt="jpeg")
+    out = service.process_frame("ARM001", "s1", "1200.jpg", data)
+    assert service.archive.blobs["ARM001/s1/1200.jpg"] == data
+    assert set(out["timings_ms"]) == {"decode", "detect", "embed", "store", "total"}
+    assert out["timings_ms"]["total"] >= out["timings_ms"]["detect"]
+
+
+def test_predict_stores_nothing(service):
+    out = service.predict(frame_bytes([Rect("red", (10, 10, 40, 40))]))
+    assert len(out["detections"]) == 1 and service.repository.writes == 0
+
+
+def test_detector_returning_wrong_type_is_an_internal_error(service):
+    class BadDetector:
+        def detect(self, image):
+            return [[0, 0, 1, 1]]
+
+    service.detector = BadDetector()
+    with pytest.raises(TypeError, match="must return Detections"):
+        service.predict(frame_bytes([]))
+    assert isinstance(FakeDetector().detect(draw_frame([])), Detections)
