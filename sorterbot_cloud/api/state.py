@@ -81,7 +81,8 @@ def read_image_body() -> bytes:
     if mimetype and mimetype not in IMAGE_MEDIA_TYPES:
         raise UnsupportedMediaType(
             f"content type {mimetype!r} is not accepted for a frame; send the raw bytes as "
-            f"{', '.join(sorted(IMAGE_MEDIA_TYPES - {'image/jpg'}))}"
+            f"{', '.join(sorted(IMAGE_MEDIA_TYPES - {'image/jpg'}))} (with curl: "
+            f"--data-binary @1200.jpg -H 'Content-Type: image/jpeg')"
         )
     return request.get_data(cache=True)
 
