@@ -377,7 +377,7 @@ class Service:
                         ),
                         dtype=np.int64,
                     )
-                cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids)}
+                cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
         if reason:

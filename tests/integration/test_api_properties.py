@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sorterbot_cloud.api import create_app
 from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes, legacy_constants

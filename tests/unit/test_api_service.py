@@ -63,7 +63,7 @@ def test_embeddings_are_aligned_with_detections(service):
     detections = service.detector.detect(image)
     embeddings = service.embed_items(image, detections)
     assert len(embeddings) == len(detections) == 3
-    for class_id, emb in zip(detections.class_ids, embeddings):
+    for class_id, emb in zip(detections.class_ids, embeddings, strict=True):
         assert (emb is None) == (class_id == 1)
     red, blue = [e for e in embeddings if e is not None]
     assert red.shape == (512,) and float(red @ blue) < 0.9
