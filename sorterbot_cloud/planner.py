@@ -49,9 +49,13 @@ def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | 
     With ``embeddings``, when there are more containers than kinds of item, forcing
     ``min(n_items, n_containers)`` groups splits a kind across containers (which
     DESIGN.md's "sorted correctly" forbids). The number of groups is then chosen among
-    ``2 .. min(n_items, n_containers)`` by the best mean silhouette of K-Means
-    (cosine geometry of L2-normalised embeddings; scikit-learn), and is 1 when even the
-    best silhouette is below :data:`MIN_SILHOUETTE` (no group structure at all).
+    ``2 .. min(n_items, n_containers)`` at the largest gap between successive merge
+    heights of average-linkage clustering under cosine distance (scipy): merges within
+    a kind are short, merges across kinds long. It is 1 when the K-Means grouping of
+    that size has a mean silhouette below :data:`MIN_SILHOUETTE` (no group structure).
+    Limitation: with as many containers as items, one kind of item with scattered
+    embeddings cannot be told from all-different kinds without an absolute distance
+    scale, and gets one group per item.
 
     Parameters
     ----------
@@ -80,21 +84,20 @@ def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | 
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or len(x) != int(n_items):
         raise BadRequest(f"embeddings must have shape ({n_items}, D), got {x.shape}")
-    if k_max >= len(x):  # one item per group is the finest grouping; test the coarser ones too
-        k_max = len(x) - 1
-        if k_max < 2:
-            return int(min(int(n_items), int(n_containers)))
+    from scipy.cluster.hierarchy import linkage
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
 
-    best_k, best_score = 1, -1.0
-    for k in range(2, k_max + 1):
-        labels = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(x)
-        if len(np.unique(labels)) < 2:
-            continue
-        score = float(silhouette_score(x, labels, metric="cosine"))
-        if score > best_score + 1e-9:
-            best_k, best_score = k, score
+    # merge heights of average-linkage clustering (cosine distance), ascending; k groups
+    # leave the top k - 1 merges undone, so the gap below merge n - k separates them
+    heights = np.concatenate([[0.0], linkage(x, method="average", metric="cosine")[:, 2]])
+    n = len(x)
+    gaps = {k: heights[n - k + 1] - heights[n - k] for k in range(2, k_max + 1)}
+    best_k = max(gaps, key=lambda k: (gaps[k], -k))
+    if best_k == n:  # every item its own kind: silhouette is undefined, distances alone decide
+        return best_k
+    labels = KMeans(n_clusters=best_k, n_init=10, random_state=random_state).fit_predict(x)
+    best_score = float(silhouette_score(x, labels, metric="cosine")) if len(np.unique(labels)) > 1 else -1.0
     return best_k if best_score >= MIN_SILHOUETTE else 1
 
 

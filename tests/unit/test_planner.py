@@ -163,7 +163,8 @@ def test_long_sessions_use_two_opt_not_above_greedy(seed):
 
 
 def _typed_embeddings(rng, counts, spread=0.1, dim=32):
-    centres = rng.normal(size=(len(counts), dim))
+    """Unit embeddings of items of well-separated kinds (orthonormal kind centres)."""
+    centres = np.linalg.qr(rng.normal(size=(dim, len(counts))))[0].T
     rows = [centres[t] + rng.normal(0, spread, dim) for t, n in enumerate(counts) for _ in range(n)]
     x = np.array(rows)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -188,3 +189,9 @@ def test_choose_n_clusters_without_structure_gives_one_group():
 def test_choose_n_clusters_rejects_misshaped_embeddings():
     with pytest.raises(BadRequest, match="embeddings must have shape"):
         planner.choose_n_clusters(3, 2, np.zeros((2, 8)))
+
+
+@pytest.mark.parametrize("counts, expected", [((2, 1, 1), 3), ((1, 1, 1, 1), 4), ((2, 2), 2)], ids=["3-kinds-4-items", "4-kinds-4-items", "2-kinds-4-items"])
+def test_choose_n_clusters_with_as_many_containers_as_items(counts, expected):
+    x = _typed_embeddings(np.random.default_rng(7), counts)
+    assert planner.choose_n_clusters(len(x), len(x), x) == expected
