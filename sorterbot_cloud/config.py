@@ -91,6 +91,7 @@ class Settings:
         "S3_BUCKET": "s3_bucket",
         "AWS_ENDPOINT_URL": "aws_endpoint_url",
         "POOL_MAX_SIZE": "pool_max_size",
+        "LOG_JSON": "log_json",
     }
 
     def __post_init__(self) -> None:
@@ -145,7 +146,7 @@ class Settings:
             if isinstance(default, Path) or name in ("data_dir", "detector_weights", "embedder_weights"):
                 p = Path(value)
                 typed[name] = p if p.is_absolute() else (PROJECT_ROOT / p)
-            elif isinstance(default, bool):
+            elif isinstance(default, bool) or name == "log_json":
                 typed[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
             elif isinstance(default, int) and not isinstance(default, bool):
                 typed[name] = int(value)

@@ -34,3 +34,8 @@ def test_bad_settings_are_rejected(tmp_path, text, environ, match):
 def test_repository_config_file_loads():
     s = Settings.load(environ={})
     assert s.mode == "local" and s.detector_weights.name == "detector.pt"
+
+
+@pytest.mark.parametrize("raw, expected", [("1", True), ("false", False), ("yes", True)], ids=str)
+def test_log_json_from_environment_is_boolean(tmp_path, raw, expected):
+    assert Settings.load(tmp_path / "m.yaml", environ={"LOG_JSON": raw}).log_json is expected
