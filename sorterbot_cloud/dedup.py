@@ -190,7 +190,7 @@ def merge(
             continue
         kept.append(dets)
     shapes = refine_objects(kept, constants) if constants is not None and constants.calibrated and refine else [None] * len(kept)
-    objects = [_merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes)]
+    objects = [_merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
     objects.sort(key=lambda o: (o.class_id != ITEM_CLASS_ID, o.class_id, round(o.position.theta_deg, 6), round(o.position.r_mm, 6), min(o.detection_ids)))
     for object_id, obj in enumerate(objects):
         obj.object_id = object_id
@@ -219,7 +219,7 @@ def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, s
     else:  # legacy: keep the original formulas' pulse widths
         pw0 = float(np.dot(weights, [d.pw0 for d in dets]))
         pw1 = float(np.dot(weights, [d.pw1 for d in dets]))
-    embeddings = [(w, d.detection.embedding) for w, d in zip(weights, dets) if d.detection.embedding is not None]
+    embeddings = [(w, d.detection.embedding) for w, d in zip(weights, dets, strict=True) if d.detection.embedding is not None]
     embedding = None
     if embeddings:
         dims = {np.size(e) for _, e in embeddings}

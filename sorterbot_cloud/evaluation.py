@@ -401,3 +401,167 @@ def result_to_dict(
         "objects": records,
         "commands": [{"pick": position(c.item), "place": position(c.container), "cluster_id": int(c.cluster_id)} for c in commands],
     }
+
+
+def oracle_session(
+    seed: int,
+    calibrated: bool = True,
+    box_noise_px: float = 2.0,
+    miss_rate: float = 0.05,
+    n_false: int = 1,
+    heldout: bool = True,
+) -> tuple[dict, dict, list]:
+    """A simulated session's ground truth and "detections" from its true boxes, no rendering.
+
+    Scores the trigger's geometry, dedup and planning apart from the detector and
+    embedder: detections are the simulator's ground-truth boxes (:func:`sim.session.frame_boxes`)
+    with Gaussian noise on every side not cut by the image border, a share of them
+    dropped, plus low-score false positives; item embeddings are a random unit vector
+    per item type plus noise. Scene content follows the issue's benchmark: 3 to 8 items
+    of 2 to 4 types, 1 to 4 containers, one distractor.
+
+    Parameters
+    ----------
+    seed : int
+    calibrated : bool
+        Constants with the camera block (else legacy constants).
+    box_noise_px : float
+        Sigma of the noise on box sides (pixels).
+    miss_rate : float
+        Share of true boxes dropped.
+    n_false : int
+        One-frame false-positive item boxes with score 0.55.
+    heldout : bool
+        Draw item types from the held-out split.
+
+    Returns
+    -------
+    ground_truth : dict
+        In the simulator's schema (frames without images).
+    constants : dict
+        The trigger body (``ArmConstants.to_mapping()``).
+    detections : list of StoredDetection
+
+    Raises
+    ------
+    BadRequest
+        If the simulator cannot place the scene's objects.
+    """
+    from sorterbot_cloud.camera import ArmConstants
+    from sorterbot_cloud.sim.scene import choose_item_types, generate_scene, split_pools
+    from sorterbot_cloud.sim.session import DEFAULT_PULSE_WIDTHS, frame_boxes
+    from sorterbot_cloud.structures import ITEM_CLASS_ID, StoredDetection, class_id_of
+
+    rng = np.random.default_rng(seed)
+    n_items, n_types, n_containers = int(rng.integers(3, 9)), int(rng.integers(2, 5)), int(rng.integers(1, 5))
+    pool, textures = split_pools(heldout)
+    types = choose_item_types(rng, n_items, min(n_types, n_items), pool)
+    scene = generate_scene(rng, types, n_containers, n_distractors=1, textures=textures)
+    constants = ArmConstants.reference(calibrated=True)
+    width, height = 1640, 1232
+    type_vectors = {t: rng.normal(0, 1, 32) for t in sorted(set(types))}
+    frames, detections = [], []
+    for pw in DEFAULT_PULSE_WIDTHS:
+        boxes = frame_boxes(scene.objects, constants.camera, constants.theta_of_pw(pw), width, height)
+        frames.append({"image_name": f"{pw}.jpg", "pw0": float(pw), "width_px": width, "height_px": height, "boxes": boxes})
+        for b in boxes:
+            if rng.random() < miss_rate:
+                continue
+            box = np.asarray(b["box_xyxy"], float)
+            cut = (box <= 0.01) | (box >= [width - 0.01, height - 0.01, width - 0.01, height - 0.01])
+            box = np.where(cut, box, box + rng.normal(0, box_noise_px, 4))
+            box = np.clip(np.sort(box.reshape(2, 2), axis=0).reshape(4), 0, [width, height, width, height])
+            embedding = None
+            if b["class"] == "item":
+                e = type_vectors[b["type"]] + rng.normal(0, 0.3, 32)
+                embedding = (e / np.linalg.norm(e)).astype(np.float32)
+            score = float(rng.uniform(0.8, 1.0))
+            detections.append(StoredDetection(len(detections), f"{pw}.jpg", float(pw), width, height, box.astype(np.float32), score, class_id_of(b["class"]), embedding))
+    for _ in range(n_false):
+        pw = int(rng.choice(DEFAULT_PULSE_WIDTHS))
+        x0, y0 = rng.uniform(0, width - 60), rng.uniform(0, height - 60)
+        e = rng.normal(0, 1, 32)
+        detections.append(StoredDetection(len(detections), f"{pw}.jpg", float(pw), width, height, np.array([x0, y0, x0 + 50, y0 + 50], np.float32), 0.55, ITEM_CLASS_ID, (e / np.linalg.norm(e)).astype(np.float32)))
+    truth = {"arm_id": "ARM001", "session_id": f"sim_{seed}", "seed": seed, "objects": [o.to_json() for o in scene.objects], "frames": frames}
+    return truth, ArmConstants.reference(calibrated=calibrated).to_mapping(), detections
+
+
+def run_trigger_core(constants_mapping: Mapping, detections: list, random_state: int = 0) -> dict:
+    """Geometry, dedup, grouping and planning of one session (the trigger without I/O).
+
+    K-Means (scikit-learn, ``n_init=10``) groups the items into
+    ``planner.choose_n_clusters(n_items, n_containers, embeddings)`` groups.
+
+    Returns
+    -------
+    dict
+        The rich result (:func:`result_to_dict`).
+    """
+    from sklearn.cluster import KMeans
+
+    from sorterbot_cloud import dedup, geometry, planner
+    from sorterbot_cloud.camera import ArmConstants
+    from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
+
+    constants = ArmConstants.from_mapping(constants_mapping)
+    objects = dedup.merge(geometry.locate(detections, constants))
+    items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
+    containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
+    reason, commands, clusters = None, [], {}
+    if not containers or not items:
+        reason = "no container was detected" if not containers else "no item was detected"
+    else:
+        embeddings = np.stack([o.embedding for o in items])
+        k = planner.choose_n_clusters(len(items), len(containers), embeddings, random_state)
+        labels = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(embeddings) if k > 1 else np.zeros(len(items), np.int64)
+        clusters = {o.object_id: int(label) for o, label in zip(items, labels, strict=True)}
+        commands = planner.plan(items, containers, labels.astype(np.int64))
+    mode = "calibrated" if constants.calibrated else "legacy"
+    return result_to_dict(objects, commands, mode, reason, detections, clusters)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m sorterbot_cloud.evaluation [N_SESSIONS] [FIRST_SEED]``: oracle-box benchmark.
+
+    Prints, per geometry mode, the aggregate scores of :func:`oracle_session` sessions
+    and the median CPU time of :func:`run_trigger_core`, with the legacy / calibrated
+    time ratio.
+    """
+    import sys
+    import time
+
+    from sorterbot_cloud.errors import SorterBotError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    n_sessions = int(args[0]) if args else 20
+    first_seed = int(args[1]) if len(args) > 1 else 1000
+    medians = {}
+    for calibrated in (True, False):
+        scores, times = [], []
+        for seed in range(first_seed, first_seed + n_sessions):
+            try:
+                truth, constants, detections = oracle_session(seed, calibrated)
+            except SorterBotError as exc:
+                print(f"  seed {seed}: skipped ({exc.detail})")
+                continue
+            start = time.process_time()
+            result = run_trigger_core(constants, detections)
+            times.append(time.process_time() - start)
+            score = score_session(truth, result)
+            scores.append(score)
+            if not (score.counts_exact and score.sorted_correctly):
+                print(f"  seed {seed}: count error {score.count_error}, {score.problems[:2]}")
+        mode = "calibrated" if calibrated else "legacy"
+        medians[mode] = float(np.median(times)) * 1000
+        agg = aggregate(scores).to_dict()
+        print(f"{mode}: {json_line(agg)}, trigger core CPU median {medians[mode]:.1f} ms over {len(times)} sessions")
+    print(f"calibrated / legacy trigger-core time ratio: {medians['calibrated'] / medians['legacy']:.2f}")
+
+
+def json_line(data: Mapping) -> str:
+    """Compact one-line rendering of a flat mapping of numbers (3 decimals)."""
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
+
+
+if __name__ == "__main__":
+    main()

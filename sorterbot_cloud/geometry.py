@@ -244,7 +244,7 @@ def _legacy_angle_scale(frame_theta_deg, gamma_deg, d_px, size_px, class_ids, pw
     frames = np.unique(pws)
     if len(frames) < 2:
         return 1.0
-    pairs = [(np.nonzero(pws == a)[0], np.nonzero(pws == b)[0]) for a, b in zip(frames[:-1], frames[1:])]
+    pairs = [(np.nonzero(pws == a)[0], np.nonzero(pws == b)[0]) for a, b in zip(frames[:-1], frames[1:], strict=True)]
     best, best_cost = 1.0, np.inf
     for k in LEGACY_ANGLE_SCALES:
         t = np.radians(frame_theta_deg + k * gamma_deg)
@@ -807,7 +807,7 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
             p, cost = _batched_lm(residual_fn, p, steps, clamp, iterations)
         return p, cost
 
-    def clamp6(p, lo=(None, None, 1.0, 1.0, None, 0.5)):
+    def clamp_cuboid(p):
         p[:, 2] = np.maximum(np.abs(p[:, 2]), 1.0)
         p[:, 3] = np.maximum(np.abs(p[:, 3]), 1.0)
         p[:, 5] = np.clip(p[:, 5], 0.5, h_max)
@@ -829,7 +829,7 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
         [np.stack([start[:, 0], start[:, 1], 0.8 * a0, 0.6 * a0, np.full(b, math.radians(y)), h0], axis=1)[:, None] for y in _CUBOID_START_YAWS_DEG],
         axis=1,
     ).reshape(b * n_yaw, 6)
-    cub, cub_cost = run(_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), lambda p: p[:, 5], cub0, np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp6, n_yaw)
+    cub, cub_cost = run(_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), lambda p: p[:, 5], cub0, np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp_cuboid, n_yaw)
     rev0 = np.stack([start[:, 0], start[:, 1], a0 / 2, a0 / 2, a0 / 2, h0], axis=1)
     rev, rev_cost = run(_revolved_boxes, lambda p: 2 * np.abs(p[:, 2:5]).max(1), lambda p: p[:, 5], rev0, np.full(6, 0.2), clamp_rev, 1)
     sph0 = np.stack([start[:, 0], start[:, 1], a0 / 2], axis=1)

@@ -125,7 +125,7 @@ def assign_groups(items: list[ArmObject], containers: list[ArmObject], cluster_i
     dist = np.linalg.norm(item_xy[:, None, :] - cont_xy[None, :, :], axis=2)  # (N items, M containers)
     cost = np.stack([dist[labels == g].sum(axis=0) for g in groups])  # (G, M)
     rows, cols = linear_sum_assignment(cost)
-    assignment = {int(groups[r]): int(c) for r, c in zip(rows, cols)}
+    assignment = {int(groups[r]): int(c) for r, c in zip(rows, cols, strict=True)}
     for r, g in enumerate(groups):  # more groups than containers: cheapest container
         if int(g) not in assignment:
             assignment[int(g)] = int(np.argmin(cost[r]))

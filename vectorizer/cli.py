@@ -57,7 +57,7 @@ def _recipe() -> str:
 @click.option("--lr", type=float, default=0.05, show_default=True)
 @click.option("--warmup-steps", type=int, default=200, show_default=True)
 @click.option("--temperature", type=float, default=0.1, show_default=True)
-@click.option("--instance-weight", type=float, default=0.5, show_default=True)
+@click.option("--instance-weight", type=float, default=0.25, show_default=True)
 @click.option("--colour-permutations/--no-colour-permutations", default=True, show_default=True,
               help="Add RGB channel-permutation pseudo-classes of the coloured types.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -149,8 +149,8 @@ def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_d
                                   "seed": seed, "kmeans": "sklearn KMeans, k = types drawn, n_init=10, random_state=0"}}
     with tempfile.TemporaryDirectory() as tmp:
         if heldout_dir is None:
-            from sorterbot_cloud.sim.datasets import export_item_crops
             from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES
+            from sorterbot_cloud.sim.datasets import export_item_crops
 
             heldout_dir = Path(tmp) / "heldout"
             export_item_crops(heldout_dir, sim_crops_per_type, sim_seed, types=HELDOUT_ITEM_TYPES)

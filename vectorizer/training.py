@@ -4,8 +4,9 @@ Recipe (no pretrained weights are reachable here):
 
 - Data: item crops per type folder (the simulator's ``export_item_crops``), letterboxed
   once to ``1.25 x`` the input side and kept in memory.
-- Classes: each type, plus RGB channel-permutation pseudo-classes of the coloured types
-  (:func:`colour_classes`): a red cap with swapped channels is a blue cap, a new class.
+- Classes: each type, plus recoloured pseudo-classes of the coloured types
+  (:func:`colour_classes`): a red cap with swapped channels is a blue cap, in greyscale
+  a grey cap; each is a class of its own.
 - Batches of ``P`` classes x ``K`` crops x 2 augmented views.
 - Loss: supervised contrastive loss on the L2-normalised 512-wide penultimate features,
   positives = same type (Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020,
@@ -67,7 +68,7 @@ class TrainConfig:
     instance_weight : float
         Weight of the instance (SimCLR) term.
     colour_permutations : bool
-        Add RGB channel-permutation pseudo-classes (:func:`colour_classes`).
+        Add recoloured pseudo-classes (channel permutations, greyscale; :func:`colour_classes`).
     time_budget_s : float
         When > 0, training stops after this many seconds (or ``steps``, whichever comes
         first) and the cosine schedule follows the elapsed fraction of the budget: the
@@ -87,7 +88,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_steps: int = 200
     temperature: float = 0.1
-    instance_weight: float = 0.5
+    instance_weight: float = 0.25
     colour_permutations: bool = True
     time_budget_s: float = 0.0
     seed: int = 0
@@ -177,20 +178,63 @@ class Augmenter:
         return np.clip(x, 0, 255).astype(np.uint8)
 
 
-#: The six orders of the RGB channels; index 0 is the identity.
+#: Colour transforms that make pseudo-classes: the six orders of the RGB channels (index 0
+#: is the identity) and, last, greyscale (ITU-R BT.601 luma).
 CHANNEL_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+GREY = len(CHANNEL_PERMUTATIONS)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _transform_colour(rgb: np.ndarray, transform: int) -> np.ndarray:
+    """Apply colour transform ``transform`` to the last axis (3 channels) of ``rgb``."""
+    if transform == GREY:
+        luma = rgb.astype(np.float32) @ LUMA_WEIGHTS
+        return np.repeat(luma[..., None], 3, axis=-1)
+    return rgb[..., list(CHANNEL_PERMUTATIONS[transform])]
+
+
+def centre_mask(size_px: int) -> np.ndarray:
+    """Soft mask of the crop centre, where the item lies: 1 within 0.3 of the side from the
+    centre, falling linearly to 0 at 0.5; ndarray of shape (S, S, 1), float32."""
+    yy, xx = np.mgrid[:size_px, :size_px].astype(np.float32) + 0.5
+    r = np.hypot(xx - size_px / 2, yy - size_px / 2) / size_px
+    return np.clip((0.5 - r) / 0.2, 0.0, 1.0)[..., None]
+
+
+def recolour(image: np.ndarray, transform: int, mask: np.ndarray) -> np.ndarray:
+    """Recolour the centre of a letterboxed crop (the item), keep the border (the table).
+
+    Parameters
+    ----------
+    image : ndarray of shape (S, S, 3), uint8, RGB
+    transform : int
+        Index into the colour transforms (:data:`CHANNEL_PERMUTATIONS`, then :data:`GREY`).
+    mask : ndarray of shape (S, S, 1), float32
+        :func:`centre_mask`.
+
+    Returns
+    -------
+    ndarray of shape (S, S, 3), uint8, RGB
+    """
+    if transform == 0:
+        return image
+    out = mask * _transform_colour(image, transform).astype(np.float32) + (1 - mask) * image
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def colour_classes(images: np.ndarray, type_ids: np.ndarray, min_distance: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudo-classes made by permuting the RGB channels of each type.
+    """Pseudo-classes made by recolouring each type's items.
 
-    A red cap with its channels swapped is a blue cap: a type the training set does not
-    have, of the same shape and another colour. Each permutation of a type whose mean
-    item colour (centre half of the letterboxed crops) moves by at least ``min_distance``
-    (RGB, 0..255) from every colour already kept becomes a class of its own; the others
-    fold into the class they match. A grey type therefore stays one class; a yellow one
-    (red = green) gets three. This multiplies the classes the loss must tell apart, so the
-    features keep colour and shape cues that transfer to unseen types.
+    A red cap with its channels swapped is a blue cap, and a grey cap is a grey cap:
+    types the training set does not have, of the same shape and another colour. Each
+    colour transform (channel permutations, greyscale) of a type whose mean item colour
+    (centre half of the letterboxed crops) lies at least ``min_distance`` (RGB, 0..255)
+    from every colour already kept becomes a class of its own; the others fold into the
+    class they match. A grey type therefore stays one class; a red one gets four (red,
+    green, blue, grey). Greyscale classes make the network tell shapes apart without
+    colour, which types like a white die and a zinc washer need; the permutations make it
+    keep colour. The transform is applied to the crop's centre only (:func:`recolour`), so
+    the table around the item keeps its own colours.
 
     Parameters
     ----------
@@ -203,22 +247,22 @@ def colour_classes(images: np.ndarray, type_ids: np.ndarray, min_distance: float
     -------
     class_type : ndarray of shape (C,), int64
         Type of each pseudo-class.
-    class_perm : ndarray of shape (C,), int64
-        Index into :data:`CHANNEL_PERMUTATIONS` of each pseudo-class.
+    class_transform : ndarray of shape (C,), int64
+        Colour transform of each pseudo-class (0 = none).
     """
     s = images.shape[1]
     centre = images[:, s // 4 : s - s // 4, s // 4 : s - s // 4].reshape(len(images), -1, 3).mean(1)
-    class_type, class_perm = [], []
+    class_type, class_transform = [], []
     for t in np.unique(type_ids):
         mean_rgb = np.median(centre[type_ids == t], axis=0)
         kept: list[np.ndarray] = []
-        for p, perm in enumerate(CHANNEL_PERMUTATIONS):
-            colour = mean_rgb[list(perm)]
+        for transform in range(GREY + 1):
+            colour = _transform_colour(mean_rgb, transform)
             if all(np.linalg.norm(colour - k) >= min_distance for k in kept):
                 kept.append(colour)
                 class_type.append(int(t))
-                class_perm.append(p)
-    return np.asarray(class_type, np.int64), np.asarray(class_perm, np.int64)
+                class_transform.append(transform)
+    return np.asarray(class_type, np.int64), np.asarray(class_transform, np.int64)
 
 
 class BatchSampler:
@@ -306,6 +350,7 @@ def train_embedder(
     load_size = int(round(cfg.input_size_px * 1.25))
     images = np.stack([letterbox(c, load_size) for c in train.crops])
     augment = Augmenter(cfg.input_size_px, rng)
+    mask = centre_mask(load_size)
     if cfg.colour_permutations:
         class_type, class_perm = colour_classes(images, train.type_ids)
     else:
@@ -361,9 +406,8 @@ def train_embedder(
         idx = np.concatenate([rng.choice(by_type[int(class_type[c])], cfg.crops_per_type,
                                          replace=len(by_type[int(class_type[c])]) < cfg.crops_per_type) for c in classes])
         labels = np.repeat(classes, cfg.crops_per_type)
-        perms = [CHANNEL_PERMUTATIONS[class_perm[c]] for c in labels]
-        views = np.stack([augment(images[i][..., list(p)]) for i, p in zip(idx, perms)]
-                         + [augment(images[i][..., list(p)]) for i, p in zip(idx, perms)])
+        sources = [recolour(images[i], int(class_perm[c]), mask) for i, c in zip(idx, labels, strict=True)]
+        views = np.stack([augment(img) for img in sources] + [augment(img) for img in sources])
         x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
         type_labels = torch.from_numpy(np.concatenate([labels, labels]))
         inst_labels = torch.arange(len(idx)).repeat(2)

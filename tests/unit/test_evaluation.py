@@ -221,3 +221,17 @@ def test_result_to_dict_round_trips_through_score_session():
     score = evaluation.score_session(ground_truth(), result)
     assert score.sorted_correctly, score.problems
     assert score.position_errors_mm == pytest.approx([1.0] * 6)
+
+
+@pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "legacy"])
+def test_oracle_session_end_to_end(calibrated):
+    """Simulator ground-truth boxes with noise through geometry, dedup, grouping and planning."""
+    truth, constants, detections = evaluation.oracle_session(1001, calibrated)
+    result = evaluation.run_trigger_core(constants, detections)
+    score = evaluation.score_session(truth, result)
+    assert score.counts_exact, score.count_error
+    assert score.sorted_correctly, score.problems
+    if calibrated:
+        assert score.position_p95_mm < 15.0
+    else:
+        assert score.position_errors_mm == []

@@ -295,7 +295,7 @@ def test_refine_recovers_shapes_it_can_represent(kind):
         truth.append((x, y))
         expected.append(model)
     shapes = geometry.refine_objects(groups, constants)
-    for shape, (x, y), model in zip(shapes, truth, expected):
+    for shape, (x, y), model in zip(shapes, truth, expected, strict=True):
         assert shape is not None
         assert shape.model == model
         assert math.hypot(shape.x_mm - x, shape.y_mm - y) < 2.0

@@ -19,7 +19,7 @@ def obj(object_id: int, x: float, y: float, class_id: int = ITEM_CLASS_ID) -> Ar
 
 
 def carry_cost(items, containers, labels, assignment) -> float:
-    return sum(math.hypot(i.x_mm - containers[assignment[int(g)]].x_mm, i.y_mm - containers[assignment[int(g)]].y_mm) for i, g in zip(items, labels))
+    return sum(math.hypot(i.x_mm - containers[assignment[int(g)]].x_mm, i.y_mm - containers[assignment[int(g)]].y_mm) for i, g in zip(items, labels, strict=True))
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,18 @@ from click.testing import CliRunner
 from vectorizer.cli import evaluate_embedder, train_embedder
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
 from vectorizer.embedder import Embedder
-from vectorizer.training import CHANNEL_PERMUTATIONS, Augmenter, BatchSampler, TrainConfig, colour_classes, export_weights, supcon_loss
+from vectorizer.training import (
+    CHANNEL_PERMUTATIONS,
+    GREY,
+    Augmenter,
+    BatchSampler,
+    TrainConfig,
+    centre_mask,
+    colour_classes,
+    export_weights,
+    recolour,
+    supcon_loss,
+)
 from vectorizer.training import train_embedder as run_training
 
 torch.set_num_threads(1)
@@ -95,17 +106,30 @@ def test_augmenter_keeps_size_and_colour_identity():
 
 @pytest.mark.parametrize(
     "rgb, n_classes",
-    [((128, 128, 128), 1), ((220, 30, 30), 3), ((220, 40, 120), 6), ((220, 220, 30), 3)],
-    ids=["grey-one-class", "red-three", "pink-six", "yellow-three"],
+    [((128, 128, 128), 1), ((220, 30, 30), 4), ((220, 40, 120), 7), ((220, 220, 30), 4)],
+    ids=["grey-one-class", "red-three-perms-and-grey", "pink-six-perms-and-grey", "yellow-three-perms-and-grey"],
 )
-def test_colour_classes_split_only_distinct_permutations(rgb, n_classes):
+def test_colour_classes_split_only_distinct_colours(rgb, n_classes):
     images = np.full((4, 16, 16, 3), rgb, np.uint8)
-    class_type, class_perm = colour_classes(images, np.zeros(4, np.int64))
+    class_type, class_transform = colour_classes(images, np.zeros(4, np.int64))
     assert len(class_type) == n_classes and np.all(class_type == 0)
-    assert class_perm[0] == 0, "the original colours are always a class"
-    colours = [np.asarray(rgb)[list(CHANNEL_PERMUTATIONS[p])] for p in class_perm]
+    assert class_transform[0] == 0, "the original colours are always a class"
+    assert (GREY in class_transform) == (n_classes > 1)
+    colours = [recolour(images[0], int(t), np.ones((16, 16, 1), np.float32))[0, 0].astype(float) for t in class_transform]
     pairwise = [np.linalg.norm(a - b) for i, a in enumerate(colours) for b in colours[i + 1:]]
     assert all(d >= 40 for d in pairwise)
+
+
+def test_recolour_changes_the_centre_and_keeps_the_border():
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[..., 0] = 200  # red everywhere
+    mask = centre_mask(40)
+    out = recolour(image, CHANNEL_PERMUTATIONS.index((2, 1, 0)), mask)  # red -> blue
+    assert tuple(out[20, 20]) == (0, 0, 200)
+    assert tuple(out[0, 0]) == (200, 0, 0)
+    grey = recolour(image, GREY, mask)
+    assert grey[20, 20, 0] == grey[20, 20, 1] == grey[20, 20, 2] == round(0.299 * 200)
+    assert recolour(image, 0, mask) is image
 
 
 def test_batch_sampler_draws_p_types_k_crops():
