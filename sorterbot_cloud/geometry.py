@@ -506,6 +506,10 @@ REFINE_HUBER_SIGMAS = 2.0
 REFINE_SCHEDULE = (10, 6, 5)
 #: Per-parameter penalty (in squared sigmas) when choosing between shape models.
 REFINE_PARAM_PENALTY = 2.0
+#: A fit whose robust cost per box side used exceeds this (squared sigmas) is rejected:
+#: no model explains the boxes (on oracle sessions good fits stay below 3, failed ones
+#: above 10).
+REFINE_MAX_MEAN_COST = 4.0
 #: Starting yaws (degrees) of the cuboid model (a rectangle repeats every 90 degrees
 #: once its sides may swap).
 _CUBOID_START_YAWS_DEG = (0.0, 45.0)
@@ -724,8 +728,9 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
     Returns
     -------
     list of ObjectShape or None
-        One per group; None where the group has fewer than 2 box sides per parameter
-        to fit (too few whole frames), where the fit fails, or in legacy mode.
+        One per group; None where the group has fewer than 12 box sides not cut by the
+        border (2 per parameter), where the best fit's cost per side exceeds
+        :data:`REFINE_MAX_MEAN_COST` (no model explains the boxes), or in legacy mode.
     """
     camera = constants.camera
     out: list[ObjectShape | None] = [None] * len(groups)
@@ -847,6 +852,7 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
         else:
             x, y, r = sph[k]
             shape = ObjectShape(float(x), float(y), float(2 * r), float(2 * r), "sphere", float(sph_cost[k]))
-        if all(math.isfinite(v) for v in (shape.x_mm, shape.y_mm, shape.size_mm)):
+        mean_cost = shape.cost / max(mask[k].sum(), 1.0)
+        if all(math.isfinite(v) for v in (shape.x_mm, shape.y_mm, shape.size_mm)) and mean_cost <= REFINE_MAX_MEAN_COST:
             out[g] = shape
     return out
