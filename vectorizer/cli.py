@@ -128,10 +128,12 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
 @click.option("--crops-per-type", type=int, default=8, show_default=True, help="Crops per type in each grouping.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's default).")
+@click.option("--test-time-views", type=click.Choice(["1", "2", "4", "8"]), default=None,
+              help="Override the sidecar's test-time views (flips/rotations averaged).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/embedder_eval.json"), show_default=True)
 @click.option("--update-sidecar", is_flag=True, help="Also write the metrics into the weights' JSON sidecar.")
 def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_dir, n_groupings, crops_per_type, seed,
-                      threads, out_path, update_sidecar):
+                      threads, test_time_views, out_path, update_sidecar):
     """Grouping ARI on held-out simulated types and real crops, and embedding speed."""
     import numpy as np
     import torch
@@ -144,7 +146,10 @@ def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_d
     if threads:
         torch.set_num_threads(threads)
     embedder = Embedder.from_weights(weights, source="evaluated")
-    results: dict = {"weights": str(weights), "input_size_px": embedder.input_size_px, "recipe": _recipe(),
+    if test_time_views is not None:
+        embedder.test_time_views = int(test_time_views)
+    results: dict = {"weights": str(weights), "input_size_px": embedder.input_size_px,
+                     "test_time_views": embedder.test_time_views, "recipe": _recipe(),
                      "protocol": {"n_groupings": n_groupings, "types_per_grouping": [2, 4], "crops_per_type": crops_per_type,
                                   "seed": seed, "kmeans": "sklearn KMeans, k = types drawn, n_init=10, random_state=0"}}
     with tempfile.TemporaryDirectory() as tmp:
@@ -174,7 +179,7 @@ def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_d
     speed = time_embedding(embedder, sets["sim_heldout"].crops, batch_size=32, repeats=15)
     speed["torch_threads"] = torch.get_num_threads()
     results["speed"] = speed
-    click.echo(f"embedder {weights} (input {embedder.input_size_px} px), {n_groupings} groupings of 2-4 types x {crops_per_type} crops")
+    click.echo(f"embedder {weights} (input {embedder.input_size_px} px, {embedder.test_time_views} test-time views), {n_groupings} groupings of 2-4 types x {crops_per_type} crops")
     click.echo(f"{'set':<24}{'types':>6}{'crops':>7}{'ARI mean':>10}{'median':>8}{'min':>7}{'perfect':>9}{'all-crops ARI':>15}")
     for name, e in rows:
         click.echo(f"{name:<24}{len(e['types']):>6}{e['n_crops']:>7}{e['ari_mean']:>10.3f}{e['ari_median']:>8.3f}"

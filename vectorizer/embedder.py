@@ -157,9 +157,18 @@ class Embedder:
         RGB normalisation on pixel values in [0, 1].
     batch_size : int
         Crops per forward pass.
+    test_time_views : {1, 2, 4, 8}
+        Views of each crop whose features are averaged before normalisation: the crop,
+        then its horizontal flip, vertical flip, 180° rotation, then 90° and 270°
+        rotations and the two transposes (the symmetries of the square; items lie on the
+        table in any orientation). 1 = the crop alone. Cost grows linearly.
     source : str
         Where the weights came from, for logs and health checks.
     """
+
+    #: The eight symmetries of the square as (transpose, flip_h, flip_v) on (B, 3, S, S) tensors.
+    VIEWS = ((False, False, False), (False, True, False), (False, False, True), (False, True, True),
+             (True, True, False), (True, False, True), (True, False, False), (True, True, True))
 
     def __init__(
         self,
@@ -169,8 +178,11 @@ class Embedder:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         batch_size: int = 64,
+        test_time_views: int = 1,
         source: str = "",
     ):
+        if test_time_views not in (1, 2, 4, 8):
+            raise ValueError(f"test_time_views must be 1, 2, 4 or 8, got {test_time_views}")
         if input_size_px < 32:
             raise ValueError(f"input_size_px must be >= 32, got {input_size_px}")
         if batch_size < 1:
@@ -180,6 +192,7 @@ class Embedder:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.batch_size = int(batch_size)
+        self.test_time_views = int(test_time_views)
         self.source = source
         self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
@@ -188,7 +201,8 @@ class Embedder:
     def from_weights(cls, path: str | Path, *, source: str = "configured", batch_size: int = 64) -> "Embedder":
         """Build an embedder from a weights file and its sidecar.
 
-        A project file's sidecar gives ``input_size_px``, ``mean`` and ``std``; the
+        A project file's sidecar gives ``input_size_px``, ``mean``, ``std`` and
+        ``test_time_views`` (default 1); the
         torchvision ImageNet file uses :data:`IMAGENET_INPUT_SIZE_PX` and the ImageNet
         normalisation.
 
@@ -219,6 +233,7 @@ class Embedder:
             mean=meta.get("mean", IMAGENET_MEAN),
             std=meta.get("std", IMAGENET_STD),
             batch_size=batch_size,
+            test_time_views=int(meta.get("test_time_views", 1)),
             source=f"{source}:{path}",
         )
 
@@ -258,9 +273,20 @@ class Embedder:
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
     def forward_uint8(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalise a uint8 batch (B, 3, S, S) and return L2-normalised features (B, 512)."""
+        """Normalise a uint8 batch (B, 3, S, S) and return L2-normalised features (B, 512).
+
+        With ``test_time_views > 1`` the features of the views are averaged first.
+        """
         x = (batch.float() - self._mean) / self._std
-        return torch.nn.functional.normalize(self.model(x), dim=1)
+        if self.test_time_views == 1:
+            return torch.nn.functional.normalize(self.model(x), dim=1)
+        views = []
+        for transpose, flip_h, flip_v in self.VIEWS[: self.test_time_views]:
+            v = x.transpose(2, 3) if transpose else x
+            dims = [d for d, f in ((3, flip_h), (2, flip_v)) if f]
+            views.append(torch.flip(v, dims) if dims else v)
+        feats = self.model(torch.cat(views)).view(self.test_time_views, x.shape[0], -1).mean(0)
+        return torch.nn.functional.normalize(feats, dim=1)
 
     def embed(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """Embed item crops.

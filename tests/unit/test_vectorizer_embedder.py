@@ -155,3 +155,23 @@ def test_load_embedder_uses_configured_path_and_logs_it(weight_files, caplog):
         emb = load_embedder(settings)
     assert emb.source.startswith("configured:") and emb.input_size_px == 48
     assert "configured" in caplog.text and str(weight_files["configured"]) in caplog.text
+
+
+@pytest.mark.parametrize("views", [2, 4, 8], ids=["flip", "flips", "dihedral"])
+def test_test_time_views_are_orientation_invariant(views):
+    torch.manual_seed(0)
+    emb = Embedder(build_resnet18(), input_size_px=32, test_time_views=views)
+    crop = _crops(1, seed=5)[0]
+    a = emb.embed([crop])
+    assert a.shape == (1, EMBEDDING_DIM)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    mirrored = emb.embed([np.ascontiguousarray(crop[:, ::-1])])
+    np.testing.assert_allclose(a, mirrored, atol=1e-4)
+    if views == 8:
+        rotated = emb.embed([np.ascontiguousarray(np.rot90(crop))])
+        np.testing.assert_allclose(a, rotated, atol=1e-4)
+
+
+def test_test_time_views_must_be_a_symmetry_count():
+    with pytest.raises(ValueError, match="test_time_views"):
+        Embedder(build_resnet18(), test_time_views=3)
