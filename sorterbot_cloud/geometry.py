@@ -532,7 +532,7 @@ def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel):
     return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy
 
 
-def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray, v_vec: np.ndarray, terms) -> np.ndarray:
+def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray | None, terms, radius: np.ndarray | None = None) -> np.ndarray:
     """Exact image boxes (B, F, 4) of ellipses ``centre + cos(phi) U + sin(phi) V``.
 
     The ellipse projects to ``u(phi) = N(phi) / D(phi)`` with ``N, D`` affine in
@@ -546,6 +546,8 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray, v_vec: np.ndarray, terms)
         Leading axes (several ellipses per batch row) broadcast against ``terms``.
     terms : tuple
         From :func:`_frame_terms`.
+    radius : ndarray of shape (..., B), mm, optional
+        Horizontal circles of this radius instead of ``u_vec, v_vec`` (faster).
 
     Returns
     -------
@@ -555,8 +557,12 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray, v_vec: np.ndarray, terms)
     axes = np.stack([right, down, forward], axis=-1)  # (B, F, 3, 3): columns right, down, forward
 
     pc = np.matmul((centre[..., None, :] - center)[..., None, :], axes)[..., 0, :]  # (..., B, F, 3)
-    pu = np.matmul(u_vec[..., None, None, :], axes)[..., 0, :]
-    pv = np.matmul(v_vec[..., None, None, :], axes)[..., 0, :]
+    if radius is not None:  # horizontal circle: U = r e_x, V = r e_y pick rows of the axes
+        pu = radius[..., None, None] * axes[..., 0, :]
+        pv = radius[..., None, None] * axes[..., 1, :]
+    else:
+        pu = np.matmul(u_vec[..., None, None, :], axes)[..., 0, :]
+        pv = np.matmul(v_vec[..., None, None, :], axes)[..., 0, :]
     b0, b1, b2 = pc[..., 2], pu[..., 2], pv[..., 2]
     out = []
     for k, f, c in ((0, fx, cx), (1, fy, cy)):
@@ -564,13 +570,17 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray, v_vec: np.ndarray, terms)
         a1 = f * pu[..., k] + c * b1
         a2 = f * pv[..., k] + c * b2
         big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
+        # phi = psi +- delta with cos psi = B / n, sin psi = A / n, cos delta = -C / n
         norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
-        psi = np.arctan2(big_a, big_b)
-        delta = np.arccos(np.clip(-big_c / norm, -1.0, 1.0))
-        phi = np.stack([psi + delta, psi - delta])
-        cos_p, sin_p = np.cos(phi), np.sin(phi)
-        values = (a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0)
-        out.append((values.min(0), values.max(0)))
+        cos_psi, sin_psi = big_b / norm, big_a / norm
+        cos_delta = np.clip(-big_c / norm, -1.0, 1.0)
+        sin_delta = np.sqrt(1.0 - cos_delta**2)
+        values = []
+        for sign in (1.0, -1.0):
+            cos_p = cos_psi * cos_delta - sign * sin_psi * sin_delta
+            sin_p = sin_psi * cos_delta + sign * cos_psi * sin_delta
+            values.append((a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0))
+        out.append((np.minimum(*values), np.maximum(*values)))
     (u0, u1), (v0, v1) = out
     return np.stack([u0, v0, u1, v1], axis=-1)
 
@@ -584,14 +594,10 @@ def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
     """
     n = len(p)
     radii = np.abs(p[:, 2:5]).T  # (3, B)
-    ex = np.zeros((3, n, 3))
-    ey = np.zeros((3, n, 3))
-    ex[:, :, 0] = radii
-    ey[:, :, 1] = radii
     centre = np.zeros((3, n, 3))
     centre[:, :, :2] = p[None, :, :2]
     centre[:, :, 2] = np.array([0.0, 0.5, 1.0])[:, None] * p[None, :, 5]
-    stacked = _ring_boxes(centre, ex, ey, terms)  # (3, B, F, 4)
+    stacked = _ring_boxes(centre, None, None, terms, radius=radii)  # (3, B, F, 4)
     return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
 
 
@@ -648,6 +654,8 @@ def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, itera
     clamp : callable
         ``clamp(params) -> params`` keeping parameters in their domain.
     iterations : int
+        At most this many; stops earlier once two iterations in a row gain nothing
+        (relative cost decrease below 1e-4 on every row).
 
     Returns
     -------
@@ -661,6 +669,7 @@ def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, itera
     cost = (res**2).sum(1)
     lam = np.full(len(params), 1e-2)
     eye = np.eye(d)[None]
+    stalled = 0
     for _ in range(iterations):
         # forward differences, all parameters in one stacked call
         shifted = np.repeat(params[None], d, axis=0) + (np.eye(d) * steps)[:, None, :]  # (D, B, D)
@@ -673,10 +682,14 @@ def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, itera
         res_t = residual_fn(trial)
         cost_t = (res_t**2).sum(1)
         better = cost_t < cost
+        gain = np.where(better, cost - cost_t, 0.0)
         params[better] = trial[better]
         res[better] = res_t[better]
         cost[better] = cost_t[better]
         lam = np.clip(np.where(better, lam * 0.3, lam * 10.0), 1e-7, 1e7)
+        stalled = stalled + 1 if np.all(gain <= 1e-4 * cost + 1e-6) else 0
+        if stalled >= 2:  # no row gains any more: converged (or stuck)
+            break
     return params, cost
 
 
@@ -773,28 +786,41 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
     priors = np.array([FIT_PRIORS[int(c)] for c in class_ids])  # (b, 5)
 
     def make_residuals(boxes_fn, size_of, height_of, rep: int):
-        bx = np.repeat(boxes, rep, axis=0)
-        sz = np.repeat(sizes, rep, axis=0)
-        th = np.repeat(thetas, rep, axis=0)
+        """Residuals of ``rep`` starts per object; boxes are computed only on the frames
+        with a side to fit (the padding of shorter objects and wholly cut boxes skipped)."""
+        bx = np.repeat(boxes, rep, axis=0)  # (B, F, 4)
         mk = np.repeat(mask, rep, axis=0)
         pr = np.repeat(priors, rep, axis=0)
-        weights = np.ones_like(mk)
-        base_terms = _frame_terms(th, sz, camera)
+        n_obj, n_frames = bx.shape[:2]
+        rows = np.flatnonzero(mk.any(axis=2))  # flat (object, frame) indices with a side to fit
+        rows_obj = rows // n_frames
+        row_terms = _frame_terms(
+            np.repeat(thetas, rep, axis=0).reshape(-1)[rows][:, None], np.repeat(sizes, rep, axis=0).reshape(-1, 2)[rows][:, None], camera
+        )
+        target = bx.reshape(-1, 4)[rows]
+        row_mask = mk.reshape(-1, 4)[rows] / REFINE_SIGMA_PX
+        weights = np.ones_like(row_mask)
         tiled: dict[int, tuple] = {}
 
-        def residual_fn(p):
-            k = len(p) // len(bx)
+        def row_boxes(p, k):
             if k not in tiled:
-                tiled[k] = tuple(np.concatenate([t] * k, axis=0) for t in base_terms)
-            sq_w = np.sqrt(np.concatenate([weights] * k, axis=0))
-            r = (boxes_fn(p, tiled[k]) - np.concatenate([bx] * k, axis=0)) / REFINE_SIGMA_PX * np.concatenate([mk] * k, axis=0) * sq_w
+                offsets = (np.arange(k) * n_obj)[:, None]
+                tiled[k] = (tuple(np.concatenate([t] * k, axis=0) for t in row_terms), (rows_obj[None] + offsets).reshape(-1))
+            terms_k, obj_k = tiled[k]
+            return boxes_fn(p[obj_k], terms_k)[:, 0]  # (k R, 4)
+
+        def residual_fn(p):
+            k = len(p) // n_obj
+            r_rows = (row_boxes(p, k) - np.concatenate([target] * k)) * np.concatenate([row_mask * np.sqrt(weights)] * k)
+            full = np.zeros((k * n_obj * n_frames, 4))
+            full[(rows[None] + (np.arange(k) * n_obj * n_frames)[:, None]).reshape(-1)] = r_rows
             prk = np.concatenate([pr] * k, axis=0)
             r_size = np.log(np.maximum(size_of(p), 1.0) / prk[:, 0]) / prk[:, 1]
             r_height = (height_of(p) - prk[:, 2]) / prk[:, 3]
-            return np.concatenate([r.reshape(len(p), -1), r_size[:, None], r_height[:, None]], axis=1)
+            return np.concatenate([full.reshape(len(p), -1), r_size[:, None], r_height[:, None]], axis=1)
 
         def reweight(p):
-            r = np.abs(boxes_fn(p, base_terms) - bx) / REFINE_SIGMA_PX
+            r = np.abs(row_boxes(p, 1) - target) / REFINE_SIGMA_PX
             weights[:] = np.minimum(1.0, REFINE_HUBER_SIGMAS / np.maximum(r, 1e-9))
 
         return residual_fn, reweight
