@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -326,6 +327,22 @@ class TorchvisionDetector:
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1).float().div_(255.0)
 
+    def _shrink(self, image: np.ndarray) -> np.ndarray:
+        """Area-average a frame down to the model's input size before it enters the model.
+
+        The model's own resize is bilinear without anti-aliasing; frames much larger than
+        the input (1640x1232 -> 682x512) would alias, unlike the area-resampled training
+        crops (:func:`locator.data.augment`). After this step the model's resize is a
+        near no-op; its ``postprocess`` maps boxes to the shrunk frame, and
+        :meth:`detect_batch` scales them back to the original pixels.
+        """
+        h, w = image.shape[:2]
+        scale = min(self.config.min_size_px / min(h, w), self.config.max_size_px / max(h, w))
+        if scale >= 1.0:
+            return image
+        size = (max(1, int(round(w * scale))), max(1, int(round(h * scale))))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[Detections]:
         """Detect on several RGB images.
@@ -344,15 +361,17 @@ class TorchvisionDetector:
         InvalidImage
             If an image is not an (H, W, 3) uint8 array.
         """
-        tensors = [self._to_tensor(check_image(img, f"images[{i}]")) for i, img in enumerate(images)]
-        if not tensors:
+        checked = [check_image(img, f"images[{i}]") for i, img in enumerate(images)]
+        if not checked:
             return []
+        shrunk = [self._shrink(img) for img in checked]
         self.model.eval()
-        outputs = self.model(tensors)
+        outputs = self.model([self._to_tensor(img) for img in shrunk])
         results = []
-        for out, img in zip(outputs, images):
+        for out, img, small in zip(outputs, checked, shrunk):
             boxes = out["boxes"].float().cpu().numpy()
             h, w = img.shape[:2]
+            boxes *= np.float32([w / small.shape[1], h / small.shape[0]] * 2)
             boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
             boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
             results.append(

@@ -6,6 +6,8 @@
 #   .venv/bin/python -m locator.cli convert-voc --xml-dir ../shared/realdata/microcontrollers/images/train --out data/real/train.json
 # Real photos are scaled by 0.25 so that the boards (median 265 px wide at 800x600) get the size in
 # pixels of items at the detector's 512 px input (about 30..90 px).
+# One torch thread: on this shared 2-core machine two OpenMP threads measured ~5x less work per CPU-second
+# (spinning while the sibling thread is descheduled).
 set -eu
 cd "$(dirname "$0")/../.."
 REAL=../shared/realdata/microcontrollers/images
@@ -15,5 +17,5 @@ export PYTHONUNBUFFERED=1
   --dataset data/det/sim_train_a/annotations.json:data/det/sim_train_a/images:1.0 \
   --dataset data/real/train.json:$REAL/train:0.25:0.25 \
   --out "$OUT" --iterations 100000 --time-budget-min "${BUDGET_MIN:-80}" \
-  --batch-size 4 --lr 1e-3 --warmup 200 --crop-px 384 --min-size-px 512 --max-size-px 864 --checkpoint-every 100 --log-every 10 \
-  --seed 0 --threads 2 "$@"
+  --batch-size 2 --lr 1e-3 --warmup 60 --crop-px 384 --min-size-px 512 --max-size-px 864 --checkpoint-every 100 --log-every 10 \
+  --seed 0 --threads 1 "$@"

@@ -89,6 +89,15 @@ def test_boxes_come_back_in_original_frame_pixels(tiny_detector):
     assert det_big.boxes_xyxy[:, [0, 2]].max() <= 256 and det_big.boxes_xyxy[:, [1, 3]].max() <= 192
 
 
+def test_frames_smaller_than_the_input_are_upscaled_inside_and_mapped_back(tiny_detector):
+    """A 48x64 frame is resized to 96x128 inside the model; boxes come back within 64x48."""
+    image = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    det = tiny_detector.detect(image)
+    assert len(det) > 0
+    assert det.boxes_xyxy[:, [0, 2]].max() <= 64 and det.boxes_xyxy[:, [1, 3]].max() <= 48
+    assert det.boxes_xyxy[:, 2].max() > 32  # spread over the frame, not squeezed into a corner
+
+
 def test_detect_returns_validated_detections(tiny_detector):
     image = np.random.default_rng(1).integers(0, 256, (120, 150, 3), dtype=np.uint8)
     det = tiny_detector.detect(image)
