@@ -5,8 +5,11 @@ located detections of one class by constrained single-linkage agglomeration:
 
 1. candidate links are the pairs of detections of the same class on *different* frames
    whose planar distance is below ``distance_factor * max(size_i, size_j)`` (a threshold
-   scaled to the object's size: a container's estimates scatter more than an item's);
-2. links are taken shortest first (Kruskal); a link joins two groups only if the groups
+   scaled to the object's size: a container's estimates scatter more than an item's;
+   times :data:`LEGACY_DISTANCE_SCALE` for legacy positions);
+2. links are taken shortest first (Kruskal), links between confident detections (score
+   at least :data:`DEFAULT_MIN_SINGLE_FRAME_SCORE`) before links to weak ones, so a
+   stray low-score box cannot take a frame slot of a real object; a link joins two groups only if the groups
    have no frame in common (cannot-link: two detections of one frame are never one
    object, DESIGN.md), so two objects seen together on any frame never merge, however
    close their estimates are; a detection still alone afterwards may join the nearest
@@ -19,10 +22,11 @@ located detections of one class by constrained single-linkage agglomeration:
    (:func:`~sorterbot_cloud.geometry.refine_objects`), which resolves what single boxes
    cannot (height against depth); item embedding the weighted mean re-normalised,
    score the highest detection score;
-4. a group seen on a single frame with a score below ``min_single_frame_score`` is
-   dropped as noise: a real object is on several frames (the frames overlap by far more
-   than one step), and a one-frame, low-confidence box is most likely a false positive
-   or a duplicate box that the cannot-link rule kept apart;
+4. a group of at most :data:`MAX_NOISE_FRAMES` detections, none scoring
+   ``min_single_frame_score``, is dropped as noise: a real object is on several frames
+   (an object stays in view for about 13 frames of the reference sweep), and one or two
+   low-confidence boxes are most likely false positives or duplicate boxes that the
+   cannot-link rule kept apart;
 5. objects are numbered items first, then containers, each by ``theta_deg`` then
    ``r_mm`` (deterministic).
 
@@ -45,6 +49,11 @@ from sorterbot_cloud.structures import ITEM_CLASS_ID, ArmObject, PolarPoint
 DEFAULT_DISTANCE_FACTOR = 0.6
 #: One-frame groups below this score are dropped as noise.
 DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
+#: Legacy positions scatter more (their rotation model is approximate, see
+#: :mod:`sorterbot_cloud.geometry`): their link threshold is this much larger.
+LEGACY_DISTANCE_SCALE = 1.7
+#: Groups of at most this many detections, all below ``min_single_frame_score``, are noise.
+MAX_NOISE_FRAMES = 2
 #: A detection left alone after linking may join a group within this multiple of the
 #: link threshold.
 SINGLETON_REACH = 2.0
@@ -111,11 +120,17 @@ def group(located: list[LocatedDetection], distance_factor: float = DEFAULT_DIST
     frames = [d.image_name for d in located]
     frame_codes = np.unique(frames, return_inverse=True)[1]
     dist = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
-    limit = distance_factor * np.maximum(size[:, None], size[None, :])
+    legacy = np.array([d.constants is None or not d.constants.calibrated for d in located])
+    scale = np.where(legacy, LEGACY_DISTANCE_SCALE, 1.0)
+    scaled = size * scale
+    limit = distance_factor * np.maximum(scaled[:, None], scaled[None, :])
     ii, jj = np.nonzero(
         np.triu((dist < limit) & (cls[:, None] == cls[None, :]) & (frame_codes[:, None] != frame_codes[None, :]), k=1)
     )
-    order = np.lexsort((jj, ii, dist[ii, jj]))  # shortest first, ties by index: deterministic
+    scores = np.array([d.detection.score for d in located], dtype=np.float64)
+    weak = (scores[ii] < DEFAULT_MIN_SINGLE_FRAME_SCORE) | (scores[jj] < DEFAULT_MIN_SINGLE_FRAME_SCORE)
+    # confident links first, each kind shortest first; ties by index: deterministic
+    order = np.lexsort((jj, ii, dist[ii, jj], weak))
     sets = _DisjointSets(frames)
     for k in order:
         sets.union_if_compatible(int(ii[k]), int(jj[k]))
@@ -165,7 +180,8 @@ def merge(
         are the weighted means of the detections' pulse widths (legacy: the original
         formulas' values; calibrated: within a fraction of a µs of the exact mapping).
     min_single_frame_score : float
-        A group seen on one frame only is kept when its score is at least this.
+        A group of at most :data:`MAX_NOISE_FRAMES` detections is kept only when one of
+        them scores at least this.
     refine : bool
         In calibrated mode, place each object by fitting one 3D shape to all its boxes
         (:func:`geometry.refine_objects`) instead of averaging single-frame estimates.
@@ -186,7 +202,7 @@ def merge(
     kept = []
     for members in group(located, distance_factor):
         dets = [located[i] for i in members]
-        if len(dets) == 1 and dets[0].detection.score < min_single_frame_score:
+        if len(dets) <= MAX_NOISE_FRAMES and max(d.detection.score for d in dets) < min_single_frame_score:
             continue
         kept.append(dets)
     shapes = refine_objects(kept, constants) if constants is not None and constants.calibrated and refine else [None] * len(kept)

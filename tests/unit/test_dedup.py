@@ -12,13 +12,16 @@ from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, StoredDetection
 from tests.unit.test_geometry import CONTAINER_SHAPES, ITEM_SHAPES, make_shape, observe, stored
 
+CALIBRATED = ArmConstants.reference()
+LEGACY = ArmConstants.reference(calibrated=False)
 
-def fake_located(i, frame_pw, x, y, size=30.0, score=0.9, class_id=ITEM_CLASS_ID, embedding=None, truncated=False):
+
+def fake_located(i, frame_pw, x, y, size=30.0, score=0.9, class_id=ITEM_CLASS_ID, embedding=None, truncated=False, constants=CALIBRATED):
     """A LocatedDetection placed by hand (geometry is not under test)."""
     det = StoredDetection(i, f"{frame_pw}.jpg", float(frame_pw), 1640, 1232, np.zeros(4, np.float32), score, class_id, embedding)
     r, t = math.hypot(x, y), math.degrees(math.atan2(y, x))
     weight = score * (geometry.TRUNCATED_WEIGHT_FACTOR if truncated else 1.0)
-    return geometry.LocatedDetection(det, x, y, r, t, 1475 + t * 1400 / 130, 1200 + r, size, weight, truncated)
+    return geometry.LocatedDetection(det, x, y, r, t, 1475 + t * 1400 / 130, 1200 + r, size, weight, truncated, constants=constants)
 
 
 def test_same_object_on_several_frames_becomes_one_object():
@@ -44,14 +47,19 @@ def test_classes_are_never_merged():
     assert sorted(o.class_id for o in dedup.merge(located)) == [ITEM_CLASS_ID, CONTAINER_CLASS_ID]
 
 
-@pytest.mark.parametrize("distance_mm, expected", [(10.0, 1), (25.0, 2)], ids=["within-threshold", "beyond-threshold"])
-def test_threshold_scales_with_size(distance_mm, expected):
-    """Two-frame tracks on disjoint frames, ``distance_mm`` apart (threshold 0.6 * 30 = 18 mm)."""
+@pytest.mark.parametrize(
+    "distance_mm, constants, expected",
+    [(10.0, CALIBRATED, 1), (25.0, CALIBRATED, 2), (25.0, LEGACY, 1), (35.0, LEGACY, 2)],
+    ids=["within-threshold", "beyond-threshold", "legacy-within", "legacy-beyond"],
+)
+def test_threshold_scales_with_size(distance_mm, constants, expected):
+    """Two-frame tracks on disjoint frames, ``distance_mm`` apart (threshold 0.6 * 30 = 18,
+    legacy 0.6 * 30 * 1.7 = 30.6)."""
     located = [
-        fake_located(0, 1200, 300, 0, size=30.0),
-        fake_located(1, 1250, 300, 0, size=30.0),
-        fake_located(2, 1300, 300 + distance_mm, 0, size=30.0),
-        fake_located(3, 1350, 300 + distance_mm, 0, size=30.0),
+        fake_located(0, 1200, 300, 0, size=30.0, constants=constants),
+        fake_located(1, 1250, 300, 0, size=30.0, constants=constants),
+        fake_located(2, 1300, 300 + distance_mm, 0, size=30.0, constants=constants),
+        fake_located(3, 1350, 300 + distance_mm, 0, size=30.0, constants=constants),
     ]
     assert len(dedup.merge(located, distance_factor=0.6)) == expected
 
@@ -87,6 +95,22 @@ def test_embeddings_are_averaged_and_renormalised():
 @pytest.mark.parametrize("score, kept", [(0.3, 0), (0.95, 1)], ids=["low-score-dropped", "high-score-kept"])
 def test_single_frame_objects_need_a_high_score(score, kept):
     assert len(dedup.merge([fake_located(0, 1200, 300, 0, score=score)])) == kept
+
+
+@pytest.mark.parametrize("n_frames, kept", [(2, 0), (3, 1)], ids=["two-weak-dropped", "three-weak-kept"])
+def test_few_weak_detections_are_noise(n_frames, kept):
+    located = [fake_located(i, 1200 + 50 * i, 300, 0, score=0.55) for i in range(n_frames)]
+    assert len(dedup.merge(located)) == kept
+
+
+def test_confident_links_come_before_weak_ones():
+    """A weak box right on top of a confident one cannot steal its place in a track."""
+    located = [fake_located(i, 1200 + 50 * i, 300 + 2 * i, 0) for i in range(4)]  # track 1200..1350
+    located.append(fake_located(4, 1250, 308.0, 0, score=0.55))  # weak duplicate on frame 1250
+    located.append(fake_located(5, 1400, 308.0, 0))  # next frame of the track, nearest the weak box
+    objects = dedup.merge(located)
+    assert len(objects) == 1
+    assert objects[0].detection_ids == [0, 1, 2, 3, 5]
 
 
 def test_object_ids_items_first_then_by_theta():
