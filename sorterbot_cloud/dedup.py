@@ -9,12 +9,12 @@ located detections of one class by constrained single-linkage agglomeration:
    times :data:`LEGACY_DISTANCE_SCALE` for legacy positions);
 2. links are taken shortest first (Kruskal), links between confident detections (score
    at least :data:`DEFAULT_MIN_SINGLE_FRAME_SCORE`) before links to weak ones, so a
-   stray low-score box cannot take a frame slot of a real object; a link joins two groups only if the groups
-   have no frame in common (cannot-link: two detections of one frame are never one
-   object, DESIGN.md), so two objects seen together on any frame never merge, however
-   close their estimates are; a detection still alone afterwards may join the nearest
-   compatible group within :data:`SINGLETON_REACH` times the threshold (the first or
-   last frame of an object's sweep, past a missed frame);
+   stray low-score box cannot take a frame slot of a real object; a link joins two
+   groups only if they have no frame in common (cannot-link: two detections of one
+   frame are never one object, DESIGN.md), so two objects seen together on any frame
+   never merge, however close their estimates are; a detection still alone afterwards
+   may join the nearest compatible group within :data:`SINGLETON_REACH` times the
+   threshold (the first or last frame of an object's sweep, past a missed frame);
 3. each group becomes one :class:`~sorterbot_cloud.structures.ArmObject`: position the
    weighted mean of its detections' positions (weights: score, lowered for boxes cut by
    the image border, see :mod:`sorterbot_cloud.geometry`); in calibrated mode replaced
@@ -47,7 +47,8 @@ from sorterbot_cloud.structures import ITEM_CLASS_ID, ArmObject, PolarPoint
 
 #: Default share of the larger object size within which two detections may be one object.
 DEFAULT_DISTANCE_FACTOR = 0.6
-#: One-frame groups below this score are dropped as noise.
+#: Detections below this score are weak: linked last, and a group of at most
+#: :data:`MAX_NOISE_FRAMES` of them is dropped as noise.
 DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
 #: Legacy positions scatter more (their rotation model is approximate, see
 #: :mod:`sorterbot_cloud.geometry`): their link threshold is this much larger.
