@@ -65,9 +65,14 @@ class BenchContext:
 
 
 @contextmanager
-def bench_context(data_dir: Path | None = None) -> Iterator[BenchContext]:
+def bench_context(data_dir: Path | None = None, detector=None) -> Iterator[BenchContext]:
     """Start the database (embedded under a temporary folder unless ``PG_CONN`` is set),
     load the models once and yield a :class:`BenchContext`.
+
+    Parameters
+    ----------
+    detector : object, optional
+        Use it instead of loading the detector (e.g. :class:`GroundTruthDetector`).
 
     Raises
     ------
@@ -89,7 +94,7 @@ def bench_context(data_dir: Path | None = None) -> Iterator[BenchContext]:
             from locator import load_detector
             from vectorizer import load_embedder
 
-            detector = load_detector(settings)
+            detector = detector if detector is not None else load_detector(settings)
             embedder = load_embedder(settings)
         except FileNotFoundError as exc:
             raise click.ClickException(
@@ -155,9 +160,58 @@ def _frames(folder: Path) -> list[Path]:
     return session_frames(folder)
 
 
+class GroundTruthDetector:
+    """Answers a simulated frame's ground-truth boxes instead of running a model.
+
+    Used by ``evaluate-sessions --detector ground-truth`` to measure the stages after
+    detection (geometry, dedup, clustering, planning) on their own. Boxes of items and
+    containers whose visible fraction is at least ``min_visible_fraction`` are returned
+    with score 0.99; distractors are left out. Call :meth:`use` with the session's
+    ground truth and the frame's name before each ``detect``.
+
+    Parameters
+    ----------
+    min_visible_fraction : float
+        Least share of the object's projected area inside the frame and unoccluded.
+    """
+
+    SCORE = 0.99
+
+    def __init__(self, min_visible_fraction: float = 0.5) -> None:
+        self.min_visible_fraction = min_visible_fraction
+        self._boxes: dict[str, list[dict]] = {}
+        self._current: str | None = None
+
+    def use(self, ground_truth: dict, image_name: str) -> None:
+        """Answer the boxes of frame ``image_name`` of ``ground_truth`` on the next ``detect``."""
+        self._boxes = {f["image_name"]: f["boxes"] for f in ground_truth["frames"]}
+        self._current = image_name
+
+    def detect(self, image: np.ndarray):
+        from sorterbot_cloud.structures import Detections, class_id_of
+
+        height, width = image.shape[:2]
+        kept = [b for b in self._boxes.get(self._current, [])
+                if b["class"] in ("item", "container") and b.get("visible_fraction", 1.0) >= self.min_visible_fraction]
+        if not kept:
+            return Detections.empty()
+        boxes = np.array([b["box_xyxy"] for b in kept], np.float32)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+        return Detections(boxes, np.full(len(kept), self.SCORE, np.float32), [class_id_of(b["class"]) for b in kept])
+
+
 def ingest_session(service, folder: Path, arm_id: str, session_id: str) -> list[dict]:
     """Ingest every frame of a session folder; returns the responses."""
-    return [service.process_frame(arm_id, session_id, p.name, p.read_bytes()) for p in _frames(folder)]
+    ground_truth = None
+    if isinstance(service.detector, GroundTruthDetector):
+        ground_truth = json.loads((Path(folder) / "ground_truth.json").read_text())
+    out = []
+    for p in _frames(folder):
+        if ground_truth is not None:
+            service.detector.use(ground_truth, p.name)
+        out.append(service.process_frame(arm_id, session_id, p.name, p.read_bytes()))
+    return out
 
 
 def legacy_constants_of(constants: dict) -> dict:
@@ -279,9 +333,18 @@ def _write_json(path: Path, data) -> None:
     click.echo(f"wrote {path}")
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
 @click.group()
-def bench() -> None:
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+def bench(threads: int | None) -> None:
     """Speed benchmarks of the service (medians; see also evaluate-sessions)."""
+    _set_threads(threads)
 
 
 @bench.command("ingest")
@@ -333,13 +396,23 @@ def session_spec(seed: int) -> dict:
 @click.option("--n", "n_sessions", default=20, show_default=True, type=int, help="Simulated sessions (>= 20 for the issue's figures).")
 @click.option("--seed-start", default=1000, show_default=True, type=int, help="Held-out seeds seed_start .. seed_start + n - 1.")
 @click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
-@click.option("--json-out", default="out/bench/evaluate_sessions.json", show_default=True, type=click.Path(path_type=Path))
-def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, json_out: Path) -> None:
+@click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True,
+              help="ground-truth: feed the simulator's boxes instead of the detector (measures the later stages alone).")
+@click.option("--json-out", default=None, type=click.Path(path_type=Path),
+              help="Default: out/bench/evaluate_sessions.json (model) or evaluate_sessions_gt_boxes.json.")
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, detector_kind: str, json_out: Path | None,
+                      threads: int | None) -> None:
     """Score the service on simulated sessions in both geometry modes."""
     from sorterbot_cloud import evaluation
 
+    _set_threads(threads)
+    json_out = json_out or Path("out/bench") / (
+        "evaluate_sessions.json" if detector_kind == "model" else "evaluate_sessions_gt_boxes.json"
+    )
     rows, scores = [], {"calibrated": [], "legacy": []}
-    with bench_context() as ctx:
+    detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
+    with bench_context(detector=detector) as ctx:
         for i in range(n_sessions):
             seed = seed_start + i
             spec = session_spec(seed)
@@ -356,7 +429,8 @@ def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, json_out: P
     _print_evaluation(rows, scores)
     summary = {mode: evaluation.aggregate(s).to_dict() for mode, s in scores.items()}
     summary["all"] = evaluation.aggregate(scores["calibrated"] + scores["legacy"]).to_dict()
-    _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "targets": TARGETS, "summary": summary, "sessions": rows})
+    _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "detector": detector_kind,
+                           "targets": TARGETS, "summary": summary, "sessions": rows})
 
 
 def _print_evaluation(rows: list[dict], scores: dict) -> None:

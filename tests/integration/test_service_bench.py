@@ -1,0 +1,46 @@
+"""Pieces of the benchmark commands that run without model weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sorterbot_cloud.bench import GroundTruthDetector, legacy_constants_of, session_spec
+from sorterbot_cloud.camera import ArmConstants
+
+GROUND_TRUTH = {
+    "frames": [
+        {"image_name": "1200.jpg", "boxes": [
+            {"object_id": 0, "class": "item", "box_xyxy": [10, 10, 50, 50], "visible_fraction": 1.0},
+            {"object_id": 1, "class": "container", "box_xyxy": [-20, 60, 90, 130], "visible_fraction": 0.6},
+            {"object_id": 2, "class": "item", "box_xyxy": [100, 10, 120, 30], "visible_fraction": 0.2},
+            {"object_id": 3, "class": "distractor", "box_xyxy": [130, 10, 150, 30], "visible_fraction": 1.0},
+        ]},
+        {"image_name": "1250.jpg", "boxes": []},
+    ]
+}
+
+
+def test_ground_truth_detector_answers_visible_items_and_containers_clipped():
+    detector = GroundTruthDetector(min_visible_fraction=0.5)
+    detector.use(GROUND_TRUTH, "1200.jpg")
+    detections = detector.detect(np.zeros((120, 160, 3), np.uint8))
+    assert detections.class_ids.tolist() == [0, 1]
+    np.testing.assert_allclose(detections.boxes_xyxy, [[10, 10, 50, 50], [0, 60, 90, 120]])
+    detector.use(GROUND_TRUTH, "1250.jpg")
+    assert len(detector.detect(np.zeros((120, 160, 3), np.uint8))) == 0
+
+
+@pytest.mark.parametrize("seed", range(1000, 1040), ids=lambda s: f"seed{s}")
+def test_session_spec_stays_in_the_issue_ranges(seed):
+    spec = session_spec(seed)
+    assert 2 <= spec["n_item_types"] <= 4
+    assert max(3, spec["n_item_types"]) <= spec["n_items"] <= 8
+    assert 1 <= spec["n_containers"] <= 4
+    assert session_spec(seed) == spec  # deterministic
+
+
+def test_legacy_constants_drop_the_camera():
+    constants = ArmConstants.reference(calibrated=True).to_mapping()
+    legacy = ArmConstants.from_mapping(legacy_constants_of(constants))
+    assert not legacy.calibrated and legacy.arm_radius == constants["arm_radius"]
