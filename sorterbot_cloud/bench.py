@@ -280,14 +280,16 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
     return figures
 
 
-def run_trigger(repeats: int, cache: Path) -> dict:
+def run_trigger(repeats: int, cache: Path, detector=None) -> dict:
     """Measure the session trigger on a 20-frame session; returns median ms per mode."""
     folder = simulated_session(cache, 4343, n_items=8, n_item_types=4, n_containers=4)
     gt = json.loads((folder / "ground_truth.json").read_text())
     constants = gt["arm_constants"]
-    with bench_context() as ctx:
-        ingest_session(ctx.service, folder, "BENCH", "trigger")
-        out = {"frames": len(_frames(folder)), "repeats": repeats}
+    with bench_context(detector=detector) as ctx:
+        responses = ingest_session(ctx.service, folder, "BENCH", "trigger")
+        out = {"frames": len(_frames(folder)), "repeats": repeats,
+               "detections": sum(len(r["detections"]) for r in responses),
+               "detector": "ground-truth" if detector is not None else "model"}
         for mode, c in (("calibrated", constants), ("legacy", legacy_constants_of(constants))):
             ctx.service.commands_for_session("BENCH", "trigger", c)  # warm-up
             totals, stages = [], {}
@@ -318,7 +320,8 @@ def _print_ingest(fig: dict) -> None:
 
 
 def _print_trigger(fig: dict) -> None:
-    click.echo(f"trigger: {fig['frames']}-frame session, {fig['repeats']} repeats")
+    click.echo(f"trigger: {fig['frames']}-frame session ({fig['detections']} detections from the {fig['detector']} detector), "
+               f"{fig['repeats']} repeats")
     for mode in ("calibrated", "legacy"):
         f = fig[mode]
         stages = ", ".join(f"{k} {v:.1f}" for k, v in f["stage_median_ms"].items() if k != "total")
@@ -364,9 +367,11 @@ def bench_ingest(n_frames: int, repeats: int, no_reference: bool, cache: Path, j
 @click.option("--repeats", default=20, show_default=True, type=int)
 @click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
 @click.option("--json-out", default="out/bench/trigger.json", show_default=True, type=click.Path(path_type=Path))
-def bench_trigger(repeats: int, cache: Path, json_out: Path) -> None:
+@click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True,
+              help="ground-truth: ingest the simulator's boxes instead of running the detector.")
+def bench_trigger(repeats: int, cache: Path, json_out: Path, detector_kind: str) -> None:
     """Median session-trigger time on a 20-frame session."""
-    fig = run_trigger(repeats, cache)
+    fig = run_trigger(repeats, cache, GroundTruthDetector() if detector_kind == "ground-truth" else None)
     _print_trigger(fig)
     _write_json(json_out, fig)
 
