@@ -62,6 +62,23 @@ def build_resnet18() -> torch.nn.Module:
     return model
 
 
+def focus_mask(size_px: int, radii: tuple[float, float]) -> torch.Tensor:
+    """Radial weight that keeps the crop centre (the item) and fades out the table around it.
+
+    1 within ``radii[0]`` of the side from the centre, falling linearly to 0 at
+    ``radii[1]`` (corners are at 0.707). Multiplying a normalised input by it turns the
+    border into the mean colour, as the letterbox bands already are.
+
+    Returns
+    -------
+    Tensor of shape (1, 1, S, S), float32
+    """
+    inner, outer = radii
+    coords = torch.arange(size_px, dtype=torch.float32) + 0.5 - size_px / 2
+    r = torch.hypot(coords[None, :], coords[:, None]) / size_px
+    return ((outer - r) / (outer - inner)).clamp(0.0, 1.0)[None, None]
+
+
 def sidecar_path(weights_path: str | Path) -> Path:
     """Return the JSON sidecar path of a weights file (same name, ``.json`` suffix)."""
     return Path(weights_path).with_suffix(".json")
@@ -157,6 +174,10 @@ class Embedder:
         RGB normalisation on pixel values in [0, 1].
     batch_size : int
         Crops per forward pass.
+    focus_radii : (float, float) or None
+        When set, the normalised input is multiplied by :func:`focus_mask`: the table
+        around the item fades to the mean colour, so the background (which differs from
+        table to table) weighs less than the item. None = the whole crop.
     test_time_views : {1, 2, 4, 8}
         Views of each crop whose features are averaged before normalisation: the crop,
         then its horizontal flip, vertical flip, 180° rotation, then 90° and 270°
@@ -179,6 +200,7 @@ class Embedder:
         std: Sequence[float] = IMAGENET_STD,
         batch_size: int = 64,
         test_time_views: int = 1,
+        focus_radii: Sequence[float] | None = None,
         source: str = "",
     ):
         if test_time_views not in (1, 2, 4, 8):
@@ -193,6 +215,10 @@ class Embedder:
         self.std = tuple(float(s) for s in std)
         self.batch_size = int(batch_size)
         self.test_time_views = int(test_time_views)
+        self.focus_radii = None if focus_radii is None else (float(focus_radii[0]), float(focus_radii[1]))
+        if self.focus_radii is not None and not 0 <= self.focus_radii[0] < self.focus_radii[1]:
+            raise ValueError(f"focus_radii must satisfy 0 <= inner < outer, got {focus_radii}")
+        self._focus = None if self.focus_radii is None else focus_mask(self.input_size_px, self.focus_radii)
         self.source = source
         self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
@@ -201,8 +227,8 @@ class Embedder:
     def from_weights(cls, path: str | Path, *, source: str = "configured", batch_size: int = 64) -> "Embedder":
         """Build an embedder from a weights file and its sidecar.
 
-        A project file's sidecar gives ``input_size_px``, ``mean``, ``std`` and
-        ``test_time_views`` (default 1); the
+        A project file's sidecar gives ``input_size_px``, ``mean``, ``std``,
+        ``focus_radii`` (default none) and ``test_time_views`` (default 1); the
         torchvision ImageNet file uses :data:`IMAGENET_INPUT_SIZE_PX` and the ImageNet
         normalisation.
 
@@ -234,6 +260,7 @@ class Embedder:
             std=meta.get("std", IMAGENET_STD),
             batch_size=batch_size,
             test_time_views=int(meta.get("test_time_views", 1)),
+            focus_radii=meta.get("focus_radii"),
             source=f"{source}:{path}",
         )
 
@@ -278,6 +305,8 @@ class Embedder:
         With ``test_time_views > 1`` the features of the views are averaged first.
         """
         x = (batch.float() - self._mean) / self._std
+        if self._focus is not None:
+            x = x * self._focus
         if self.test_time_views == 1:
             return torch.nn.functional.normalize(self.model(x), dim=1)
         views = []

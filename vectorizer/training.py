@@ -41,7 +41,16 @@ from tqdm import tqdm
 
 from .crops import letterbox
 from .data import CropSet
-from .embedder import EMBEDDING_DIM, IMAGENET_MEAN, IMAGENET_STD, Embedder, build_resnet18, sidecar_path
+from .embedder import (
+    EMBEDDING_DIM,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Embedder,
+    build_resnet18,
+    focus_mask,
+    load_state_dict,
+    sidecar_path,
+)
 from .evaluation import grouping_aris
 
 log = logging.getLogger(__name__)
@@ -73,6 +82,12 @@ class TrainConfig:
         When > 0, training stops after this many seconds (or ``steps``, whichever comes
         first) and the cosine schedule follows the elapsed fraction of the budget: the
         run ends on time on a busy machine. The steps actually done are recorded.
+    focus_radii : (float, float) or None
+        Centre weighting of the input (:func:`~vectorizer.embedder.focus_mask`), the same
+        at inference (written to the sidecar).
+    init_from : str or None
+        Start from this model (a checkpoint or weights file) instead of random weights;
+        the optimiser and schedule start afresh.
     seed : int
     threads : int
         ``torch.set_num_threads``.
@@ -91,6 +106,8 @@ class TrainConfig:
     instance_weight: float = 0.25
     colour_permutations: bool = True
     time_budget_s: float = 0.0
+    focus_radii: tuple[float, float] | None = (0.3, 0.5)
+    init_from: str | None = None
     seed: int = 0
     threads: int = 1
     checkpoint_every: int = 200
@@ -362,6 +379,10 @@ def train_embedder(
     class_sampler = BatchSampler(np.arange(len(class_type)), cfg.types_per_batch, 1, rng)
 
     model = build_resnet18()
+    if cfg.init_from:
+        model.load_state_dict(load_state_dict(cfg.init_from))
+        log.info("initialised from %s", cfg.init_from)
+    focus = None if cfg.focus_radii is None else focus_mask(cfg.input_size_px, tuple(cfg.focus_radii))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     history: dict = {"config": asdict(cfg), "losses": [], "val": [], "seconds": 0.0}
     start = 0
@@ -409,6 +430,8 @@ def train_embedder(
         sources = [recolour(images[i], int(class_perm[c]), mask) for i, c in zip(idx, labels, strict=True)]
         views = np.stack([augment(img) for img in sources] + [augment(img) for img in sources])
         x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
+        if focus is not None:
+            x = x * focus
         type_labels = torch.from_numpy(np.concatenate([labels, labels]))
         inst_labels = torch.arange(len(idx)).repeat(2)
         z = torch.nn.functional.normalize(model(x), dim=1)
@@ -427,7 +450,7 @@ def train_embedder(
             log.info("step %d loss %.4f supcon %.4f instance %.4f lr %.4f", *row)
         if val is not None and cfg.eval_every and (done % cfg.eval_every == 0 or last):
             model.eval()
-            embedder = Embedder(model, input_size_px=cfg.input_size_px)
+            embedder = Embedder(model, input_size_px=cfg.input_size_px, focus_radii=cfg.focus_radii)
             aris = grouping_aris(embedder.embed(val.crops), val.type_ids, n_groupings=50, seed=cfg.seed)
             model.train()
             history["val"].append([done, float(np.mean(aris))])

@@ -175,3 +175,31 @@ def test_test_time_views_are_orientation_invariant(views):
 def test_test_time_views_must_be_a_symmetry_count():
     with pytest.raises(ValueError, match="test_time_views"):
         Embedder(build_resnet18(), test_time_views=3)
+
+
+def test_focus_mask_profile():
+    from vectorizer.embedder import focus_mask
+
+    mask = focus_mask(64, (0.3, 0.5))
+    assert mask.shape == (1, 1, 64, 64)
+    assert float(mask[0, 0, 32, 32]) == 1.0 and float(mask[0, 0, 0, 0]) == 0.0
+    assert 0.0 < float(mask[0, 0, 32, 3]) < 1.0  # r = 0.45 of the side: fading
+
+
+def test_focus_ignores_the_corners():
+    torch.manual_seed(0)
+    emb = Embedder(build_resnet18(), input_size_px=64, focus_radii=(0.3, 0.5))
+    crop = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    other = crop.copy()
+    other[:8, :8] = 0  # corners lie beyond r = 0.5 of the side
+    other[-8:, -8:] = 255
+    np.testing.assert_array_equal(emb.embed([crop]), emb.embed([other]))
+    plain = Embedder(emb.model, input_size_px=64)
+    assert not np.array_equal(plain.embed([crop]), plain.embed([other]))
+
+
+def test_focus_radii_come_from_the_sidecar(tmp_path):
+    path = export_weights(build_resnet18().state_dict(), tmp_path / "e.pt", {"input_size_px": 32, "focus_radii": [0.2, 0.4]})
+    assert Embedder.from_weights(path).focus_radii == (0.2, 0.4)
+    with pytest.raises(ValueError, match="focus_radii"):
+        Embedder(build_resnet18(), focus_radii=(0.5, 0.3))

@@ -257,3 +257,11 @@ def test_lr_schedule(step, elapsed_s, budget_s, expected):
 
     cfg = TrainConfig(steps=6, warmup_steps=2, time_budget_s=budget_s)
     assert _lr_factor(step, elapsed_s, cfg) == pytest.approx(expected, abs=1e-9)
+
+
+def test_init_from_starts_at_the_given_model(tmp_path):
+    train = synthetic_set(3)
+    first = run_training(train, tmp_path / "a", TrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
+    cfg = TrainConfig(**{**TINY, "steps": 1, "eval_every": 0, "lr": 0.0, "weight_decay": 0.0, "init_from": str(tmp_path / "a" / "last.pt")})
+    second = run_training(train, tmp_path / "b", cfg, progress=False)
+    assert torch.equal(second["model"]["conv1.weight"], first["model"]["conv1.weight"])
