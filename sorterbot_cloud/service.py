@@ -259,7 +259,8 @@ class Service:
         n_items = int((detections.class_ids == ITEM_CLASS_ID).sum())
         logger.info(
             "frame ingested",
-            extra={"arm_id": arm_id, "session_id": session_id, "image_name": image_name, "timings_ms": timings},
+            extra={"arm_id": arm_id, "session_id": session_id, "image_name": image_name,
+                   "log_type": "process_image", "duration_ms": timings["total"], "timings_ms": timings},
         )
         return {
             "arm_id": arm_id,
@@ -380,16 +381,18 @@ class Service:
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
+        by_id = {d.detection_id: d for d in stored}
         if reason:
             logger.warning(
-                "session has nothing to sort: %s", reason, extra={"arm_id": arm_id, "session_id": session_id}
+                "session has nothing to sort: %s", reason,
+                extra={"arm_id": arm_id, "session_id": session_id, "log_type": "get_commands_of_session"},
             )
         result = {
             "arm_id": arm_id,
             "session_id": session_id,
             "mode": "calibrated" if arm_constants.calibrated else "legacy",
             "reason": reason,
-            "objects": [_object_record(o, cluster_of_item.get(o.object_id), stored) for o in objects],
+            "objects": [_object_record(o, cluster_of_item.get(o.object_id), by_id) for o in objects],
             "commands": [_command_record(c) for c in commands],
             "wire": [c.to_wire() for c in commands],
         }
@@ -404,6 +407,8 @@ class Service:
             extra={
                 "arm_id": arm_id,
                 "session_id": session_id,
+                "log_type": "get_commands_of_session",
+                "duration_ms": result["timings_ms"]["total"],
                 "n_commands": len(commands),
                 "timings_ms": result["timings_ms"],
             },
@@ -432,8 +437,7 @@ def _round(value: float) -> float:
     return round(float(value), ROUND_DIGITS)
 
 
-def _object_record(obj: ArmObject, cluster_id: int | None, stored: list[StoredDetection]) -> dict:
-    by_id = {d.detection_id: d for d in stored}
+def _object_record(obj: ArmObject, cluster_id: int | None, by_id: Mapping[int, StoredDetection]) -> dict:
     detections = []
     for detection_id in obj.detection_ids:
         d = by_id.get(detection_id)
