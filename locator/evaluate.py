@@ -37,13 +37,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _coco_dicts(records: Sequence[Record], predictions: Sequence[Detections], class_names: Sequence[str]):
     images, gts, dets = [], [], []
-    for rec, pred in zip(records, predictions):
+    for rec, pred in zip(records, predictions, strict=False):
         images.append({"id": rec.image_id, "width": rec.width_px, "height": rec.height_px})
-        for box, c in zip(rec.boxes_xyxy, rec.class_ids):
+        for box, c in zip(rec.boxes_xyxy, rec.class_ids, strict=False):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             gts.append({"id": len(gts) + 1, "image_id": rec.image_id, "category_id": int(c) + 1,
                         "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})
-        for box, s, c in zip(pred.boxes_xyxy, pred.scores, pred.class_ids):
+        for box, s, c in zip(pred.boxes_xyxy, pred.scores, pred.class_ids, strict=False):
             dets.append({"image_id": rec.image_id, "category_id": int(c) + 1, "score": float(s),
                          "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])]})
     cats = [{"id": i + 1, "name": n} for i, n in enumerate(class_names)]
@@ -127,7 +127,7 @@ def confusion_at_threshold(records: Sequence[Record], predictions: Sequence[Dete
     """
     c = len(class_names)
     cm = np.zeros((c + 1, c + 1), dtype=np.int64)
-    for rec, pred in zip(records, predictions):
+    for rec, pred in zip(records, predictions, strict=False):
         keep = pred.scores >= score_threshold
         boxes, scores, cls = pred.boxes_xyxy[keep], pred.scores[keep], pred.class_ids[keep]
         order = np.argsort(-scores, kind="stable")

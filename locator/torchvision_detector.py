@@ -368,7 +368,7 @@ class TorchvisionDetector:
         self.model.eval()
         outputs = self.model([self._to_tensor(img) for img in shrunk])
         results = []
-        for out, img, small in zip(outputs, checked, shrunk):
+        for out, img, small in zip(outputs, checked, shrunk, strict=False):
             boxes = out["boxes"].float().cpu().numpy()
             h, w = img.shape[:2]
             boxes *= np.float32([w / small.shape[1], h / small.shape[0]] * 2)

@@ -68,7 +68,7 @@ def write_toy_coco(out_dir: str | Path, n_images: int = 8, seed: int = 0, width_
         name = f"toy_{i:04d}.png"
         cv2.imwrite(str(out_dir / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         images.append({"id": i + 1, "file_name": name, "width": width_px, "height": height_px})
-        for box, c in zip(boxes, classes):
+        for box, c in zip(boxes, classes, strict=False):
             w, h = float(box[2] - box[0]), float(box[3] - box[1])
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c) + 1,
                                 "bbox": [float(box[0]), float(box[1]), w, h], "area": w * h, "iscrowd": 0})

@@ -71,9 +71,9 @@ def test_missing_detectron2_raises_import_error_with_instructions(tmp_path):
 def test_detectron2_backend_detects_rgb_images(tmp_path):
     detectron2 = pytest.importorskip("detectron2")
     from detectron2 import model_zoo
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
-    from detectron2.checkpoint import DetectionCheckpointer
 
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_3x.yaml"))

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
-from locator.toydata import write_toy_coco
 from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
+from locator.toydata import write_toy_coco
 from locator.train import TrainConfig, export_checkpoint, lr_factor, train
 
 torch.set_num_threads(1)
