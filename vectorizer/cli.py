@@ -63,6 +63,8 @@ def _recipe() -> str:
 @click.option("--focus-radii", type=(float, float), default=(0.3, 0.5), show_default=True,
               help="Centre weighting of the input: full weight within the first radius, none beyond the second "
                    "(fractions of the side). Written to the sidecar; the embedder applies it too.")
+@click.option("--background-swap", type=float, default=0.0, show_default=True,
+              help="Probability of pasting a crop's item (GrabCut mask) onto another table or colour.")
 @click.option("--no-focus", is_flag=True, help="Use the whole crop (no centre weighting).")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from this checkpoint or weights file (fine-tuning); optimiser and schedule start afresh.")
@@ -75,7 +77,7 @@ def _recipe() -> str:
 @click.option("--allow-heldout-types", is_flag=True, help="Allow the simulator's held-out item types in --train-dir.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_s, input_size_px, types_per_batch, crops_per_type, lr,
-                   warmup_steps, temperature, instance_weight, colour_permutations, focus_radii, no_focus, init_from, seed, threads, checkpoint_every, eval_every, resume,
+                   warmup_steps, temperature, instance_weight, colour_permutations, focus_radii, background_swap, no_focus, init_from, seed, threads, checkpoint_every, eval_every, resume,
                    export_only, allow_heldout_types, progress):
     """Train the item embedder (ResNet18 from scratch, supervised contrastive) on crops per type."""
     import numpy as np
@@ -92,7 +94,7 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
     cfg = TrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
                       lr=lr, warmup_steps=min(warmup_steps, steps), temperature=temperature, instance_weight=instance_weight,
                       colour_permutations=colour_permutations, time_budget_s=time_budget_s,
-                      focus_radii=None if no_focus else tuple(focus_radii), init_from=str(init_from) if init_from else None,
+                      focus_radii=None if no_focus else tuple(focus_radii), background_swap=background_swap, init_from=str(init_from) if init_from else None,
                       seed=seed, threads=threads, checkpoint_every=checkpoint_every, eval_every=eval_every)
     train = load_crop_folder(train_dir)
     counts = {name: int(np.sum(train.type_ids == i)) for i, name in enumerate(train.type_names)}

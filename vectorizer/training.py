@@ -85,6 +85,10 @@ class TrainConfig:
     focus_radii : (float, float) or None
         Centre weighting of the input (:func:`~vectorizer.embedder.focus_mask`), the same
         at inference (written to the sidecar).
+    background_swap : float
+        Probability of putting a crop's item (GrabCut mask, :func:`foreground_masks`) onto
+        another crop's table or a plain random colour, so the embedding learns to ignore the
+        table.
     init_from : str or None
         Start from this model (a checkpoint or weights file) instead of random weights;
         the optimiser and schedule start afresh.
@@ -107,6 +111,7 @@ class TrainConfig:
     colour_permutations: bool = True
     time_budget_s: float = 0.0
     focus_radii: tuple[float, float] | None = (0.3, 0.5)
+    background_swap: float = 0.0
     init_from: str | None = None
     seed: int = 0
     threads: int = 1
@@ -282,6 +287,62 @@ def colour_classes(images: np.ndarray, type_ids: np.ndarray, min_distance: float
     return np.asarray(class_type, np.int64), np.asarray(class_transform, np.int64)
 
 
+def foreground_masks(crops: list[np.ndarray], size_px: int, margin: float = 0.1, iterations: int = 3) -> np.ndarray:
+    """Rough item masks of letterboxed crops, by GrabCut seeded with the item's box.
+
+    A crop is the item's box grown by ``margin`` on each side, so the box is known inside
+    it; GrabCut (Rother et al. 2004, ``cv2.grabCut``) separates the item from the table
+    around it. A mask covering under 5 % or over 98 % of the box falls back to the ellipse
+    inscribed in the box. Used only in training, to put items on other tables.
+
+    Parameters
+    ----------
+    crops : list of ndarray of shape (h_i, w_i, 3), uint8, RGB
+    size_px : int
+        Side of the letterboxed square (as :func:`~vectorizer.crops.letterbox`).
+    margin : float
+        The context margin the crops were cut with.
+    iterations : int
+
+    Returns
+    -------
+    ndarray of shape (N, S, S, 1), float32 in [0, 1]
+        Slightly blurred so pasted edges are soft.
+    """
+    out = np.zeros((len(crops), size_px, size_px, 1), np.float32)
+    for n, crop in enumerate(crops):
+        img = letterbox(crop, size_px)
+        h, w = crop.shape[:2]
+        scale = size_px / max(h, w)
+        new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+        left, top = (size_px - new_w) // 2, (size_px - new_h) // 2
+        f = margin / (1 + 2 * margin)
+        x0, y0 = left + int(round(new_w * f)), top + int(round(new_h * f))
+        bw, bh = max(2, int(round(new_w * (1 - 2 * f)))), max(2, int(round(new_h * (1 - 2 * f))))
+        ellipse = np.zeros((size_px, size_px), np.uint8)
+        cv2.ellipse(ellipse, (x0 + bw // 2, y0 + bh // 2), (max(1, bw // 2), max(1, bh // 2)), 0, 0, 360, 1, -1)
+        mask = ellipse
+        if bw >= 4 and bh >= 4:
+            gc = np.zeros((size_px, size_px), np.uint8)
+            bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+            try:
+                cv2.setRNGSeed(n)
+                cv2.grabCut(np.ascontiguousarray(img[..., ::-1]), gc, (x0, y0, bw, bh), bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
+                fg = np.isin(gc, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+                if 0.05 < fg.sum() / (bw * bh) < 0.98:
+                    mask = fg
+            except cv2.error:
+                pass
+        out[n, ..., 0] = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 0.8)
+    return np.clip(out, 0.0, 1.0)
+
+
+def swap_background(image: np.ndarray, fg_mask: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Paste the item (``fg_mask``) of ``image`` onto ``background``; all (S, S, ...) arrays."""
+    out = fg_mask * image.astype(np.float32) + (1 - fg_mask) * background.astype(np.float32)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 class BatchSampler:
     """Draw ``P`` types x ``K`` crops (with replacement when a type has fewer than ``K``)."""
 
@@ -368,6 +429,7 @@ def train_embedder(
     images = np.stack([letterbox(c, load_size) for c in train.crops])
     augment = Augmenter(cfg.input_size_px, rng)
     mask = centre_mask(load_size)
+    fg_masks = foreground_masks(train.crops, load_size) if cfg.background_swap > 0 else None
     if cfg.colour_permutations:
         class_type, class_perm = colour_classes(images, train.type_ids)
     else:
@@ -428,6 +490,14 @@ def train_embedder(
                                          replace=len(by_type[int(class_type[c])]) < cfg.crops_per_type) for c in classes])
         labels = np.repeat(classes, cfg.crops_per_type)
         sources = [recolour(images[i], int(class_perm[c]), mask) for i, c in zip(idx, labels, strict=True)]
+        if fg_masks is not None:
+            for j, i in enumerate(idx):
+                if rng.random() < cfg.background_swap:
+                    if rng.random() < 0.7:
+                        background = np.rot90(images[rng.integers(len(images))], rng.integers(4))
+                    else:
+                        background = np.clip(rng.uniform(0, 255, size=3) + rng.normal(0, 8, size=images.shape[1:]), 0, 255)
+                    sources[j] = swap_background(sources[j], fg_masks[i], background)
         views = np.stack([augment(img) for img in sources] + [augment(img) for img in sources])
         x = (torch.from_numpy(views).permute(0, 3, 1, 2).float() - mean) / std
         if focus is not None:

@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from vectorizer.cli import evaluate_embedder, train_embedder
+from vectorizer.crops import letterbox
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
 from vectorizer.embedder import Embedder
 from vectorizer.training import (
@@ -20,8 +21,10 @@ from vectorizer.training import (
     centre_mask,
     colour_classes,
     export_weights,
+    foreground_masks,
     recolour,
     supcon_loss,
+    swap_background,
 )
 from vectorizer.training import train_embedder as run_training
 
@@ -265,3 +268,22 @@ def test_init_from_starts_at_the_given_model(tmp_path):
     cfg = TrainConfig(**{**TINY, "steps": 1, "eval_every": 0, "lr": 0.0, "weight_decay": 0.0, "init_from": str(tmp_path / "a" / "last.pt")})
     second = run_training(train, tmp_path / "b", cfg, progress=False)
     assert torch.equal(second["model"]["conv1.weight"], first["model"]["conv1.weight"])
+
+
+def test_foreground_masks_find_the_item_and_swap_background():
+    rng = np.random.default_rng(0)
+    crop = np.full((60, 60, 3), (150, 150, 150), np.uint8) + rng.integers(0, 10, size=(60, 60, 3), dtype=np.uint8)
+    cv2.circle(crop, (30, 30), 24, (220, 30, 30), -1)  # the item fills the box inside the 0.1 margin
+    (mask,) = foreground_masks([crop], 60, margin=0.1)
+    assert mask.shape == (60, 60, 1) and mask.dtype == np.float32
+    assert mask[30, 30, 0] > 0.9 and mask[2, 2, 0] < 0.1
+    background = np.zeros((60, 60, 3), np.uint8)
+    out = swap_background(letterbox(crop, 60), mask, background)
+    assert tuple(out[30, 30]) == tuple(letterbox(crop, 60)[30, 30])
+    assert tuple(out[2, 2]) == (0, 0, 0)
+
+
+def test_training_with_background_swap_runs(tmp_path):
+    cfg = TrainConfig(**{**TINY, "steps": 2, "eval_every": 0, "background_swap": 1.0})
+    history = run_training(synthetic_set(3), tmp_path, cfg, progress=False)
+    assert history["steps_done"] == 2 and all(np.isfinite(r[1]) for r in history["losses"])
