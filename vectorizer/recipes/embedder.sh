@@ -25,14 +25,24 @@ $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
     --no-focus --seed 0 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
 
 # 5. Stage 2, fine-tuned from stage 1's step-1100 checkpoint with centre focus weighting
-#    (radii 0.3..0.5 of the side), until the time budget ran out; exports fp16 + sidecar.
+#    (radii 0.3..0.5 of the side). As run: budget 2645 s, stopped by hand at step 700 (its
+#    checkpoint, 611 s) when K-Means still split held-out items by table (white vs sand).
 $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
-    --out-dir runs/embedder --export weights/embedder.pt --init-from runs/embedder_stage1/last.pt \
+    --out-dir runs/embedder_stage2 --export runs/embedder_stage2/embedder.pt --init-from runs/embedder_stage1/last.pt \
     --focus-radii 0.3 0.5 --steps 100000 --time-budget-s 2645 --warmup-steps 50 --input-size 64 \
     --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
     --seed 1 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
 
-# 6. Evaluate: held-out types (seed 9000 crops, never used in training or validation), real
+# 6. Stage 3 (shipped), fine-tuned from stage 2's step-700 checkpoint, adding background swap:
+#    with probability 0.6 a crop's item (GrabCut mask) is pasted onto another crop's table
+#    or a plain colour. Ran its whole time budget; exports fp16 + sidecar.
+$SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
+    --out-dir runs/embedder --export weights/embedder.pt --init-from runs/embedder_stage2/last.pt \
+    --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 2070 --warmup-steps 50 \
+    --input-size 64 --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
+    --seed 2 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
+
+# 7. Evaluate: held-out types (seed 9000 crops, never used in training or validation), real
 #    microcontroller crops, speed; writes the figures into the sidecar.
 $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/heldout_eval \
     --out out/embedder_eval.json --update-sidecar
