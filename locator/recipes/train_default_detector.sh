@@ -6,6 +6,12 @@
 #   .venv/bin/python -m locator.cli convert-voc --xml-dir ../shared/realdata/microcontrollers/images/train --out data/real/train.json
 # Real photos are scaled by 0.25 so that the boards (median 265 px wide at 800x600) get the size in
 # pixels of items at the detector's 512 px input (about 30..90 px).
+# Stage 1 (until 2600 s of the 76 min budget, iteration 3700): 384 px crops at the model's scale.
+# Stage 2 (rest of the budget): whole frames, so that the box head also sees frame-sized
+# proposals as negatives (with 384 px crops only, it had never seen a region larger than
+# the crop and called whole table regions "container" at inference):
+#   BUDGET_MIN=76 locator/recipes/train_default_detector.sh --resume --crop-px 704
+# (the run was stopped after the iteration-3700 checkpoint and resumed with that command).
 # One torch thread: on this shared 2-core machine two OpenMP threads measured ~5x less work per CPU-second
 # (spinning while the sibling thread is descheduled).
 set -eu
