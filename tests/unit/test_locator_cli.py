@@ -8,8 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from locator.cli import bench_detector, convert_voc, evaluate_detector, merge_coco_command
-from locator.toydata import write_toy_coco
 from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
+from locator.toydata import write_toy_coco
 
 torch.set_num_threads(1)
 
