@@ -230,7 +230,7 @@ def render_views(
     (out / "classes.txt").write_text(category + "\n")
     stem = Path(str(model)).stem
     plotter = pv.Plotter(off_screen=True, window_size=(width_px, height_px), lighting="none")
-    plotter.enable_anti_aliasing("msaa")
+    plotter.disable_anti_aliasing()  # see SceneRenderer: MSAA is slow on llvmpipe; photo_effects blurs
     plotter.add_mesh(mesh, scalars="rgb", rgb=True, smooth_shading=True, ambient=0.3, diffuse=0.85, specular=0.3, specular_power=20,
                      show_scalar_bar=False, interpolation="phong")
     grid = [(a, b, c) for a in azimuths_deg for b in altitudes_deg for c in tilts_deg]
