@@ -22,6 +22,10 @@ COMMANDS = {
     "db": "sorterbot_cloud.db.cli:db",
     "train-detector": "locator.cli:train_detector",
     "evaluate-detector": "locator.cli:evaluate_detector",
+    "bench-detector": "locator.cli:bench_detector_command",
+    "export-detector": "locator.cli:export_detector",
+    "convert-voc": "locator.cli:convert_voc",
+    "merge-coco": "locator.cli:merge_coco_command",
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
 }

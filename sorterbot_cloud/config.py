@@ -65,7 +65,7 @@ class Settings:
     embedder_weights: Path = PROJECT_ROOT / "weights" / "embedder.pt"
     detector_score_threshold: float = 0.5
     detector_nms_iou: float = 0.5
-    detector_min_size_px: int = 608
+    detector_min_size_px: int = 512
     dedup_distance_factor: float = 0.6
     kmeans_n_init: int = 10
     random_state: int = 0
