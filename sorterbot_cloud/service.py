@@ -260,7 +260,7 @@ class Service:
         logger.info(
             "frame ingested",
             extra={"arm_id": arm_id, "session_id": session_id, "image_name": image_name,
-                   "log_type": "process_image", "duration_ms": timings["total"], "timings_ms": timings},
+                   "log_type": "process_image", "timings_ms": timings},
         )
         return {
             "arm_id": arm_id,
@@ -408,7 +408,6 @@ class Service:
                 "arm_id": arm_id,
                 "session_id": session_id,
                 "log_type": "get_commands_of_session",
-                "duration_ms": result["timings_ms"]["total"],
                 "n_commands": len(commands),
                 "timings_ms": result["timings_ms"],
             },
