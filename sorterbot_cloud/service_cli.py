@@ -243,8 +243,10 @@ def replay(session_dir, url, arm_id, session_id, arm_config, legacy, token, json
 @click.command()
 @click.option("--out", "out_dir", default="out/demo", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=DEMO_SEED, show_default=True, type=int)
+@click.option("--heldout/--known-types", default=False, show_default=True,
+              help="Item types and table textures held out of training (harder), or the kinds the shipped models know.")
 @click.option("--legacy", is_flag=True, help="Trigger with the original (legacy) constants instead of the calibrated camera.")
-def demo(out_dir: Path, seed: int, legacy: bool) -> None:
+def demo(out_dir: Path, seed: int, heldout: bool, legacy: bool) -> None:
     """Simulate a session, serve it with the embedded database, replay it over HTTP, score it."""
     from sorterbot_cloud import evaluation
     from sorterbot_cloud.bench import simulate_isolated
@@ -253,7 +255,7 @@ def demo(out_dir: Path, seed: int, legacy: bool) -> None:
     session_dir = out_dir / "session"
     click.echo(f"1/4 simulating session (seed {seed}) into {session_dir} ...")
     # rendered in a child process: VTK in this process would crash torch's Triton import
-    gt_path = simulate_isolated(session_dir, seed, n_items=6, n_item_types=3, n_containers=3, heldout=True,
+    gt_path = simulate_isolated(session_dir, seed, n_items=6, n_item_types=3, n_containers=3, heldout=heldout,
                                 session_id=f"demo_{seed}")
     ground_truth = json.loads(Path(gt_path).read_text())
     # the demo owns its own embedded database under out/, whatever PG_CONN says
