@@ -42,6 +42,9 @@ class Settings:
     dedup_distance_factor : float
         Two detections merge when their footprint centres are closer than this factor
         times the larger estimated object size.
+    dedup_min_view_support_item, dedup_min_view_support_container : float
+        An object detected on too few of the frames that should show it is dropped
+        (:func:`sorterbot_cloud.dedup.view_support`); 0 keeps every object.
     kmeans_n_init, random_state : int
         K-Means restarts and seed.
     api_token : str or None
@@ -67,6 +70,8 @@ class Settings:
     detector_nms_iou: float = 0.5
     detector_min_size_px: int = 512
     dedup_distance_factor: float = 0.6
+    dedup_min_view_support_item: float = 0.25
+    dedup_min_view_support_container: float = 0.5
     kmeans_n_init: int = 10
     random_state: int = 0
     api_token: str | None = None

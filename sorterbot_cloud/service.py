@@ -336,16 +336,30 @@ class Service:
         arm_id = validate_id("arm_id", arm_id)
         session_id = validate_id("session_id", session_id)
         arm_constants = ArmConstants.from_mapping(constants)
+        from sorterbot_cloud import dedup, geometry, planner
+
         with timer.stage("load"):
             stored = list(self.repository.load_session(arm_id, session_id))
-        from sorterbot_cloud import dedup, geometry, planner
+            frame_views = [
+                dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
+                for f in self.repository.session_frames(arm_id, session_id)
+            ]
         from vectorizer import cluster_embeddings
 
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
             objects = list(
-                dedup.merge(located, distance_factor=self.settings.dedup_distance_factor, constants=arm_constants)
+                dedup.merge(
+                    located,
+                    distance_factor=self.settings.dedup_distance_factor,
+                    constants=arm_constants,
+                    frames=frame_views,
+                    min_view_support={
+                        ITEM_CLASS_ID: self.settings.dedup_min_view_support_item,
+                        CONTAINER_CLASS_ID: self.settings.dedup_min_view_support_container,
+                    },
+                )
             )
         items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
         containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
