@@ -6,7 +6,8 @@
 #   docker compose up --build          # with a Postgres+pgvector container
 #
 # Stage 1 builds a virtual environment (PyTorch CPU wheels from PyTorch's own index,
-# the rest from requirements.txt without the CUDA wheels) and downloads the ImageNet
+# the rest from requirements-runtime.txt, the service's own closure, without the CUDA
+# wheels; the development set of requirements.txt stays out of the image) and downloads the ImageNet
 # ResNet18 weights into the torch cache, so nothing is downloaded at run time.
 # Stage 2 copies the environment, the cache and the code; the code directory is owned
 # by root and read-only; the service runs as an unprivileged user and writes only
@@ -21,9 +22,9 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements-runtime.txt /tmp/requirements-runtime.txt
 # torch/torchvision are installed above (CPU build); the CUDA wheels of the pinned set are not needed.
-RUN grep -Ev '^(torch|torchvision|triton|nvidia-|cuda-)' /tmp/requirements.txt > /tmp/requirements-cpu.txt \
+RUN grep -Ev '^(torch|torchvision|triton|nvidia-|cuda-)' /tmp/requirements-runtime.txt > /tmp/requirements-cpu.txt \
  && pip install -r /tmp/requirements-cpu.txt
 # ImageNet ResNet18 weights (torchvision ResNet18_Weights.IMAGENET1K_V1) into the torch cache, at build time.
 RUN python -c "from torchvision.models import resnet18, ResNet18_Weights; resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)" \

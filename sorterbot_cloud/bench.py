@@ -35,6 +35,8 @@ from typing import Iterator
 import click
 import numpy as np
 
+from sorterbot_cloud.errors import BadRequest
+
 #: Frame size of the reference arm's camera (Raspberry Pi camera v2, DESIGN.md).
 FRAME_WIDTH_PX, FRAME_HEIGHT_PX = 1640, 1232
 #: Issue 4's targets, printed next to the measured figures.
@@ -138,9 +140,10 @@ def simulate_isolated(out_dir: str | Path, seed: int, **kwargs) -> Path:
         return Path(pool.submit(_simulate, str(out_dir), int(seed), dict(kwargs)).result())
 
 
-def simulated_session(cache: Path, seed: int, **kwargs) -> Path:
+def simulated_session(cache: Path, seed: int, heldout: bool = True, **kwargs) -> Path:
     """A simulated session folder for ``seed`` (rendered once, in a child process, then
-    reused from ``cache``); held-out item types and textures.
+    reused from ``cache``); item types and table textures held out of training
+    (``heldout``), or those the shipped models were trained on.
 
     Returns
     -------
@@ -148,9 +151,9 @@ def simulated_session(cache: Path, seed: int, **kwargs) -> Path:
         The session folder (``<pw>.jpg`` frames and ``ground_truth.json``).
     """
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
-    folder = Path(cache) / f"seed{seed}{'_' + tag if tag else ''}"
+    folder = Path(cache) / f"{'' if heldout else 'known_'}seed{seed}{'_' + tag if tag else ''}"
     if not (folder / "ground_truth.json").exists():
-        simulate_isolated(folder, seed, heldout=True, session_id=f"sim_{seed}", contact_sheet=False, **kwargs)
+        simulate_isolated(folder, seed, heldout=heldout, session_id=f"sim_{seed}", contact_sheet=False, **kwargs)
     return folder
 
 
@@ -399,30 +402,45 @@ def session_spec(seed: int) -> dict:
 
 @click.command("evaluate-sessions")
 @click.option("--n", "n_sessions", default=20, show_default=True, type=int, help="Simulated sessions (>= 20 for the issue's figures).")
-@click.option("--seed-start", default=1000, show_default=True, type=int, help="Held-out seeds seed_start .. seed_start + n - 1.")
+@click.option("--seed-start", default=None, type=int,
+              help="Seeds seed_start .. seed_start + n - 1, never used for training data. "
+                   "Default 1000 (heldout kinds) or 7000 (known kinds).")
+@click.option("--kinds", type=click.Choice(["heldout", "known"]), default="heldout", show_default=True,
+              help="heldout: item types and table textures never seen in training (the harder test); "
+                   "known: the types and textures the shipped models were trained on, in new scenes.")
 @click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
 @click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True,
               help="ground-truth: feed the simulator's boxes instead of the detector (measures the later stages alone).")
 @click.option("--json-out", default=None, type=click.Path(path_type=Path),
-              help="Default: out/bench/evaluate_sessions.json (model) or evaluate_sessions_gt_boxes.json.")
+              help="Default: out/bench/evaluate_sessions[_known][_gt_boxes].json.")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
-def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, detector_kind: str, json_out: Path | None,
-                      threads: int | None) -> None:
+def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache: Path, detector_kind: str,
+                      json_out: Path | None, threads: int | None) -> None:
     """Score the service on simulated sessions in both geometry modes."""
     from sorterbot_cloud import evaluation
 
     _set_threads(threads)
+    heldout = kinds == "heldout"
+    if seed_start is None:
+        seed_start = 1000 if heldout else 7000
     json_out = json_out or Path("out/bench") / (
-        "evaluate_sessions.json" if detector_kind == "model" else "evaluate_sessions_gt_boxes.json"
+        "evaluate_sessions" + ("" if heldout else "_known") + ("" if detector_kind == "model" else "_gt_boxes") + ".json"
     )
     rows, scores = [], {"calibrated": [], "legacy": []}
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
     with bench_context(detector=detector) as ctx:
-        for i in range(n_sessions):
-            seed = seed_start + i
+        seed, done, skipped = seed_start - 1, 0, []
+        while done < n_sessions:
+            seed += 1
             spec = session_spec(seed)
-            click.echo(f"session {i + 1}/{n_sessions} seed {seed}: {spec} ...", err=True)
-            folder = simulated_session(cache, seed, **spec)
+            click.echo(f"session {done + 1}/{n_sessions} seed {seed}: {spec} ...", err=True)
+            try:
+                folder = simulated_session(cache, seed, heldout=heldout, **spec)
+            except BadRequest as exc:  # the simulator could not lay out this scene
+                click.echo(f"seed {seed} skipped: {exc}", err=True)
+                skipped.append(seed)
+                continue
+            done += 1
             gt = json.loads((folder / "ground_truth.json").read_text())
             session_id = f"eval_{seed}"
             ingest_session(ctx.service, folder, "EVAL", session_id)
@@ -434,7 +452,10 @@ def evaluate_sessions(n_sessions: int, seed_start: int, cache: Path, detector_ki
     _print_evaluation(rows, scores)
     summary = {mode: evaluation.aggregate(s).to_dict() for mode, s in scores.items()}
     summary["all"] = evaluation.aggregate(scores["calibrated"] + scores["legacy"]).to_dict()
-    _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "detector": detector_kind,
+    if skipped:
+        click.echo(f"seeds skipped (scene could not be laid out): {skipped}")
+    _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "seeds_skipped": skipped,
+                           "kinds": kinds, "detector": detector_kind,
                            "targets": TARGETS, "summary": summary, "sessions": rows})
 
 

@@ -7,7 +7,7 @@ Precedence: keyword overrides > environment variables > config file > defaults.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 

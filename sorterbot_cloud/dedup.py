@@ -3,6 +3,12 @@
 The arm sees each object on several consecutive frames. :func:`merge` groups the
 located detections of one class by constrained single-linkage agglomeration:
 
+0. on each frame, of two container boxes one of which lies almost wholly inside the
+   other, the less confident is dropped (:func:`suppress_contained`): containers do not
+   nest, so the pair is the detector's two guesses at one container (a part of it, or a
+   table region around it), which IoU-based NMS keeps (their IoU is small) and which
+   would otherwise become two containers that the cannot-link rule keeps apart;
+
 1. candidate links are the pairs of detections of the same class on *different* frames
    whose planar distance is below ``distance_factor * max(size_i, size_j)`` (a threshold
    scaled to the object's size: a container's estimates scatter more than an item's;
@@ -76,6 +82,9 @@ DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: 0.25, CONTAINER_CLASS_ID: 0.5}
 #: View support is only judged for objects that at least this many frames should show
 #: (an object at the end of the sweep, on one or two frames, has no evidence either way).
 MIN_EXPECTED_FRAMES = 3
+#: Two container boxes of one frame, the smaller with at least this share of its area
+#: inside the larger, are one container: the less confident is dropped (:func:`suppress_contained`).
+CONTAINED_IOA = 0.8
 #: Legacy mode has no camera model: a frame is taken to show bearings within this quantile
 #: of the session's own spread ``abs(theta_deg(detection) - theta_deg(frame))``.
 LEGACY_VIEW_QUANTILE = 0.95
@@ -244,6 +253,7 @@ def merge(
     """
     if constants is None and located:
         constants = located[0].constants
+    located = suppress_contained(located)
     kept = []
     for members in group(located, distance_factor):
         dets = [located[i] for i in members]
@@ -265,6 +275,47 @@ def merge(
     for object_id, obj in enumerate(objects):
         obj.object_id = object_id
     return objects
+
+
+def suppress_contained(
+    located: Sequence[LocatedDetection], min_ioa: float = CONTAINED_IOA, class_ids: Sequence[int] = (CONTAINER_CLASS_ID,)
+) -> list[LocatedDetection]:
+    """Of two boxes of one class and frame, one almost wholly inside the other, drop the less confident.
+
+    Parameters
+    ----------
+    located : sequence of LocatedDetection
+    min_ioa : float
+        Least intersection over the smaller box's own area (IoA) for it to be dropped.
+    class_ids : sequence of int
+        Classes the rule applies to; default containers only (items can lie side by side
+        under one loose box, containers do not nest).
+
+    Returns
+    -------
+    list of LocatedDetection
+        ``located`` without the dropped boxes, order kept.
+    """
+    by_frame: dict[tuple[str, int], list[int]] = {}
+    for i, d in enumerate(located):
+        if d.class_id in class_ids:
+            by_frame.setdefault((d.image_name, d.class_id), []).append(i)
+    dropped: set[int] = set()
+    for members in by_frame.values():
+        if len(members) < 2:
+            continue
+        boxes = np.array([np.asarray(located[i].detection.box_xyxy, np.float64).reshape(4) for i in members])
+        scores = np.array([located[i].detection.score for i in members])
+        area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
+        wx = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]), 0, None)
+        wy = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]), 0, None)
+        ioa = wx * wy / np.maximum(area[:, None], 1e-9)  # [a, b]: share of box a inside box b
+        for a in range(len(members)):
+            for b in range(len(members)):
+                if a != b and ioa[a, b] >= min_ioa and area[b] > area[a]:
+                    # the pair is one container seen twice: keep the more confident box
+                    dropped.add(members[a] if scores[b] >= scores[a] else members[b])
+    return [d for i, d in enumerate(located) if i not in dropped]
 
 
 def view_support(

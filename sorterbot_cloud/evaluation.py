@@ -497,7 +497,6 @@ def run_trigger_core(constants_mapping: Mapping, detections: list, random_state:
     dict
         The rich result (:func:`result_to_dict`).
     """
-    from sklearn.cluster import KMeans
 
     from sorterbot_cloud import dedup, geometry, planner
     from sorterbot_cloud.camera import ArmConstants
@@ -512,8 +511,7 @@ def run_trigger_core(constants_mapping: Mapping, detections: list, random_state:
         reason = "no container was detected" if not containers else "no item was detected"
     else:
         embeddings = np.stack([o.embedding for o in items])
-        k = planner.choose_n_clusters(len(items), len(containers), embeddings, random_state)
-        labels = KMeans(n_clusters=k, n_init=10, random_state=random_state).fit_predict(embeddings) if k > 1 else np.zeros(len(items), np.int64)
+        labels = planner.group_items(len(containers), embeddings, random_state=random_state)
         clusters = {o.object_id: int(label) for o, label in zip(items, labels, strict=True)}
         commands = planner.plan(items, containers, labels.astype(np.int64))
     mode = "calibrated" if constants.calibrated else "legacy"

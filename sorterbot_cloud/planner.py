@@ -40,7 +40,9 @@ MIN_SILHOUETTE = 0.2
 MAX_EXACT_MOVES = 9
 
 
-def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | None = None, random_state: int = 0) -> int:
+def choose_n_clusters(
+    n_items: int, n_containers: int, embeddings: np.ndarray | None = None, random_state: int = 0, n_init: int = 10
+) -> int:
     """Number of item groups.
 
     Without ``embeddings``: one group per container, fewer if there are fewer items
@@ -65,6 +67,8 @@ def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | 
         The items' L2-normalised embeddings.
     random_state : int
         K-Means seed (deterministic result).
+    n_init : int
+        K-Means restarts.
 
     Returns
     -------
@@ -76,17 +80,62 @@ def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | 
     BadRequest
         If a count is negative or ``embeddings`` does not have ``n_items`` rows.
     """
+    return _choose(n_items, n_containers, embeddings, random_state, n_init)[0]
+
+
+def group_items(n_containers: int, embeddings: np.ndarray, random_state: int = 0, n_init: int = 10) -> np.ndarray:
+    """Item groups: :func:`choose_n_clusters` groups, found by K-Means (one K-Means run).
+
+    Equal to ``vectorizer.cluster_embeddings(embeddings, choose_n_clusters(...))``, but
+    the K-Means grouping that the silhouette check already made is reused instead of
+    computed twice (the session trigger's clustering stage, about half its cost).
+
+    Parameters
+    ----------
+    n_containers : int
+        Non-negative.
+    embeddings : ndarray of shape (n_items, D), float
+        The items' L2-normalised embeddings.
+    random_state, n_init : int
+        K-Means seed and restarts.
+
+    Returns
+    -------
+    cluster_ids : ndarray of shape (n_items,), int64
+        Group of each item, numbered by first occurrence; all 0 for one group.
+
+    Raises
+    ------
+    BadRequest
+        If ``n_containers`` is negative or ``embeddings`` is not 2-D.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2:
+        raise BadRequest(f"embeddings must have shape (N, D), got {x.shape}")
+    k, labels = _choose(len(x), n_containers, x, random_state, n_init)
+    if labels is not None:
+        return labels
+    if k <= 1:
+        return np.zeros(len(x), np.int64)
+    from vectorizer import cluster_embeddings
+
+    return cluster_embeddings(x, k, random_state=random_state, n_init=n_init)
+
+
+def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int) -> tuple[int, np.ndarray | None]:
+    """:func:`choose_n_clusters` and the K-Means labels it computed on the way (or None)."""
     if int(n_items) < 0 or int(n_containers) < 0:
         raise BadRequest(f"counts must be >= 0, got n_items={n_items}, n_containers={n_containers}")
     k_max = int(min(int(n_items), int(n_containers)))
     if embeddings is None or k_max <= 1:
-        return k_max
+        return k_max, None
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2 or len(x) != int(n_items):
         raise BadRequest(f"embeddings must have shape ({n_items}, D), got {x.shape}")
     from scipy.cluster.hierarchy import linkage
-    from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
+
+    from vectorizer import cluster_embeddings
 
     # merge heights of average-linkage clustering (cosine distance), ascending; k groups
     # leave the top k - 1 merges undone, so the gap below merge n - k separates them
@@ -95,10 +144,10 @@ def choose_n_clusters(n_items: int, n_containers: int, embeddings: np.ndarray | 
     gaps = {k: heights[n - k + 1] - heights[n - k] for k in range(2, k_max + 1)}
     best_k = max(gaps, key=lambda k: (gaps[k], -k))
     if best_k == n:  # every item its own kind: silhouette is undefined, distances alone decide
-        return best_k
-    labels = KMeans(n_clusters=best_k, n_init=10, random_state=random_state).fit_predict(x)
+        return best_k, None
+    labels = cluster_embeddings(x, best_k, random_state=random_state, n_init=n_init)
     best_score = float(silhouette_score(x, labels, metric="cosine")) if len(np.unique(labels)) > 1 else -1.0
-    return best_k if best_score >= MIN_SILHOUETTE else 1
+    return (best_k, labels) if best_score >= MIN_SILHOUETTE else (1, None)
 
 
 def _xy(objects: list[ArmObject]) -> np.ndarray:

@@ -305,8 +305,8 @@ class Service:
 
         Steps (DESIGN.md, Data flow): load the session's detections, locate them in arm
         polar coordinates (legacy or calibrated camera), merge them into objects, cluster
-        the items' embeddings into ``k = planner.choose_n_clusters(n_items, n_containers,
-        embeddings)`` groups (at most one per container), assign
+        the items' embeddings into ``planner.choose_n_clusters(n_items, n_containers,
+        embeddings)`` groups with K-Means (``planner.group_items``; at most one group per container), assign
         groups to containers and order the moves (planner), store the commands.
 
         Parameters
@@ -344,8 +344,6 @@ class Service:
                 dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
                 for f in self.repository.session_frames(arm_id, session_id)
             ]
-        from vectorizer import cluster_embeddings
-
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
@@ -375,23 +373,10 @@ class Service:
                 embeddings = _item_embedding_matrix(items)
                 # with embeddings the planner picks fewer groups than containers when the
                 # items show fewer kinds (silhouette), so a kind is never split
-                n_clusters = int(
-                    planner.choose_n_clusters(
-                        len(items), len(containers), embeddings, random_state=self.settings.random_state
-                    )
+                cluster_ids = planner.group_items(
+                    len(containers), embeddings, random_state=self.settings.random_state,
+                    n_init=self.settings.kmeans_n_init,
                 )
-                if n_clusters <= 1:
-                    cluster_ids = np.zeros(len(items), np.int64)
-                else:
-                    cluster_ids = np.asarray(
-                        cluster_embeddings(
-                            embeddings,
-                            n_clusters,
-                            random_state=self.settings.random_state,
-                            n_init=self.settings.kmeans_n_init,
-                        ),
-                        dtype=np.int64,
-                    )
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))

@@ -150,7 +150,7 @@ class Detections:
                 "box_xyxy": [round(float(v), 2) for v in box],
                 "score": round(float(s), 4),
             }
-            for box, s, c in zip(self.boxes_xyxy, self.scores, self.class_ids)
+            for box, s, c in zip(self.boxes_xyxy, self.scores, self.class_ids, strict=True)
         ]
 
 

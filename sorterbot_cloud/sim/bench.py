@@ -26,9 +26,9 @@ def benchmark(width_px: int = 1640, height_px: int = 1232, repeats: int = 3, see
         ``effects_ms``, ``encode_ms``, ``boxes_ms``, ``setup_ms`` (per session).
     """
     from sorterbot_cloud.camera import ArmConstants
+    from sorterbot_cloud.sim.catalog import TRAIN_ITEM_TYPES
     from sorterbot_cloud.sim.render import PhotoParams, SceneRenderer, encode_jpeg, photo_effects
     from sorterbot_cloud.sim.scene import choose_item_types, generate_scene
-    from sorterbot_cloud.sim.catalog import TRAIN_ITEM_TYPES
     from sorterbot_cloud.sim.session import frame_boxes
 
     constants = ArmConstants.reference()
@@ -56,7 +56,7 @@ def benchmark(width_px: int = 1640, height_px: int = 1232, repeats: int = 3, see
                 t3 = time.perf_counter()
                 frame_boxes(scene.objects, constants.camera, theta, width_px, height_px)
                 t4 = time.perf_counter()
-                for key, dt in zip(("render_ms", "effects_ms", "encode_ms", "boxes_ms"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                for key, dt in zip(("render_ms", "effects_ms", "encode_ms", "boxes_ms"), (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
                     stages[key].append(dt * 1e3)
             sessions.append(time.perf_counter() - t_session)
     fps = [n_frames / s for s in sessions]

@@ -297,7 +297,6 @@ def _bowl(rng):
     rad, h = rng.uniform(55, 90), rng.uniform(40, 60)
     palette = [(0.92, 0.92, 0.88), (0.20, 0.40, 0.75), (0.25, 0.60, 0.35), (0.80, 0.30, 0.20)]
     col = jitter_colour(palette[rng.integers(len(palette))], rng)
-    inner = col * 0.95 + 0.05
     n = 10
     outer_prof = [(rad * 0.5 + (rad - rad * 0.5) * np.sin(t * np.pi / 2), h * (1 - np.cos(t * np.pi / 2))) for t in np.linspace(0, 1, n)]
     inner_prof = [(max(r - 4, 0.001), max(z, 4.0)) for r, z in outer_prof[::-1]]

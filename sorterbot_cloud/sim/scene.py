@@ -15,7 +15,14 @@ import numpy as np
 import pyvista as pv
 
 from sorterbot_cloud.errors import BadRequest
-from sorterbot_cloud.sim.catalog import ALL_TYPES, CONTAINER_TYPES, DISTRACTOR_TYPES, HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES
+from sorterbot_cloud.sim.catalog import (
+    ALL_TYPES,
+    CONTAINER_TYPES,
+    DISTRACTOR_TYPES,
+    HELDOUT_ITEM_TYPES,
+    ITEM_TYPES,
+    TRAIN_ITEM_TYPES,
+)
 from sorterbot_cloud.sim.meshes import rotate_z
 from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
 

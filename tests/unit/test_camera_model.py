@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sorterbot_cloud.camera import ArmConstants, CameraModel
+from sorterbot_cloud.sim.catalog import TRAIN_ITEM_TYPES
 from sorterbot_cloud.sim.meshes import paint, revolve
 from sorterbot_cloud.sim.scene import Scene, SceneObject, generate_scene
-from sorterbot_cloud.sim.catalog import TRAIN_ITEM_TYPES
 
 REFERENCE = CameraModel.reference()
 #: An off-centre, non-square-pixel camera: catches a renderer that ignores cx, cy or fx != fy.

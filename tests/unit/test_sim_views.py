@@ -11,7 +11,14 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sorterbot_cloud.errors import BadRequest
-from sorterbot_cloud.sim.views import DEFAULT_ALTITUDES_DEG, DEFAULT_AZIMUTHS_DEG, DEFAULT_TILTS_DEG, load_model, orbit_pose, render_views
+from sorterbot_cloud.sim.views import (
+    DEFAULT_ALTITUDES_DEG,
+    DEFAULT_AZIMUTHS_DEG,
+    DEFAULT_TILTS_DEG,
+    load_model,
+    orbit_pose,
+    render_views,
+)
 
 SMALL = {"width_px": 160, "height_px": 120, "progress": False}
 

@@ -3,11 +3,11 @@ import pytest
 
 from sorterbot_cloud.structures import (
     CLASS_NAMES,
+    ArmObject,
     Command,
     Detections,
     Frame,
     PolarPoint,
-    ArmObject,
     class_id_of,
     class_name,
     pulse_width_of_image_name,
