@@ -503,7 +503,10 @@ REFINE_SIGMA_PX = 2.0
 #: Residuals beyond this many sigmas are down-weighted (Huber, by IRLS).
 REFINE_HUBER_SIGMAS = 2.0
 #: Levenberg-Marquardt iterations of each IRLS sweep of the multi-frame refinement.
-REFINE_SCHEDULE = (10, 6, 5)
+#: Measured by ``python -m sorterbot_cloud.evaluation 40 500`` (oracle boxes, 39 sessions):
+#: (10, 6, 5) gave position p95 6.72 mm at 73.5 ms trigger core, (8, 4) 6.77 mm at 58.6 ms;
+#: (6, 4) was faster still but left noise-free frustums 4 mm off (tests/unit/test_geometry.py).
+REFINE_SCHEDULE = (8, 4)
 #: Per-parameter penalty (in squared sigmas) when choosing between shape models.
 REFINE_PARAM_PENALTY = 2.0
 #: A fit whose robust cost per box side used exceeds this (squared sigmas) is rejected:
@@ -524,12 +527,14 @@ def _cuboid_points(p: np.ndarray) -> np.ndarray:
 
 
 def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel):
-    """Per-frame camera terms, each shaped (B, F, ...): axes, centre, scaled intrinsics."""
+    """Per-frame camera terms, each shaped (B, F, ...): axes, centre, scaled intrinsics, and
+    the axes as the columns of one (B, F, 3, 3) matrix (world -> camera, computed once per fit)."""
     b, f = thetas.shape
     forward, right, down, center = (a.reshape(b, f, 3) for a in _camera_axes(camera, thetas.reshape(-1)))
     sx = sizes[:, :, 0] / camera.calib_width
     sy = sizes[:, :, 1] / camera.calib_height
-    return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy
+    axes = np.stack([right, down, forward], axis=-1)  # (B, F, 3, 3): columns right, down, forward
+    return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy, axes
 
 
 def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray | None, terms, radius: np.ndarray | None = None) -> np.ndarray:
@@ -553,9 +558,7 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray 
     -------
     ndarray of shape (..., B, F, 4), pixels
     """
-    forward, right, down, center, fx, fy, cx, cy = terms
-    axes = np.stack([right, down, forward], axis=-1)  # (B, F, 3, 3): columns right, down, forward
-
+    forward, right, down, center, fx, fy, cx, cy, axes = terms
     pc = np.matmul((centre[..., None, :] - center)[..., None, :], axes)[..., 0, :]  # (..., B, F, 3)
     if radius is not None:  # horizontal circle: U = r e_x, V = r e_y pick rows of the axes
         pu = radius[..., None, None] * axes[..., 0, :]
@@ -608,7 +611,7 @@ def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
     camera coordinates ``(X, Y, Z)`` have ``u' = x / z`` solving
     ``u'^2 (Z^2 - r^2) - 2 X Z u' + X^2 - r^2 = 0`` (likewise ``v'`` with ``Y``).
     """
-    forward, right, down, center, fx, fy, cx, cy = terms
+    forward, right, down, center, fx, fy, cx, cy, _ = terms
     r = np.abs(p[:, 2])
     c0 = np.stack([p[:, 0], p[:, 1], r], axis=1)[:, None, :] - center
     zc = (c0 * forward).sum(2)
@@ -625,9 +628,8 @@ def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
 
 def _project_boxes(points: np.ndarray, terms) -> np.ndarray:
     """Boxes (B, F, 4) of world points (B, P, 3) on the frames of ``terms`` (:func:`_frame_terms`)."""
-    forward, right, down, center, fx, fy, cx, cy = terms
-    axes = np.stack([right, down, forward], axis=3)  # (B, F, 3, 3): columns
-    cam = np.matmul(points[:, None, :, :], axes) - np.matmul(center[:, :, None, :], axes)  # (B, F, P, 3)
+    forward, right, down, center, fx, fy, cx, cy, axes = terms
+    cam = np.matmul(points[:, None, :, :] - center[:, :, None, :], axes)  # (B, F, P, 3)
     zc = np.maximum(cam[..., 2], 1.0)
     u = fx[:, :, None] * cam[..., 0] / zc + cx[:, :, None]
     v = fy[:, :, None] * cam[..., 1] / zc + cy[:, :, None]
