@@ -56,6 +56,11 @@ class Settings:
         Explicit bucket; otherwise ``sorterbot-<RESOURCE_SUFFIX>`` from SSM in aws modes.
     aws_endpoint_url : str or None
         Override for S3/SSM endpoints (moto in tests).
+    torch_threads : int or None
+        torch intra-op threads for the detector and embedder (``torch.set_num_threads``),
+        set once when the app loads its models; None keeps torch's default (one per core,
+        or ``OMP_NUM_THREADS``). On a machine shared with other work, 1 avoids OpenMP
+        threads waiting on a busy sibling core.
     pool_max_size : int
         Database connection pool size.
     """
@@ -80,6 +85,7 @@ class Settings:
     s3_bucket: str | None = None
     aws_endpoint_url: str | None = None
     pool_max_size: int = 8
+    torch_threads: int | None = None
     log_json: bool | None = None
 
     ENV = {
@@ -96,6 +102,7 @@ class Settings:
         "S3_BUCKET": "s3_bucket",
         "AWS_ENDPOINT_URL": "aws_endpoint_url",
         "POOL_MAX_SIZE": "pool_max_size",
+        "TORCH_THREADS": "torch_threads",
         "LOG_JSON": "log_json",
     }
 
@@ -104,6 +111,8 @@ class Settings:
             raise ValueError(f"MODE must be one of {MODES}, got {self.mode!r}")
         if self.max_body_bytes <= 0:
             raise ValueError("max_body_bytes must be positive")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"TORCH_THREADS must be >= 1, got {self.torch_threads}")
 
     @classmethod
     def load(
@@ -153,7 +162,7 @@ class Settings:
                 typed[name] = p if p.is_absolute() else (PROJECT_ROOT / p)
             elif isinstance(default, bool) or name == "log_json":
                 typed[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(default, int) and not isinstance(default, bool):
+            elif (isinstance(default, int) and not isinstance(default, bool)) or name == "torch_threads":
                 typed[name] = int(value)
             elif isinstance(default, float):
                 typed[name] = float(value)

@@ -94,6 +94,10 @@ def create_app(
             st.ping = _ping_of(repository)
         if archive is None:
             archive = _default_archive(settings)
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(int(settings.torch_threads))
         if detector is None:
             from locator import load_detector
 

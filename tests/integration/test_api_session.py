@@ -160,3 +160,18 @@ def test_overview_png_of_latest_result(client):
     posted = client.post("/v1/arms/ARM001/sessions/s1/overview.png", json=legacy_constants())
     assert posted.status_code == 200
     np.testing.assert_array_equal(decode_image(posted.data), sheet)
+
+
+def test_torch_threads_setting_is_applied_when_the_app_loads(settings, repository, archive):
+    import dataclasses
+
+    import torch
+
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    try:
+        create_app(dataclasses.replace(settings, torch_threads=wanted), detector=FakeDetector(), embedder=FakeEmbedder(),
+                   repository=repository, archive=archive)
+        assert torch.get_num_threads() == wanted
+    finally:
+        torch.set_num_threads(before)

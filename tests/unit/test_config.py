@@ -21,8 +21,9 @@ def test_overrides_win_and_relative_paths_resolve_to_project(tmp_path):
 
 @pytest.mark.parametrize(
     "text, environ, match",
-    [("bogus: 1\n", {}, "unknown settings"), ("", {"MODE": "cloud"}, "MODE must be one of"), ("- 1\n", {}, "mapping")],
-    ids=["unknown-key", "bad-mode", "not-mapping"],
+    [("bogus: 1\n", {}, "unknown settings"), ("", {"MODE": "cloud"}, "MODE must be one of"), ("- 1\n", {}, "mapping"),
+     ("", {"TORCH_THREADS": "0"}, "TORCH_THREADS must be >= 1")],
+    ids=["unknown-key", "bad-mode", "not-mapping", "zero-threads"],
 )
 def test_bad_settings_are_rejected(tmp_path, text, environ, match):
     cfg = tmp_path / "c.yaml"
@@ -39,3 +40,8 @@ def test_repository_config_file_loads():
 @pytest.mark.parametrize("raw, expected", [("1", True), ("false", False), ("yes", True)], ids=str)
 def test_log_json_from_environment_is_boolean(tmp_path, raw, expected):
     assert Settings.load(tmp_path / "m.yaml", environ={"LOG_JSON": raw}).log_json is expected
+
+
+def test_torch_threads_from_environment_is_an_integer_and_defaults_to_none(tmp_path):
+    assert Settings.load(tmp_path / "m.yaml", environ={"TORCH_THREADS": "1"}).torch_threads == 1
+    assert Settings.load(tmp_path / "m.yaml", environ={}).torch_threads is None
