@@ -24,8 +24,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# torch threads of the benchmarks: 1 measures the figures in README.md on the shared
+# 2-core machine; `make bench BENCH_THREADS=4` on a machine of your own
+BENCH_THREADS ?= 1
 bench: $(STAMP)
-	$(VENV)/bin/sorterbot-cloud bench all
+	$(VENV)/bin/sorterbot-cloud bench --threads $(BENCH_THREADS) all
 
 docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html

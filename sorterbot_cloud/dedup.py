@@ -3,11 +3,12 @@
 The arm sees each object on several consecutive frames. :func:`merge` groups the
 located detections of one class by constrained single-linkage agglomeration:
 
-0. on each frame, of two container boxes one of which lies almost wholly inside the
-   other, the less confident is dropped (:func:`suppress_contained`): containers do not
-   nest, so the pair is the detector's two guesses at one container (a part of it, or a
-   table region around it), which IoU-based NMS keeps (their IoU is small) and which
-   would otherwise become two containers that the cannot-link rule keeps apart;
+0. on each frame, of two boxes of one class one of which lies almost wholly inside the
+   other, the less confident is dropped (:func:`suppress_contained`): objects of one
+   class do not nest, so the pair is the detector's two guesses at one object (a part of
+   it, such as half a domino, or a table region around a container), which IoU-based NMS
+   keeps (their IoU is small) and which would otherwise become two objects that the
+   cannot-link rule keeps apart;
 
 1. candidate links are the pairs of detections of the same class on *different* frames
    whose planar distance is below ``distance_factor * max(size_i, size_j)`` (a threshold
@@ -82,8 +83,8 @@ DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: 0.25, CONTAINER_CLASS_ID: 0.5}
 #: View support is only judged for objects that at least this many frames should show
 #: (an object at the end of the sweep, on one or two frames, has no evidence either way).
 MIN_EXPECTED_FRAMES = 3
-#: Two container boxes of one frame, the smaller with at least this share of its area
-#: inside the larger, are one container: the less confident is dropped (:func:`suppress_contained`).
+#: Two boxes of one class and frame, the smaller with at least this share of its area
+#: inside the larger, are one object: the less confident is dropped (:func:`suppress_contained`).
 CONTAINED_IOA = 0.8
 #: Legacy mode has no camera model: a frame is taken to show bearings within this quantile
 #: of the session's own spread ``abs(theta_deg(detection) - theta_deg(frame))``.
@@ -253,7 +254,7 @@ def merge(
     """
     if constants is None and located:
         constants = located[0].constants
-    located = suppress_contained(located)
+    located = suppress_contained(located, class_ids=(ITEM_CLASS_ID, CONTAINER_CLASS_ID))
     kept = []
     for members in group(located, distance_factor):
         dets = [located[i] for i in members]
@@ -288,8 +289,12 @@ def suppress_contained(
     min_ioa : float
         Least intersection over the smaller box's own area (IoA) for it to be dropped.
     class_ids : sequence of int
-        Classes the rule applies to; default containers only (items can lie side by side
-        under one loose box, containers do not nest).
+        Classes the rule applies to; default containers only. :func:`merge` applies it to
+        items too: there the risk is a loose box around two touching items scoring above
+        both items' own boxes; measured on 40 simulated sessions x 2 modes with the
+        shipped detector (``evaluate-sessions --kinds known`` and ``--kinds heldout``),
+        adding items raised counts exact from 57 % to 63 % and sorted correctly from
+        52 % to 56 % (part-boxes of elongated held-out items).
 
     Returns
     -------

@@ -327,3 +327,19 @@ def test_contained_container_box_is_dropped_but_items_and_other_frames_are_not()
     strong_part = stored(1, 1000, (120, 120, 400, 480), CONTAINER_CLASS_ID, score=0.99)
     located = geometry.locate([whole, strong_part, item_in], CALIBRATED)
     assert [d.detection.detection_id for d in dedup.suppress_contained(located)] == [1, 3]
+
+
+def test_merge_keeps_one_object_for_an_item_with_part_boxes():
+    """A domino-like item reported on every frame as a whole box plus a weaker box on one
+    half becomes one object, not two (the cannot-link rule alone would keep two)."""
+    constants = ArmConstants.reference()
+    pts = make_shape("cube", np.random.default_rng(3)) * [2.0, 1.0, 0.5] + [320.0, 20.0, 0.0]
+    dets = []
+    for pw, box in observe(pts, constants):
+        x0, y0, x1, y1 = box
+        dets.append(stored(len(dets), pw, box, ITEM_CLASS_ID, score=0.95))
+        dets.append(stored(len(dets), pw, (x0, y0, (x0 + x1) / 2, y1), ITEM_CLASS_ID, score=0.7))
+    located = geometry.locate(dets, constants)
+    objects = dedup.merge(located, constants=constants, frames=FRAMES)
+    assert len(objects) == 1
+    assert len(objects[0].detection_ids) == len(dets) // 2
