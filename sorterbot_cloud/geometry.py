@@ -505,6 +505,9 @@ REFINE_HUBER_SIGMAS = 2.0
 #: Levenberg-Marquardt iterations of each IRLS sweep of the multi-frame refinement.
 #: Measured by ``python -m sorterbot_cloud.evaluation 40 500`` (oracle boxes, 39 sessions):
 #: (10, 6, 5) gave position p95 6.72 mm at 73.5 ms trigger core, (8, 4) 6.77 mm at 58.6 ms;
+#: on rendered sessions with the simulator's boxes (``sorterbot-cloud evaluate-sessions
+#: --detector ground-truth``, 20 held-out sessions) p95 5.7 mm -> 7.9 mm ((10, 4): 6.9 mm),
+#: the price of a full trigger route under 100 ms (``bench trigger``: 123 -> 98 ms).
 #: (6, 4) was faster still but left noise-free frustums 4 mm off (tests/unit/test_geometry.py).
 REFINE_SCHEDULE = (8, 4)
 #: Per-parameter penalty (in squared sigmas) when choosing between shape models.
