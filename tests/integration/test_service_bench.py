@@ -44,3 +44,38 @@ def test_legacy_constants_drop_the_camera():
     constants = ArmConstants.reference(calibrated=True).to_mapping()
     legacy = ArmConstants.from_mapping(legacy_constants_of(constants))
     assert not legacy.calibrated and legacy.arm_radius == constants["arm_radius"]
+
+
+@pytest.mark.slow
+def test_evaluate_sessions_skips_seeds_the_simulator_cannot_lay_out(tmp_path, monkeypatch):
+    """``evaluate-sessions`` end to end on one rendered session (simulator boxes through the
+    real service on the embedded PostgreSQL): a seed whose scene cannot be laid out is
+    skipped and recorded, the next seed is scored in both geometry modes."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sorterbot_cloud import bench
+    from sorterbot_cloud.errors import BadRequest
+
+    real = bench.simulated_session
+
+    def fake_unplaceable_first_seed(cache, seed, heldout=True, **kwargs):
+        if seed == 7000:
+            raise BadRequest("could not place container 'tray' without overlap (fake)")
+        return real(cache, seed, heldout=heldout, **kwargs)
+
+    monkeypatch.setattr(bench, "simulated_session", fake_unplaceable_first_seed)
+    monkeypatch.delenv("PG_CONN", raising=False)
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(bench.evaluate_sessions, [
+        "--n", "1", "--kinds", "known", "--detector", "ground-truth", "--threads", "1",
+        "--cache", str(tmp_path / "sessions"), "--json-out", str(out),
+    ])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+    assert report["kinds"] == "known" and report["seeds_skipped"] == [7000]
+    assert [(row["seed"], row["mode"]) for row in report["sessions"]] == [(7001, "calibrated"), (7001, "legacy")]
+    assert len(list((tmp_path / "sessions").glob("known_seed7001_*"))) == 1  # rendered with the known kinds
+    for row in report["sessions"]:
+        assert row["score"]["counts_exact"] is True  # simulator boxes: every object found once
