@@ -23,6 +23,7 @@ temporary folder unless ``PG_CONN`` is set). Simulated sessions are cached under
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import statistics
@@ -88,8 +89,10 @@ def bench_context(data_dir: Path | None = None, detector=None) -> Iterator[Bench
     from sorterbot_cloud.service import Service
     from sorterbot_cloud.storage import DiskArchive
 
-    torch.set_grad_enabled(False)
-    with tempfile.TemporaryDirectory(prefix="sorterbot-bench-") as tmp:
+    grad_was_enabled = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # inference only; restored on exit (the mode is process-visible state of this thread)
+    with contextlib.ExitStack() as restore, tempfile.TemporaryDirectory(prefix="sorterbot-bench-") as tmp:
+        restore.callback(torch.set_grad_enabled, grad_was_enabled)
         settings = Settings.load(data_dir=str(data_dir or Path(tmp)))
         started = time.perf_counter()
         try:

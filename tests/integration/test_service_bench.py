@@ -65,13 +65,20 @@ def test_evaluate_sessions_skips_seeds_the_simulator_cannot_lay_out(tmp_path, mo
             raise BadRequest("could not place container 'tray' without overlap (fake)")
         return real(cache, seed, heldout=heldout, **kwargs)
 
+    import torch
+
     monkeypatch.setattr(bench, "simulated_session", fake_unplaceable_first_seed)
     monkeypatch.delenv("PG_CONN", raising=False)
     out = tmp_path / "eval.json"
-    result = CliRunner().invoke(bench.evaluate_sessions, [
-        "--n", "1", "--kinds", "known", "--detector", "ground-truth", "--threads", "1",
-        "--cache", str(tmp_path / "sessions"), "--json-out", str(out),
-    ])
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(bench.evaluate_sessions, [
+            "--n", "1", "--kinds", "known", "--detector", "ground-truth", "--threads", "1",
+            "--cache", str(tmp_path / "sessions"), "--json-out", str(out),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.is_grad_enabled()  # the bench context restores autograd for whatever runs next
     assert result.exit_code == 0, result.output + repr(result.exception)
     report = json.loads(out.read_text())
     assert report["kinds"] == "known" and report["seeds_skipped"] == [7000]
