@@ -76,7 +76,7 @@ SINGLETON_REACH = 2.0
 #: or this much for small objects (mm); a larger move means the fit failed.
 MIN_REFINE_SHIFT_MM = 30.0
 #: Default least view support per class id (:func:`view_support`). Measured on the demo
-#: session (seed 20200425) with the shipped detector: real objects 0.52..1.08 (items far
+#: session (seed 20200425) with the first shipped detector weights: real objects 0.52..1.08 (items far
 #: from the base are missed on some frames), false containers 0.12..0.37. Items get a
 #: lower bar: missing a real item costs a whole pick, a phantom item only a wasted move.
 DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: 0.25, CONTAINER_CLASS_ID: 0.5}
@@ -292,7 +292,7 @@ def suppress_contained(
         Classes the rule applies to; default containers only. :func:`merge` applies it to
         items too: there the risk is a loose box around two touching items scoring above
         both items' own boxes; measured on 40 simulated sessions x 2 modes with the
-        shipped detector (``evaluate-sessions --kinds known`` and ``--kinds heldout``),
+        first shipped detector weights (``evaluate-sessions --kinds known`` and ``--kinds heldout``),
         adding items raised counts exact from 57 % to 63 % and sorted correctly from
         52 % to 56 % (part-boxes of elongated held-out items).
 
@@ -318,7 +318,7 @@ def suppress_contained(
         for a in range(len(members)):
             for b in range(len(members)):
                 if a != b and ioa[a, b] >= min_ioa and area[b] > area[a]:
-                    # the pair is one container seen twice: keep the more confident box
+                    # the pair is one object seen twice: keep the more confident box
                     dropped.add(members[a] if scores[b] >= scores[a] else members[b])
     return [d for i, d in enumerate(located) if i not in dropped]
 

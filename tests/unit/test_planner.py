@@ -195,3 +195,20 @@ def test_choose_n_clusters_rejects_misshaped_embeddings():
 def test_choose_n_clusters_with_as_many_containers_as_items(counts, expected):
     x = _typed_embeddings(np.random.default_rng(7), counts)
     assert planner.choose_n_clusters(len(x), len(x), x) == expected
+
+
+@pytest.mark.parametrize(
+    "counts, n_containers, spread",
+    [((3, 3), 4, 0.1), ((2, 3, 2), 4, 0.1), ((3, 3, 2), 2, 0.1), ((6,), 3, 1.0), ((1, 1, 1, 1), 4, 0.1), ((4, 4), 1, 0.1)],
+    ids=["2-types", "3-types", "fewer-containers", "no-structure", "all-different", "one-container"],
+)
+def test_group_items_equals_k_means_on_the_chosen_number_of_groups(counts, n_containers, spread):
+    """One K-Means run in the trigger gives the grouping the two-step recipe gave."""
+    from vectorizer import cluster_embeddings
+
+    x = _typed_embeddings(np.random.default_rng(len(counts) + n_containers), counts, spread=spread)
+    k = planner.choose_n_clusters(len(x), n_containers, x, random_state=3, n_init=5)
+    expected = cluster_embeddings(x, k, random_state=3, n_init=5) if k > 1 else np.zeros(len(x), np.int64)
+    labels = planner.group_items(n_containers, x, random_state=3, n_init=5)
+    assert labels.dtype == np.int64 and labels.tolist() == expected.tolist()
+    assert len(set(labels.tolist())) == max(1, k)
