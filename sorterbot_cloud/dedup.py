@@ -265,13 +265,12 @@ def merge(
     objects = [_merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
     if frames and constants is not None:
         bars = dict(DEFAULT_MIN_VIEW_SUPPORT if min_view_support is None else min_view_support)
-        window = _legacy_window_deg(located, constants)
-        supported = []
-        for obj, dets in zip(objects, kept, strict=True):
-            support, expected = view_support(obj, dets, frames, constants, window)
-            if expected < MIN_EXPECTED_FRAMES or support >= bars.get(obj.class_id, 0.0):
-                supported.append(obj)
-        objects = supported
+        expected = _frames_showing(objects, frames, constants, _legacy_window_deg(located, constants))
+        objects = [
+            obj
+            for obj, dets, n in zip(objects, kept, expected, strict=True)
+            if n < MIN_EXPECTED_FRAMES or _support(dets, n) >= bars.get(obj.class_id, 0.0)
+        ]
     objects.sort(key=lambda o: (o.class_id != ITEM_CLASS_ID, o.class_id, round(o.position.theta_deg, 6), round(o.position.r_mm, 6), min(o.detection_ids)))
     for object_id, obj in enumerate(objects):
         obj.object_id = object_id
@@ -360,20 +359,35 @@ def view_support(
     expected : int
         Number of frames whose view holds the object's centre.
     """
-    score_sum = float(sum(d.detection.score for d in dets))
+    expected = int(_frames_showing([obj], frames, constants, legacy_window_deg)[0])
+    return _support(dets, expected), expected
+
+
+def _support(dets: Sequence[LocatedDetection], expected: int) -> float:
+    """Summed detection score per frame that should show the object (:func:`view_support`)."""
+    return float(sum(d.detection.score for d in dets)) / max(int(expected), 1)
+
+
+def _frames_showing(
+    objects: Sequence[ArmObject], frames: Sequence[FrameView], constants: ArmConstants, legacy_window_deg: float | None
+) -> np.ndarray:
+    """Number of ``frames`` whose view holds each object's centre, shape (N,) int64 (:func:`view_support`).
+
+    Calibrated mode projects all centres with one camera call per frame.
+    """
     if constants.calibrated:
         camera = constants.camera
-        centre = np.array([[obj.x_mm, obj.y_mm, 0.0]])
-        expected = 0
+        centres = np.array([[o.x_mm, o.y_mm, 0.0] for o in objects], dtype=np.float64).reshape(-1, 3)
+        counts = np.zeros(len(centres), np.int64)
         for f in frames:
-            u, v, depth = camera.project(centre, constants.theta_of_pw(f.pw0), f.width_px, f.height_px)[0]
-            expected += bool(depth > 0 and 0 <= u < f.width_px and 0 <= v < f.height_px)
-    else:
-        half = 31.1 if legacy_window_deg is None else legacy_window_deg
-        thetas = np.array([constants.theta_of_pw(f.pw0) for f in frames])
-        delta = (obj.position.theta_deg - thetas + 180.0) % 360.0 - 180.0
-        expected = int(np.count_nonzero(np.abs(delta) <= half))
-    return score_sum / max(expected, 1), expected
+            u, v, depth = camera.project(centres, constants.theta_of_pw(f.pw0), f.width_px, f.height_px).T
+            counts += (depth > 0) & (u >= 0) & (u < f.width_px) & (v >= 0) & (v < f.height_px)
+        return counts
+    half = 31.1 if legacy_window_deg is None else legacy_window_deg
+    thetas = np.array([constants.theta_of_pw(f.pw0) for f in frames], dtype=np.float64)
+    bearings = np.array([o.position.theta_deg for o in objects], dtype=np.float64)
+    delta = (bearings[:, None] - thetas[None, :] + 180.0) % 360.0 - 180.0
+    return np.count_nonzero(np.abs(delta) <= half, axis=1).astype(np.int64)
 
 
 def _legacy_window_deg(located: Sequence[LocatedDetection], constants: ArmConstants) -> float | None:
