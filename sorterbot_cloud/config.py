@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, get_args, get_type_hints
 
 import yaml
 
@@ -153,22 +153,23 @@ class Settings:
         unknown = set(values) - set(known)
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
-        base = cls()
+        hints = get_type_hints(cls)
         typed: dict[str, Any] = {}
         for name, value in values.items():
-            default = getattr(base, name)
-            if isinstance(default, Path) or name in ("data_dir", "detector_weights", "embedder_weights"):
+            # the field's declared type, optional or not (``int | None`` converts as int)
+            kinds = set(get_args(hints[name])) or {hints[name]}
+            if Path in kinds:
                 p = Path(value)
                 typed[name] = p if p.is_absolute() else (PROJECT_ROOT / p)
-            elif isinstance(default, bool) or name == "log_json":
+            elif bool in kinds:
                 typed[name] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif (isinstance(default, int) and not isinstance(default, bool)) or name == "torch_threads":
+            elif int in kinds:
                 typed[name] = int(value)
-            elif isinstance(default, float):
+            elif float in kinds:
                 typed[name] = float(value)
             else:
                 typed[name] = value
-        return replace(base, **typed)
+        return replace(cls(), **typed)
 
     @property
     def image_dir(self) -> Path:
