@@ -48,11 +48,13 @@ def _recipe() -> str:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_last.pt.")
+@click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Warm restart: model weights and detector config from this checkpoint, fresh optimiser and schedule.")
 @click.option("--no-progress", is_flag=True)
 def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, weight_decay, warmup,
                    checkpoint_every, log_every, val_dataset, val_every, val_max_images, time_budget_min, crop_px,
                    scale_jitter, backbone, fpn_channels, box_head_units, min_size_px, max_size_px, seed, device,
-                   threads, resume, no_progress):
+                   threads, resume, init_from, no_progress):
     """Train the Faster R-CNN detector from scratch on COCO dataset(s); writes OUT/detector.pt + .json."""
     from .data import AugmentConfig, DatasetSpec, parse_class_map
     from .torchvision_detector import DetectorConfig
@@ -72,7 +74,7 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
                      threads=threads)
     ac = AugmentConfig(crop_px=crop_px, scale_jitter=tuple(scale_jitter))
     path = train(specs, out_dir, class_map=cmap, detector_config=dc, train_config=tc, augment_config=ac,
-                 val_dataset=val, val_max_images=val_max_images, resume=resume, recipe=_recipe(),
+                 val_dataset=val, val_max_images=val_max_images, resume=resume, init_from=init_from, recipe=_recipe(),
                  progress=not no_progress)
     click.echo(f"wrote {path} and {path.with_suffix('.json')}")
 

@@ -98,6 +98,7 @@ def train(
     val_dataset: DatasetSpec | None = None,
     val_max_images: int = 60,
     resume: bool = False,
+    init_from: str | Path | None = None,
     recipe: str | None = None,
     progress: bool = True,
 ) -> Path:
@@ -120,6 +121,10 @@ def train(
         and used for the final file.
     resume : bool
         Continue from ``out_dir/checkpoint_last.pt`` (model, optimiser, iteration, RNG).
+    init_from : path, optional
+        Start from this checkpoint's model weights and detector config (a warm restart:
+        optimiser, iteration count, time budget and learning-rate schedule start afresh).
+        Ignored when ``resume`` finds its own checkpoint.
     recipe : str, optional
         The command line, recorded in the sidecar.
     progress : bool
@@ -133,7 +138,7 @@ def train(
     Raises
     ------
     FileNotFoundError
-        On ``resume`` without a checkpoint, or a missing dataset file.
+        On ``resume`` without a checkpoint, a missing ``init_from``, or a missing dataset file.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +156,12 @@ def train(
             raise FileNotFoundError(f"--resume given but no checkpoint at {ckpt_path}")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         dc = DetectorConfig.from_dict(state["detector_config"])
+    init_state = None
+    if state is None and init_from is not None:
+        if not Path(init_from).is_file():
+            raise FileNotFoundError(f"--init-from checkpoint {init_from} does not exist")
+        init_state = torch.load(init_from, map_location="cpu", weights_only=False)
+        dc = DetectorConfig.from_dict(init_state["detector_config"])
 
     loaded = [(spec, load_coco(spec.annotations, spec.images_dir, class_map, dc.class_names)) for spec in datasets]
     sampler = MixedSampler(loaded, dc.min_size_px, ac, seed=tc.seed)
@@ -168,6 +179,9 @@ def train(
         [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr
     )
     start_it, elapsed_prev, best = 0, 0.0, {"ap50_mean": -1.0, "iteration": -1}
+    if init_state is not None:
+        model.load_state_dict(init_state["model"])
+        del init_state
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

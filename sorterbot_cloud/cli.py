@@ -28,6 +28,7 @@ COMMANDS = {
     "merge-coco": "locator.cli:merge_coco_command",
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
+    "crops-from-coco": "vectorizer.cli:crops_from_coco",
 }
 
 

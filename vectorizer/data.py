@@ -126,3 +126,103 @@ def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
         raise FileNotFoundError(f"no Pascal VOC annotated photos under {root}")
     type_names = sorted(set(labels))
     return CropSet(crops, np.asarray([type_names.index(n) for n in labels], np.int64), type_names)
+
+
+def export_crops_from_coco(
+    annotations: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    category_name: str = "item",
+    min_visible_fraction: float = 0.95,
+    min_side_px: int = 12,
+    margin: float = DEFAULT_MARGIN,
+    max_per_type: int | None = None,
+    exclude_types: tuple[str, ...] = (),
+    start_counts: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """Cut the typed boxes of a COCO detection dataset into crop folders per type.
+
+    A COCO dataset rendered by the simulator (``sorterbot-cloud simulate dataset``) labels
+    every annotation with its object ``type`` and ``visible_fraction``; this turns those
+    frames into embedder training crops (``<out_dir>/<type>/<i>.png``, the layout of
+    :func:`load_crop_folder`) at the cost of reading JPEGs instead of rendering scenes.
+    Crops are cut like the service cuts them (:func:`~vectorizer.crops.crop_items`).
+
+    Parameters
+    ----------
+    annotations : path
+        COCO JSON whose annotations carry a ``type`` string (others are skipped).
+    images_dir : path
+        Folder of the images named by ``file_name``.
+    out_dir : path
+        Receives the crop folders and ``index.json``; existing crops are overwritten.
+    category_name : str
+        Only boxes of this COCO category are cut.
+    min_visible_fraction : float
+        Boxes whose ``visible_fraction`` (absent: 1) is below this are skipped (items cut by
+        the frame border or hidden behind others).
+    min_side_px : int
+        Boxes narrower or lower than this many pixels are skipped.
+    margin : float
+        Context margin passed to ``crop_items``.
+    max_per_type : int, optional
+        Stop cutting a type after this many crops.
+    exclude_types : tuple of str
+        Types never cut (for example the simulator's held-out item types).
+    start_counts : dict of str to int, optional
+        Crops already in ``out_dir`` per type (from an earlier dataset): numbering continues
+        after them and ``max_per_type`` counts them.
+
+    Returns
+    -------
+    dict of str to int
+        Crops in ``out_dir`` per type, ``start_counts`` included.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``annotations`` is missing or an image it names cannot be read.
+    ValueError
+        If ``category_name`` is not a category of the dataset.
+    """
+    import json
+    from collections import defaultdict
+
+    from PIL import Image
+
+    coco = json.loads(Path(annotations).read_text())
+    cat_ids = [c["id"] for c in coco["categories"] if c["name"] == category_name]
+    if not cat_ids:
+        raise ValueError(f"no category {category_name!r} in {annotations}; it has {[c['name'] for c in coco['categories']]}")
+    by_image = defaultdict(list)
+    for ann in coco["annotations"]:
+        x, y, w, h = ann["bbox"]
+        if (ann["category_id"] in cat_ids and isinstance(ann.get("type"), str) and ann["type"] not in exclude_types
+                and ann.get("visible_fraction", 1.0) >= min_visible_fraction and min(w, h) >= min_side_px):
+            by_image[ann["image_id"]].append(ann)
+    out = Path(out_dir)
+    counts: dict[str, int] = defaultdict(int, start_counts or {})
+    index_path = out / "index.json"
+    index = json.loads(index_path.read_text())["crops"] if start_counts and index_path.is_file() else []
+    for image in sorted(coco["images"], key=lambda im: im["id"]):
+        anns = [a for a in by_image.get(image["id"], []) if max_per_type is None or counts[a["type"]] < max_per_type]
+        if not anns:
+            continue
+        path = Path(images_dir) / image["file_name"]
+        frame = read_rgb(path) if path.is_file() else None
+        if frame is None:
+            raise FileNotFoundError(f"image {path} named by {annotations} does not exist")
+        boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+        for ann, crop in zip(anns, crop_items(frame, boxes, margin=margin)):
+            t = ann["type"]
+            if max_per_type is not None and counts[t] >= max_per_type:
+                continue
+            (out / t).mkdir(parents=True, exist_ok=True)
+            rel = f"{t}/{counts[t]}.png"
+            Image.fromarray(crop).save(out / rel)
+            index.append({"path": rel, "type": t, "source": str(annotations), "image": image["file_name"], "annotation_id": ann["id"]})
+            counts[t] += 1
+    out.mkdir(parents=True, exist_ok=True)
+    index_path.write_text(json.dumps({"source": str(annotations), "margin": margin,
+                                                "min_visible_fraction": min_visible_fraction, "crops": index}, indent=1))
+    return dict(counts)

@@ -152,3 +152,30 @@ def test_merge_coco_renumbers_ids_and_keeps_files(tmp_path):
     assert len(records) == 5 and all(r.path.is_file() for r in records)
     originals = load_coco(b, b.parent)
     np.testing.assert_array_equal(records[2].boxes_xyxy, originals[0].boxes_xyxy)
+
+
+def test_init_from_is_a_warm_restart(toy, tmp_path):
+    """--init-from takes the weights and detector config, but a fresh iteration count and schedule."""
+    spec = DatasetSpec(toy, toy.parent)
+    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    first = tmp_path / "first"
+    train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
+    source = torch.load(first / "checkpoint_last.pt", weights_only=False)
+
+    other_config = DetectorConfig(backbone="mobilenet_v3_small", fpn_channels=16, box_head_units=32, min_size_px=120, max_size_px=160)
+    # lr 0: one step that leaves the weights where the checkpoint put them
+    tc_still = TrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
+    second = tmp_path / "second"
+    train([spec], second, detector_config=other_config, train_config=tc_still, augment_config=AugmentConfig(crop_px=128),
+          init_from=first / "checkpoint_last.pt", progress=False)
+    state = torch.load(second / "checkpoint_last.pt", weights_only=False)
+    assert state["iteration"] == 1  # a fresh count, not 2 + 1
+    assert state["detector_config"]["fpn_channels"] == TINY.fpn_channels  # the checkpoint's config wins
+    weights = [name for name in source["model"] if "running_" not in name and "num_batches" not in name]
+    assert weights
+    for name in weights:
+        assert torch.equal(state["model"][name], source["model"][name]), name
+
+    with pytest.raises(FileNotFoundError, match="init-from"):
+        train([spec], tmp_path / "third", detector_config=TINY, train_config=tc_still, init_from=tmp_path / "missing.pt",
+              progress=False)

@@ -287,3 +287,66 @@ def test_training_with_background_swap_runs(tmp_path):
     cfg = TrainConfig(**{**TINY, "steps": 2, "eval_every": 0, "background_swap": 1.0})
     history = run_training(synthetic_set(3), tmp_path, cfg, progress=False)
     assert history["steps_done"] == 2 and all(np.isfinite(r[1]) for r in history["losses"])
+
+
+def _typed_coco(root, name, boxes):
+    """A COCO file with one 200x100 grey image holding one solid-colour rectangle per box.
+
+    ``boxes``: (x, y, w, h, rgb, type, category_id, visible_fraction) tuples.
+    """
+    image = np.full((100, 200, 3), 90, np.uint8)
+    annotations = []
+    for i, (x, y, w, h, rgb, kind, cat, visible) in enumerate(boxes):
+        image[y:y + h, x:x + w] = rgb
+        annotations.append({"id": i + 1, "image_id": 1, "category_id": cat, "bbox": [x, y, w, h], "area": w * h,
+                            "iscrowd": 0, "type": kind, "visible_fraction": visible})
+    cv2.imwrite(str(root / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    coco = {"images": [{"id": 1, "file_name": f"{name}.png", "width": 200, "height": 100}], "annotations": annotations,
+            "categories": [{"id": 1, "name": "item"}, {"id": 2, "name": "container"}]}
+    path = root / f"{name}.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_crops_from_coco_cuts_typed_items_and_skips_the_rest(tmp_path):
+    from vectorizer.data import export_crops_from_coco
+
+    path = _typed_coco(tmp_path, "a", [
+        (10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0),
+        (60, 10, 20, 30, (0, 0, 255), "coin", 1, 0.97),
+        (100, 10, 20, 20, (0, 255, 0), "coin", 1, 0.5),      # mostly hidden: skipped
+        (130, 10, 60, 60, (255, 255, 0), "bowl", 2, 1.0),    # a container: skipped
+        (10, 60, 8, 30, (0, 255, 255), "ball", 1, 1.0),      # narrower than min_side_px: skipped
+        (40, 60, 20, 20, (255, 0, 255), "washer", 1, 1.0),   # excluded type
+    ])
+    counts = export_crops_from_coco(path, tmp_path, tmp_path / "crops", exclude_types=("washer",))
+    assert counts == {"ball": 1, "coin": 1}
+    crops = load_crop_folder(tmp_path / "crops")
+    assert crops.type_names == ["ball", "coin"]
+    ball, coin = crops.crops
+    assert ball.shape == (24, 36, 3) and coin.shape == (36, 24, 3)  # box plus a 10 % margin on each side
+    assert tuple(ball[12, 18]) == (255, 0, 0) and tuple(coin[18, 12]) == (0, 0, 255)
+    index = json.loads((tmp_path / "crops" / "index.json").read_text())
+    assert [c["path"] for c in index["crops"]] == ["ball/0.png", "coin/0.png"]
+
+    with pytest.raises(ValueError, match="no category 'box'"):
+        export_crops_from_coco(path, tmp_path, tmp_path / "other", category_name="box")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_crops_from_coco(path, tmp_path / "nowhere", tmp_path / "other")
+
+
+def test_crops_from_coco_cli_numbers_across_datasets_and_caps_per_type(tmp_path):
+    from vectorizer.cli import crops_from_coco
+
+    a = _typed_coco(tmp_path, "a", [(10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0), (60, 10, 20, 30, (0, 0, 255), "ball", 1, 1.0)])
+    b = _typed_coco(tmp_path, "b", [(10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0), (60, 10, 20, 30, (0, 0, 255), "cork", 1, 1.0)])
+    result = CliRunner().invoke(crops_from_coco, ["--dataset", f"{a}:{tmp_path}", "--dataset", f"{b}:{tmp_path}",
+                                                  "--out", str(tmp_path / "crops"), "--max-per-type", "2"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "crops" / "ball").iterdir()) == ["0.png", "1.png"]  # b's ball is over the cap
+    assert [p.name for p in (tmp_path / "crops" / "cork").iterdir()] == ["0.png"]
+    index = json.loads((tmp_path / "crops" / "index.json").read_text())
+    assert len(index["crops"]) == 3 and {c["source"] for c in index["crops"]} == {str(a), str(b)}
+
+    bad = CliRunner().invoke(crops_from_coco, ["--dataset", "no-colon", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "ANNOTATIONS.json:IMAGES_DIR" in bad.output
