@@ -213,7 +213,7 @@ def export_crops_from_coco(
         if frame is None:
             raise FileNotFoundError(f"image {path} named by {annotations} does not exist")
         boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
-        for ann, crop in zip(anns, crop_items(frame, boxes, margin=margin)):
+        for ann, crop in zip(anns, crop_items(frame, boxes, margin=margin), strict=True):
             t = ann["type"]
             if max_per_type is not None and counts[t] >= max_per_type:
                 continue
