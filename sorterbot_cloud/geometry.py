@@ -54,8 +54,16 @@ from sorterbot_cloud.camera import ArmConstants, CameraModel
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.structures import StoredDetection
 
-#: A box side closer than this to the image border is treated as cut by it (pixels).
+#: A box side closer to the image border than the larger of BORDER_MARGIN_PX and
+#: BORDER_MARGIN_REL times the box's extent along that axis is treated as cut by it. A
+#: detector's box of an object cut by the border often stops short of it: on 20 held-out
+#: sessions (shipped detector, session 3) 31 % of the containers' cut left/right sides,
+#: 54 % of the top and 85 % of the bottom ones ended more than 2 px inside (bottom median
+#: 20 px). Taken for real edges they pull the shape fits; with 5 % the containers' median
+#: position error fell from 17.9 to 14.5 mm, and the simulator's own boxes lose nothing
+#: (evaluate-sessions --detector ground-truth: p95 7.9 -> 7.8 mm).
 BORDER_MARGIN_PX = 2.0
+BORDER_MARGIN_REL = 0.05
 #: Averaging weight factor of a box cut by the image border (its position is biased).
 TRUNCATED_WEIGHT_FACTOR = 0.1
 #: Gauss-Newton (Levenberg-Marquardt) iterations of the calibrated fit.
@@ -177,14 +185,20 @@ def _boxes_and_sizes(detections: list[StoredDetection]) -> tuple[np.ndarray, np.
 
 
 def _truncation(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Which sides (left, top, right, bottom) touch the border: bool (N, 4)."""
+    """Which sides (left, top, right, bottom) are cut by the border: bool (N, 4).
+
+    A side counts as cut within ``max(BORDER_MARGIN_PX, BORDER_MARGIN_REL * extent)``
+    pixels of the border, ``extent`` the box's width (left, right) or height (top, bottom).
+    """
     w, h = sizes[:, 0], sizes[:, 1]
+    mx = np.maximum(BORDER_MARGIN_PX, BORDER_MARGIN_REL * (boxes[:, 2] - boxes[:, 0]))
+    my = np.maximum(BORDER_MARGIN_PX, BORDER_MARGIN_REL * (boxes[:, 3] - boxes[:, 1]))
     return np.stack(
         [
-            boxes[:, 0] <= BORDER_MARGIN_PX,
-            boxes[:, 1] <= BORDER_MARGIN_PX,
-            boxes[:, 2] >= w - BORDER_MARGIN_PX,
-            boxes[:, 3] >= h - BORDER_MARGIN_PX,
+            boxes[:, 0] <= mx,
+            boxes[:, 1] <= my,
+            boxes[:, 2] >= w - mx,
+            boxes[:, 3] >= h - my,
         ],
         axis=1,
     )

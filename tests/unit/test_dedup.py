@@ -305,9 +305,12 @@ def test_position_p95_within_15_mm_in_simulated_sessions():
     print({k: (len(v), round(float(np.median(v)), 1), round(float(np.percentile(v, 95)), 1)) for k, v in errors.items()})
     assert len(errors["container"]) >= 20
     assert np.percentile(all_errors, 95) <= 15.0
-    # containers alone: p95 ~27 mm, from tall (up to 80 mm) 220 mm bowls cut by the top and side
-    # of every frame they are on, whose height the boxes leave open (see the report)
-    assert np.percentile(errors["container"], 95) <= 30.0
+    # containers alone: p95 ~30 mm, from tall (up to 80 mm) 220 mm bowls cut by the top and side
+    # of every frame they are on, whose height the boxes leave open (see the report). With
+    # geometry.BORDER_MARGIN_REL (sides within 5 % of the box's extent of the border count as
+    # cut, for detector boxes that stop short of it) these unbiased boxes lose a few real sides:
+    # p95 29.5 -> 32.2 mm here (single-frame averages, no multi-frame refinement).
+    assert np.percentile(errors["container"], 95) <= 33.0
     assert np.median(errors["container"]) <= 5.0
 
 

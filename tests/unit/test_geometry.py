@@ -191,6 +191,25 @@ def test_truncated_boxes_get_lower_weight():
     assert cut.truncated and cut.weight == pytest.approx(0.8 * geometry.TRUNCATED_WEIGHT_FACTOR)
 
 
+@pytest.mark.parametrize(
+    "box, cut",
+    [
+        pytest.param((700, 500, 760, 560), [False] * 4, id="inside"),
+        pytest.param((0, 500, 60, 560), [True, False, False, False], id="touching-left"),
+        # a 60 px box 10 px from the border: the margin is 3 px (5 %), the side is real
+        pytest.param((10, 500, 70, 560), [False] * 4, id="item-near-left"),
+        # a 400 px box 15 px short of the bottom: within 5 % (20 px), taken as cut
+        pytest.param((600, 817, 1000, 1217), [False, False, False, True], id="container-short-of-bottom"),
+        pytest.param((600, 797, 1000, 1197), [False] * 4, id="container-35px-above-bottom"),
+        pytest.param((1625, 700, 1640, 760), [False, False, True, False], id="narrow-at-right"),
+    ],
+)
+def test_border_cut_sides_scale_with_box_size(box, cut):
+    boxes = np.array([box], float)
+    sizes = np.array([[WIDTH_PX, HEIGHT_PX]], float)
+    assert geometry._truncation(boxes, sizes)[0].tolist() == cut
+
+
 def _position_errors(kinds, n_objects, seed):
     """Per-object error (mm) of the weighted mean of its detections' positions."""
     constants = ArmConstants.reference()
