@@ -527,9 +527,13 @@ REFINE_SCHEDULE = (8, 4)
 #: Per-parameter penalty (in squared sigmas) when choosing between shape models.
 REFINE_PARAM_PENALTY = 2.0
 #: A fit whose robust cost per box side used exceeds this (squared sigmas) is rejected:
-#: no model explains the boxes (on oracle sessions good fits stay below 3, failed ones
-#: above 10).
-REFINE_MAX_MEAN_COST = 4.0
+#: no model explains the boxes. On oracle sessions good fits stay below 3, failed ones
+#: above 10. The detector's container boxes are noisier (side errors of 10-20 px): with
+#: the old bar of 4, 95 of 97 containers of 40 rendered sessions fell back to single-frame
+#: averages; with 10, fits with cost 4..10 per side are kept (median container error
+#: 14.5 -> 12.8 mm, calibrated p95 over all objects 28.6 -> 26.1 mm), and the simulator's
+#: boxes give the same figures as with 4 (evaluate-sessions --detector ground-truth).
+REFINE_MAX_MEAN_COST = 10.0
 #: Starting yaws (degrees) of the cuboid model (a rectangle repeats every 90 degrees
 #: once its sides may swap).
 _CUBOID_START_YAWS_DEG = (0.0, 45.0)
