@@ -46,3 +46,23 @@ $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
 #    microcontroller crops, speed; writes the figures into the sidecar.
 $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/heldout_eval \
     --out out/embedder_eval.json --update-sidecar
+
+# --- Session 3 -------------------------------------------------------------------------
+# 8. More crops for free: the detector's rendered COCO frames label every box with its item
+#    type, so `crops-from-coco` cuts them (visible >= 95 %, 10 % margin, the service's cut).
+#    Frames: data/det/sim_train_a, _c, _d (2400 frames at 1024x768, weights/README.md detector
+#    recipe) -> 8929 crops of the 10 training types (vs 620 rendered crops before).
+$SC crops-from-coco --out data/embedder/train_coco \
+    --dataset data/det/sim_train_a/annotations.json:data/det/sim_train_a/images \
+    --dataset data/det/sim_train_c/annotations.json:data/det/sim_train_c \
+    --dataset data/det/sim_train_d/annotations.json:data/det/sim_train_d
+# 9. Stage 4: stage 3 (runs/embedder/last.pt) fine-tuned on those crops, 3600 s budget.
+$SC train-embedder --train-dir data/embedder/train_coco --val-dir data/embedder/val \
+    --out-dir runs/embedder_stage4 --export runs/embedder_stage4/embedder.pt --init-from runs/embedder/last.pt \
+    --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 3600 --warmup-steps 50 \
+    --input-size 64 --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
+    --seed 4 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
+# 10. A third held-out set for choosing between weights (the seed-9000 evaluation crops stay
+#     the reported figure): held-out types cut from the detector's held-out frames.
+$SC crops-from-coco --allow-heldout-types --out data/embedder/select_heldout_coco \
+    --dataset data/det/heldout/annotations.json:data/det/heldout
