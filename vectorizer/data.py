@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,11 +187,6 @@ def export_crops_from_coco(
     ValueError
         If ``category_name`` is not a category of the dataset.
     """
-    import json
-    from collections import defaultdict
-
-    from PIL import Image
-
     coco = json.loads(Path(annotations).read_text())
     cat_ids = [c["id"] for c in coco["categories"] if c["name"] == category_name]
     if not cat_ids:
@@ -219,7 +216,7 @@ def export_crops_from_coco(
                 continue
             (out / t).mkdir(parents=True, exist_ok=True)
             rel = f"{t}/{counts[t]}.png"
-            Image.fromarray(crop).save(out / rel)
+            cv2.imwrite(str(out / rel), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
             index.append({"path": rel, "type": t, "source": str(annotations), "image": image["file_name"], "annotation_id": ann["id"]})
             counts[t] += 1
     out.mkdir(parents=True, exist_ok=True)
