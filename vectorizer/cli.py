@@ -235,7 +235,7 @@ def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_d
 @click.option("--min-visible", type=float, default=0.95, show_default=True, help="Skip boxes less visible than this.")
 @click.option("--min-side-px", type=int, default=12, show_default=True)
 @click.option("--margin", type=float, default=0.1, show_default=True, help="Context margin (fraction of the box side).")
-@click.option("--max-per-type", type=int, default=None, help="At most this many crops per type and dataset.")
+@click.option("--max-per-type", type=int, default=None, help="At most this many crops per type, all datasets together.")
 @click.option("--allow-heldout-types", is_flag=True, help="Also cut the simulator's held-out item types.")
 def crops_from_coco(datasets, out_dir, min_visible, min_side_px, margin, max_per_type, allow_heldout_types):
     """Cut embedder training crops per item type out of typed COCO detection datasets."""
@@ -247,9 +247,7 @@ def crops_from_coco(datasets, out_dir, min_visible, min_side_px, margin, max_per
         annotations, sep, images_dir = spec.rpartition(":")
         if not sep or not annotations:
             raise click.BadParameter(f"{spec!r} is not ANNOTATIONS.json:IMAGES_DIR", param_hint="--dataset")
-        counts = export_crops_from_coco(annotations, images_dir, out_dir, min_visible_fraction=min_visible, min_side_px=min_side_px,
-                                        margin=margin, max_per_type=max_per_type, exclude_types=exclude, start_counts=total)
-        for t, n in counts.items():
-            total[t] = n
-        click.echo(f"{annotations}: {sum(counts.values())} crops so far")
+        total = export_crops_from_coco(annotations, images_dir, out_dir, min_visible_fraction=min_visible, min_side_px=min_side_px,
+                                       margin=margin, max_per_type=max_per_type, exclude_types=exclude, start_counts=total)
+        click.echo(f"{annotations}: {sum(total.values())} crops so far")
     click.echo(f"wrote {sum(total.values())} crops of {len(total)} types to {out_dir}: {dict(sorted(total.items()))}")

@@ -183,9 +183,9 @@ def export_crops_from_coco(
     Raises
     ------
     FileNotFoundError
-        If ``annotations`` is missing or an image it names cannot be read.
+        If ``annotations`` or an image it names is missing.
     ValueError
-        If ``category_name`` is not a category of the dataset.
+        If ``category_name`` is not a category of the dataset, or an image cannot be decoded.
     """
     coco = json.loads(Path(annotations).read_text())
     cat_ids = [c["id"] for c in coco["categories"] if c["name"] == category_name]
@@ -206,9 +206,9 @@ def export_crops_from_coco(
         if not anns:
             continue
         path = Path(images_dir) / image["file_name"]
-        frame = read_rgb(path) if path.is_file() else None
-        if frame is None:
+        if not path.is_file():
             raise FileNotFoundError(f"image {path} named by {annotations} does not exist")
+        frame = read_rgb(path)
         boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
         for ann, crop in zip(anns, crop_items(frame, boxes, margin=margin), strict=True):
             t = ann["type"]
@@ -220,6 +220,7 @@ def export_crops_from_coco(
             index.append({"path": rel, "type": t, "source": str(annotations), "image": image["file_name"], "annotation_id": ann["id"]})
             counts[t] += 1
     out.mkdir(parents=True, exist_ok=True)
-    index_path.write_text(json.dumps({"source": str(annotations), "margin": margin,
-                                                "min_visible_fraction": min_visible_fraction, "crops": index}, indent=1))
+    sources = sorted({c["source"] for c in index})
+    index_path.write_text(json.dumps({"sources": sources, "margin": margin, "min_visible_fraction": min_visible_fraction,
+                                      "crops": index}, indent=1))
     return dict(counts)

@@ -347,6 +347,7 @@ def test_crops_from_coco_cli_numbers_across_datasets_and_caps_per_type(tmp_path)
     assert [p.name for p in (tmp_path / "crops" / "cork").iterdir()] == ["0.png"]
     index = json.loads((tmp_path / "crops" / "index.json").read_text())
     assert len(index["crops"]) == 3 and {c["source"] for c in index["crops"]} == {str(a), str(b)}
+    assert index["sources"] == sorted([str(a), str(b)])
 
     bad = CliRunner().invoke(crops_from_coco, ["--dataset", "no-colon", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "ANNOTATIONS.json:IMAGES_DIR" in bad.output
