@@ -12,6 +12,7 @@ generalisation to unseen objects can be measured.
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -424,3 +425,181 @@ ALL_TYPES: dict[str, ModelType] = {**ITEM_TYPES, **CONTAINER_TYPES, **DISTRACTOR
 
 assert set(TRAIN_ITEM_TYPES) | set(HELDOUT_ITEM_TYPES) == set(ITEM_TYPES)  # a module invariant, not an input check
 assert not set(TRAIN_ITEM_TYPES) & set(HELDOUT_ITEM_TYPES)
+
+
+# ------------------------------------------------------------ procedural item types
+
+#: Names of procedural item types: this prefix and a four-digit index (``proc_0042``).
+PROCEDURAL_PREFIX = "proc_"
+#: Seed of the procedural type family; type ``i`` draws its definition from
+#: ``numpy.random.default_rng([PROCEDURAL_SEED, i])``.
+PROCEDURAL_SEED = 20261122
+#: Share of procedural types with an achromatic main colour (greys, white, black): the
+#: held-out catalogue types the embedder confuses most are achromatic (weights/README.md).
+PROCEDURAL_ACHROMATIC_SHARE = 0.35
+
+
+def _random_colour(rng: np.random.Generator, achromatic: bool) -> np.ndarray:
+    """An RGB colour in [0, 1]: a grey level if ``achromatic``, else a saturated hue."""
+    if achromatic:
+        v = float(rng.uniform(0.06, 0.97))
+        return np.array(colorsys.hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.0, 0.08)), v))
+    return np.array(colorsys.hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.35, 1.0)), float(rng.uniform(0.3, 1.0))))
+
+
+def _procedural_definition(index: int) -> dict:
+    """The fixed parameters of procedural type ``index`` (shape family, sizes in mm, colours, pattern)."""
+    rng = np.random.default_rng([PROCEDURAL_SEED, int(index)])
+    achromatic = bool(rng.uniform() < PROCEDURAL_ACHROMATIC_SHARE)
+    family = str(rng.choice(["frustum", "ring", "box", "prism", "sphere", "dome", "rod", "stack"]))
+    size = float(rng.uniform(16.0, 56.0))
+    return {
+        "family": family,
+        "size_mm": size,
+        "height_mm": float(np.clip(size * rng.uniform(0.12, 1.0), 2.0, 45.0)),
+        "aspect": float(rng.uniform(0.35, 1.0)),
+        "taper": float(rng.uniform(0.5, 1.3)),
+        "hole": float(rng.uniform(0.25, 0.6)),
+        "sides": int(rng.integers(3, 9)),
+        "primary": _random_colour(rng, achromatic),
+        "secondary": _random_colour(rng, bool(rng.uniform() < 0.5)),
+        "pattern": str(rng.choice(["solid", "stripes", "top", "speckle", "rings", "checker"])),
+        "period_mm": float(rng.uniform(3.0, 12.0)),
+        "stripe_axis": int(rng.integers(0, 3)),
+        "specular": float(rng.uniform(0.05, 0.9)),
+        "specular_power": float(rng.uniform(5.0, 60.0)),
+    }
+
+
+def _procedural_colour(d: dict, primary: np.ndarray, secondary: np.ndarray, height_mm: float) -> Callable[[np.ndarray], np.ndarray]:
+    pattern, period = d["pattern"], d["period_mm"]
+
+    def colour(p):
+        if pattern == "stripes":
+            second = np.sin(2 * np.pi * p[:, d["stripe_axis"]] / period) > 0.3
+        elif pattern == "top":
+            second = p[:, 2] > 0.7 * height_mm
+        elif pattern == "speckle":
+            second = hash_noise(p, period / 3, seed=3) > 0.62
+        elif pattern == "rings":
+            second = np.sin(2 * np.pi * np.hypot(p[:, 0], p[:, 1]) / period) > 0.4
+        elif pattern == "checker":
+            second = (np.floor(p[:, 0] / period) + np.floor(p[:, 1] / period)) % 2 == 1
+        else:
+            second = np.zeros(len(p), bool)
+        out = np.where(second[:, None], secondary[None], primary[None])
+        return out * (0.9 + 0.1 * hash_noise(p, 2.0, seed=9)[:, None])
+
+    return colour
+
+
+def _fine(mesh: pv.PolyData, min_points: int = 1500) -> pv.PolyData:
+    """Linearly subdivided triangles until the mesh has ``min_points``: patterns are painted per vertex."""
+    mesh = mesh.triangulate()
+    while mesh.n_points < min_points:
+        mesh = mesh.subdivide(1, "linear")
+    return mesh
+
+
+def _procedural_build(index: int) -> Callable[[np.random.Generator], pv.PolyData]:
+    d = _procedural_definition(index)
+
+    def build(rng):
+        k = _s(rng, 0.06)
+        size, h = d["size_mm"] * k, d["height_mm"] * k
+        r = size / 2
+        primary, secondary = jitter_colour(d["primary"], rng), jitter_colour(d["secondary"], rng)
+        family = d["family"]
+        if family == "frustum":
+            mesh = revolve([(0, h), (r * min(d["taper"], 1.0), h), (r * min(1.0 / d["taper"], 1.0), 0), (0, 0)], 48)
+        elif family == "ring":
+            ri = r * d["hole"]
+            mesh = revolve([(ri, h), (r, h), (r, 0), (ri, 0), (ri, h)], 48)
+        elif family == "box":
+            mesh = box((size, size * d["aspect"], h), (0, 0, h / 2), level=2)
+        elif family == "prism":
+            mesh = revolve([(0, h), (r, h), (r, 0), (0, 0)], d["sides"], phase_rad=float(rng.uniform(0, np.pi)))
+        elif family == "sphere":
+            mesh = sphere(r, (0, 0, r), 36)
+            h = 2 * r
+        elif family == "dome":
+            arc = [(r * np.cos(a), h * np.sin(a)) for a in np.linspace(np.pi / 2, 0, 10)[1:]]
+            mesh = revolve([(0, h)] + arc + [(0, 0)], 40)
+        elif family == "rod":
+            rr = max(r * d["aspect"] * 0.45, 2.0)
+            rod = revolve([(0, -r), (rr, -r), (rr, r), (0, r)], 32)
+            pts = np.asarray(rod.points)
+            rod.points = np.stack([pts[:, 2], pts[:, 1], pts[:, 0] + rr], axis=1)
+            mesh, h = rod, 2 * rr
+        else:  # stack: a base slab and a smaller block on top, in the second colour
+            hb = max(h * 0.5, 2.0)
+            base = paint(_fine(box((size, size * d["aspect"], hb), (0, 0, hb / 2), level=2)), _procedural_colour(d, primary, secondary, hb))
+            top = paint(revolve([(0, hb + h * 0.5), (r * 0.4, hb + h * 0.5), (r * 0.4, hb), (0, hb)], 32), secondary)
+            return combine([base, top], 50)
+        return combine([paint(_fine(mesh), _procedural_colour(d, primary, secondary, h))], 50)
+
+    return build
+
+
+def procedural_item_type(name: str) -> ModelType:
+    """The procedural item type ``name`` (``proc_NNNN``): training data beyond the catalogue.
+
+    Procedural types are random but fixed per index: a shape family (frustum, ring, box,
+    polygonal prism, sphere, dome, lying rod, two-part stack), 16..56 mm across (the
+    catalogue's 15..60 mm with the 6 % instance spread),
+    a height of 2..45 mm, a main and a second colour (a share
+    :data:`PROCEDURAL_ACHROMATIC_SHARE` of main colours are greys) and a surface pattern
+    (solid, stripes, coloured top, speckle, rings, checker). Instances vary in size by 6 %
+    and a little in colour. They widen the embedder's training set (how many kinds of
+    object it learns to tell apart); they are never used for evaluation, and they are not
+    drawn to imitate the held-out catalogue types (any likeness is chance).
+
+    Parameters
+    ----------
+    name : str
+        ``proc_`` followed by a non-negative index (``proc_0007``).
+
+    Returns
+    -------
+    ModelType
+        ``kind == "item"``.
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is not a procedural type name.
+    """
+    if not is_procedural(name):
+        raise KeyError(name)
+    index = int(name[len(PROCEDURAL_PREFIX):])
+    d = _procedural_definition(index)
+    desc = f"procedural {d['family']}, {d['size_mm']:.0f} mm, {d['pattern']}"
+    return ModelType(name, "item", _procedural_build(index), d["specular"], d["specular_power"], desc)
+
+
+def is_procedural(name: str) -> bool:
+    """Whether ``name`` names a procedural item type (``proc_`` and digits)."""
+    return name.startswith(PROCEDURAL_PREFIX) and name[len(PROCEDURAL_PREFIX):].isdigit()
+
+
+def procedural_type_names(n: int, start: int = 0) -> tuple[str, ...]:
+    """Names of ``n`` procedural types from index ``start`` (``proc_0000``, ...)."""
+    return tuple(f"{PROCEDURAL_PREFIX}{i:04d}" for i in range(start, start + n))
+
+
+def is_item_type(name: str) -> bool:
+    """Whether ``name`` is a catalogue item type or a procedural one."""
+    return name in ITEM_TYPES or is_procedural(name)
+
+
+def model_type(name: str) -> ModelType:
+    """The model type of a catalogue name (:data:`ALL_TYPES`) or a procedural item name.
+
+    Raises
+    ------
+    KeyError
+        If ``name`` is neither.
+    """
+    if name in ALL_TYPES:
+        return ALL_TYPES[name]
+    return procedural_item_type(name)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from sorterbot_cloud.camera import ArmConstants, CameraModel
 from sorterbot_cloud.errors import BadRequest
-from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES
+from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES, is_item_type, is_procedural
 from sorterbot_cloud.sim.render import PhotoParams, SceneRenderer, encode_jpeg, photo_effects
 from sorterbot_cloud.sim.scene import generate_scene
 from sorterbot_cloud.sim.session import frame_boxes
@@ -167,8 +167,10 @@ def export_item_crops(
     n_per_type : int
     seed : int
     types : sequence of str
-        Item types to crop (default: all, train and held-out). Textures follow the types:
-        held-out textures only for scenes of held-out types.
+        Item types to crop (default: all catalogue types, train and held-out), catalogue
+        names or procedural ones (``proc_NNNN``, :func:`~sorterbot_cloud.sim.catalog.procedural_item_type`,
+        training types). Textures follow the types: held-out textures only for scenes of
+        held-out types.
     width_px, height_px : int
         Frame size crops are cut from (the service crops from 1640x1232 frames).
     margin : float
@@ -190,8 +192,8 @@ def export_item_crops(
     """
     types = [str(t) for t in types]
     for t in types:
-        if t not in ITEM_TYPES:
-            raise BadRequest(f"unknown item type {t!r}; expected one of {sorted(ITEM_TYPES)}")
+        if not is_item_type(t):
+            raise BadRequest(f"unknown item type {t!r}; expected one of {sorted(ITEM_TYPES)} or proc_NNNN")
     if n_per_type < 1 or not types:
         raise BadRequest("n_per_type must be >= 1 and types non-empty")
     out = Path(out_dir)
@@ -241,7 +243,7 @@ def export_item_crops(
     finally:
         bar.close()
         renderer.close()
-    index = {"seed": int(seed), "types": types, "train_types": [t for t in types if t in TRAIN_ITEM_TYPES],
+    index = {"seed": int(seed), "types": types, "train_types": [t for t in types if t in TRAIN_ITEM_TYPES or is_procedural(t)],
              "heldout_types": [t for t in types if t in HELDOUT_ITEM_TYPES], "margin": margin, "crops": crops}
     path = out / "index.json"
     path.write_text(json.dumps(index, indent=1))

@@ -21,7 +21,7 @@ import numpy as np
 import pyvista as pv
 
 from sorterbot_cloud.camera import CameraModel
-from sorterbot_cloud.sim.catalog import ALL_TYPES
+from sorterbot_cloud.sim.catalog import model_type
 from sorterbot_cloud.sim.scene import Scene
 from sorterbot_cloud.sim.textures import make_texture
 
@@ -327,7 +327,7 @@ class SceneRenderer:
         p.add_mesh(self._table, texture=texture, ambient=lights["ambient"], diffuse=0.85,
                    specular=float(light_rng.uniform(0, 0.12)), specular_power=10, interpolation="phong", name="table", render=False)
         for obj in list(scene.objects) + list(scene.distractors):
-            kind = ALL_TYPES[obj.type]
+            kind = model_type(obj.type)
             p.add_mesh(obj.mesh, scalars="rgb", rgb=True, smooth_shading=True, ambient=lights["ambient"], diffuse=0.85,
                        specular=kind.specular, specular_power=kind.specular_power, name=f"{obj.cls}{obj.object_id}",
                        show_scalar_bar=False, interpolation="phong", render=False)

@@ -16,12 +16,13 @@ import pyvista as pv
 
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.sim.catalog import (
-    ALL_TYPES,
     CONTAINER_TYPES,
     DISTRACTOR_TYPES,
     HELDOUT_ITEM_TYPES,
     ITEM_TYPES,
     TRAIN_ITEM_TYPES,
+    is_item_type,
+    model_type,
 )
 from sorterbot_cloud.sim.meshes import rotate_z
 from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
@@ -122,7 +123,7 @@ def build_object(type_name: str, rng: np.random.Generator) -> tuple[pv.PolyData,
         Farthest mesh point from the z axis.
     height_mm : float
     """
-    mesh = ALL_TYPES[type_name].build(rng)
+    mesh = model_type(type_name).build(rng)
     pts = np.asarray(mesh.points)
     return mesh, float(np.hypot(pts[:, 0], pts[:, 1]).max()), float(pts[:, 2].max())
 
@@ -188,8 +189,8 @@ def generate_scene(
         If a type or texture is unknown, or the objects cannot be placed without overlap.
     """
     for name in item_types:
-        if name not in ITEM_TYPES:
-            raise BadRequest(f"unknown item type {name!r}; expected one of {sorted(ITEM_TYPES)}")
+        if not is_item_type(name):
+            raise BadRequest(f"unknown item type {name!r}; expected one of {sorted(ITEM_TYPES)} or proc_NNNN")
     container_types = tuple(container_types or CONTAINER_TYPES)
     for name in container_types:
         if name not in CONTAINER_TYPES:

@@ -22,7 +22,7 @@ import pyvista as pv
 from tqdm import tqdm
 
 from sorterbot_cloud.errors import BadRequest
-from sorterbot_cloud.sim.catalog import ALL_TYPES
+from sorterbot_cloud.sim.catalog import ALL_TYPES, is_procedural, model_type
 from sorterbot_cloud.sim.meshes import paint
 from sorterbot_cloud.sim.render import PhotoParams, encode_jpeg, photo_effects, sample_lights, set_camera_pose
 
@@ -105,13 +105,13 @@ def load_model(model: str | Path, colour: Sequence[float] | None = None, size_mm
     """
     rng = rng or np.random.default_rng(0)
     name = str(model)
-    if name in ALL_TYPES:
-        mesh = ALL_TYPES[name].build(rng)
+    if name in ALL_TYPES or is_procedural(name):
+        mesh = model_type(name).build(rng)
     else:
         path = Path(name)
         suffix = path.suffix.lower()
         if not path.is_file():
-            raise BadRequest(f"{name!r} is neither a model type ({sorted(ALL_TYPES)}) nor an existing file")
+            raise BadRequest(f"{name!r} is neither a model type ({sorted(ALL_TYPES)}) nor an existing file (procedural types: proc_NNNN)")
         if suffix in STEP_SUFFIXES:
             mesh = read_step(path)
         elif suffix in MESH_SUFFIXES:
