@@ -127,7 +127,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
         overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
     probe = TorchvisionDetector.load(weights)
     threshold = probe.config.score_threshold if score_threshold is None else score_threshold
-    detector = TorchvisionDetector.load(weights, **overrides)
+    detector = TorchvisionDetector.load(weights, fuse=True, **overrides)
     records = load_coco(spec.annotations, spec.images_dir, cmap, detector.config.class_names)
     if max_images:
         records = records[:max_images]
@@ -188,7 +188,7 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
     import torchvision
 
     from .data import read_rgb
-    from .torchvision_detector import TorchvisionDetector
+    from .torchvision_detector import TorchvisionDetector, fuse_conv_bn
 
     if threads:
         torch.set_num_threads(threads)
@@ -204,10 +204,10 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
             small = rng.integers(0, 256, (height_px // 16, width_px // 16, 3), dtype=np.uint8)
             images.append(cv2.resize(small, (width_px, height_px), interpolation=cv2.INTER_CUBIC))
     if weights is not None and Path(weights).is_file():
-        ours = TorchvisionDetector.load(weights)
+        ours = TorchvisionDetector.load(weights, fuse=True)
         label = str(weights)
     else:
-        ours = TorchvisionDetector.untrained()
+        ours = TorchvisionDetector.untrained().fuse()
         label = "untrained default architecture"
 
     cpu_ms: dict[str, list[float]] = {}
@@ -237,6 +237,7 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
          f"load average {result['load_average'][0]:.1f} on {result['cpu_count']} CPUs)")
     if reference:
         ref = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+        fuse_conv_bn(ref)  # like for like: both models with BatchNorm folded
 
         @torch.inference_mode()
         def run_ref(img):

@@ -162,3 +162,53 @@ def test_load_detector_uses_the_settings(tiny_detector, tmp_path):
     assert detector.config.score_threshold == 0.25 and detector.config.nms_iou == 0.4
     assert detector.model.transform.min_size == (128,)
     assert detector.model.transform.max_size >= 128
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine terms (fresh ones are an identity map)."""
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+            m.weight.data.copy_(0.5 + torch.rand(n, generator=gen))
+            m.bias.data.copy_(0.4 * torch.rand(n, generator=gen) - 0.2)
+
+
+def test_fused_detector_matches_the_unfused_one_and_refuses_to_save(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TINY)
+    _randomise_batchnorm(model)
+    path = TorchvisionDetector(model, TINY).save(tmp_path / "d.pt")
+    unfused = TorchvisionDetector.load(path)
+    fused = TorchvisionDetector.load(path, fuse=True)
+    assert fused.fused and not unfused.fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.model.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in unfused.model.modules())
+    image = np.random.default_rng(4).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    a, b = unfused.detect(image), fused.detect(image)
+    assert len(a.scores) > 0 and len(a.scores) == len(b.scores)
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+    np.testing.assert_allclose(b.boxes_xyxy, a.boxes_xyxy, atol=0.05)
+    np.testing.assert_array_equal(b.class_ids, a.class_ids)
+    with pytest.raises(RuntimeError, match="fused detector cannot be saved"):
+        fused.save(tmp_path / "again.pt")
+
+
+def test_fuse_conv_bn_folds_resnet_blocks_exactly():
+    import torchvision
+
+    from locator.torchvision_detector import fuse_conv_bn
+
+    net = torchvision.models.resnet18(weights=None)
+    _randomise_batchnorm(net)
+    net.eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        before = net(x)
+    assert fuse_conv_bn(net) == 20  # stem 1 + 8 blocks x 2 + 3 downsample convolutions
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    with torch.inference_mode():
+        after = net(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
