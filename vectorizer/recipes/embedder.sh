@@ -33,7 +33,7 @@ $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
     --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
     --seed 1 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
 
-# 6. Stage 3 (shipped), fine-tuned from stage 2's step-700 checkpoint, adding background swap:
+# 6. Stage 3 (the session-2 weights), fine-tuned from stage 2's step-700 checkpoint, adding background swap:
 #    with probability 0.6 a crop's item (GrabCut mask) is pasted onto another crop's table
 #    or a plain colour. Ran its whole time budget; exports fp16 + sidecar.
 $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
@@ -66,3 +66,26 @@ $SC train-embedder --train-dir data/embedder/train_coco --val-dir data/embedder/
 #     the reported figure): held-out types cut from the detector's held-out frames.
 $SC crops-from-coco --allow-heldout-types --out data/embedder/select_heldout_coco \
     --dataset data/det/heldout/annotations.json:data/det/heldout
+
+# --- Session 4 -------------------------------------------------------------------------
+# 11. 200 procedural training types (sorterbot_cloud.sim.catalog.procedural_item_type), 24 crops each.
+$SC simulate crops --out data/embedder/proc --split none --procedural 200 --per-type 24 --seed 303
+# 12. One training folder of 210 types: links to the crops-from-coco types and the procedural ones.
+mkdir -p data/embedder/train_proc_mix
+for d in data/embedder/train_coco/*/ data/embedder/proc/*/; do
+  ln -sfn "../$(basename "$(dirname "$d")")/$(basename "$d")" "data/embedder/train_proc_mix/$(basename "$d")"
+done
+# 13. Stage 6 (shipped): stage 4 fine-tuned on the mix, 2400 s budget, then exported to weights/.
+$SC train-embedder --train-dir data/embedder/train_proc_mix --val-dir data/embedder/val \
+    --out-dir runs/embedder_stage6 --export runs/embedder_stage6/embedder.pt --init-from runs/embedder_stage4/last.pt \
+    --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 2400 --warmup-steps 50 \
+    --input-size 64 --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
+    --seed 6 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
+# 14. Chosen on the two choosing sets (val, select_heldout_coco), then shipped and measured:
+for s in val select_heldout_coco; do
+  $SC evaluate-embedder --weights runs/embedder_stage6/embedder.pt --heldout-dir data/embedder/$s \
+      --threads 1 --real-dir /nonexistent --out out/embedder_select_$s.json
+done
+cp runs/embedder_stage6/embedder.pt runs/embedder_stage6/embedder.json weights/
+$SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/heldout_eval \
+    --out out/embedder_eval.json --update-sidecar
