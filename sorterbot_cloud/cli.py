@@ -29,6 +29,7 @@ COMMANDS = {
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
     "crops-from-coco": "vectorizer.cli:crops_from_coco",
+    "calibrate-grouping": "vectorizer.cli:calibrate_grouping",
 }
 
 

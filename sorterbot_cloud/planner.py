@@ -41,7 +41,12 @@ MAX_EXACT_MOVES = 9
 
 
 def choose_n_clusters(
-    n_items: int, n_containers: int, embeddings: np.ndarray | None = None, random_state: int = 0, n_init: int = 10
+    n_items: int,
+    n_containers: int,
+    embeddings: np.ndarray | None = None,
+    random_state: int = 0,
+    n_init: int = 10,
+    group_distance: float | None = None,
 ) -> int:
     """Number of item groups.
 
@@ -59,6 +64,14 @@ def choose_n_clusters(
     embeddings cannot be told from all-different kinds without an absolute distance
     scale, and gets one group per item.
 
+    With ``group_distance`` (an absolute scale, calibrated for one embedder's weights:
+    its sidecar's ``group_cosine_distance``, measured by ``sorterbot-cloud
+    calibrate-grouping``), the number of groups is instead one plus the number of
+    average-linkage merges above that cosine distance, clipped to
+    ``1 .. min(n_items, n_containers)``: kinds are told apart by how far apart they are,
+    not by the largest relative gap, which over-splits a kind whose items spread and
+    under-splits kinds that lie close.
+
     Parameters
     ----------
     n_items, n_containers : int
@@ -69,6 +82,9 @@ def choose_n_clusters(
         K-Means seed (deterministic result).
     n_init : int
         K-Means restarts.
+    group_distance : float, optional
+        Cosine distance (0..2) above which average-linkage merges separate kinds; None:
+        the largest-gap rule.
 
     Returns
     -------
@@ -80,10 +96,12 @@ def choose_n_clusters(
     BadRequest
         If a count is negative or ``embeddings`` does not have ``n_items`` rows.
     """
-    return _choose(n_items, n_containers, embeddings, random_state, n_init)[0]
+    return _choose(n_items, n_containers, embeddings, random_state, n_init, group_distance)[0]
 
 
-def group_items(n_containers: int, embeddings: np.ndarray, random_state: int = 0, n_init: int = 10) -> np.ndarray:
+def group_items(
+    n_containers: int, embeddings: np.ndarray, random_state: int = 0, n_init: int = 10, group_distance: float | None = None
+) -> np.ndarray:
     """Item groups: :func:`choose_n_clusters` groups, found by K-Means (one K-Means run).
 
     Equal to ``vectorizer.cluster_embeddings(embeddings, choose_n_clusters(...))``, but
@@ -98,6 +116,8 @@ def group_items(n_containers: int, embeddings: np.ndarray, random_state: int = 0
         The items' L2-normalised embeddings.
     random_state, n_init : int
         K-Means seed and restarts.
+    group_distance : float, optional
+        See :func:`choose_n_clusters`.
 
     Returns
     -------
@@ -112,7 +132,7 @@ def group_items(n_containers: int, embeddings: np.ndarray, random_state: int = 0
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
         raise BadRequest(f"embeddings must have shape (N, D), got {x.shape}")
-    k, labels = _choose(len(x), n_containers, x, random_state, n_init)
+    k, labels = _choose(len(x), n_containers, x, random_state, n_init, group_distance)
     if labels is not None:
         return labels
     if k <= 1:
@@ -122,7 +142,8 @@ def group_items(n_containers: int, embeddings: np.ndarray, random_state: int = 0
     return cluster_embeddings(x, k, random_state=random_state, n_init=n_init)
 
 
-def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int) -> tuple[int, np.ndarray | None]:
+def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
+            group_distance: float | None = None) -> tuple[int, np.ndarray | None]:
     """:func:`choose_n_clusters` and the K-Means labels it computed on the way (or None)."""
     if int(n_items) < 0 or int(n_containers) < 0:
         raise BadRequest(f"counts must be >= 0, got n_items={n_items}, n_containers={n_containers}")
@@ -141,6 +162,10 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int) -
     # leave the top k - 1 merges undone, so the gap below merge n - k separates them
     heights = np.concatenate([[0.0], linkage(x, method="average", metric="cosine")[:, 2]])
     n = len(x)
+    if group_distance is not None:
+        if not 0.0 < float(group_distance) <= 2.0:
+            raise BadRequest(f"group_distance must be a cosine distance in (0, 2], got {group_distance}")
+        return int(np.clip(1 + np.count_nonzero(heights > float(group_distance)), 1, k_max)), None
     gaps = {k: heights[n - k + 1] - heights[n - k] for k in range(2, k_max + 1)}
     best_k = max(gaps, key=lambda k: (gaps[k], -k))
     if best_k == n:  # every item its own kind: silhouette is undefined, distances alone decide

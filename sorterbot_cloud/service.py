@@ -372,10 +372,11 @@ class Service:
             with timer.stage("cluster"):
                 embeddings = _item_embedding_matrix(items)
                 # with embeddings the planner picks fewer groups than containers when the
-                # items show fewer kinds (silhouette), so a kind is never split
+                # items show fewer kinds (the embedder's calibrated distance between kinds,
+                # else the largest gap), so a kind is never split
                 cluster_ids = planner.group_items(
                     len(containers), embeddings, random_state=self.settings.random_state,
-                    n_init=self.settings.kmeans_n_init,
+                    n_init=self.settings.kmeans_n_init, group_distance=getattr(self.embedder, "group_distance", None),
                 )
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):

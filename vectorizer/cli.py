@@ -227,6 +227,68 @@ def evaluate_embedder(weights, heldout_dir, sim_crops_per_type, sim_seed, real_d
         click.echo(f"updated {sidecar_path(weights)}")
 
 
+@click.command("calibrate-grouping")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_WEIGHTS, show_default=True)
+@click.option("--crops-dir", "crops_dirs", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True, required=True,
+              help="Crops <dir>/<type>/<i>.png of types the weights were not trained on (repeatable). Never the reported evaluation set.")
+@click.option("--distances", default="0.1,0.15,0.175,0.2,0.225,0.25,0.3", show_default=True, help="Comma list of cosine distances to try.")
+@click.option("--n-trials", type=int, default=400, show_default=True, help="Simulated sessions per crop folder.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--update-sidecar", is_flag=True, help="Write the best distance (mean share over the folders) as group_cosine_distance.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/grouping_calibration.json"), show_default=True)
+def calibrate_grouping(weights, crops_dirs, distances, n_trials, seed, threads, update_sidecar, out_path):
+    """Choose the cosine distance that separates item kinds for these weights.
+
+    Simulates sessions from the crops (2-4 types, 3-8 items, 1-4 containers), groups the
+    items with the planner's largest-gap rule and with each distance, and prints the share
+    sorted correctly (DESIGN.md) per rule, plus the ceiling with the right number of groups.
+    """
+    import numpy as np
+    import torch
+
+    from .data import load_crop_folder
+    from .embedder import Embedder, sidecar_path
+    from .evaluation import grouping_choice_shares
+
+    _setup_logging()
+    torch.set_num_threads(threads)
+    try:
+        grid = [float(v) for v in distances.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected a comma list of numbers, got {distances!r}", param_hint="--distances") from None
+    if not grid or not all(0 < d <= 2 for d in grid):
+        raise click.BadParameter("distances must be cosine distances in (0, 2]", param_hint="--distances")
+    embedder = Embedder.from_weights(weights, source="calibrated")
+    embedder.group_distance = None
+    per_dir = {}
+    for folder in crops_dirs:
+        crop_set = load_crop_folder(folder)
+        shares = grouping_choice_shares(embedder.embed(crop_set.crops), crop_set.type_ids, grid, n_trials=n_trials, seed=seed)
+        per_dir[str(folder)] = shares
+    names = list(next(iter(per_dir.values())))
+    mean = {name: float(np.mean([shares[name] for shares in per_dir.values()])) for name in names}
+    click.echo(f"share of {n_trials} simulated sessions per folder sorted correctly ({weights})")
+    click.echo(f"{'rule':<10}" + "".join(f"{Path(f).name[:22]:>24}" for f in per_dir) + f"{'mean':>8}")
+    for name in names:
+        click.echo(f"{name:<10}" + "".join(f"{shares[name]:>24.3f}" for shares in per_dir.values()) + f"{mean[name]:>8.3f}")
+    best = max(grid, key=lambda d: (mean[f"d={d:g}"], -abs(d - float(np.median(grid)))))
+    click.echo(f"best distance {best:g}: {mean[f'd={best:g}']:.3f} (largest-gap rule {mean['gap']:.3f}, right number of groups {mean['oracle_k']:.3f})")
+    result = {"weights": str(weights), "n_trials": n_trials, "seed": seed, "per_folder": per_dir, "mean": mean,
+              "best_distance": best, "command": _recipe()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    click.echo(f"wrote {out_path}")
+    if update_sidecar:
+        if not sidecar_path(weights).is_file():
+            raise click.UsageError(f"{weights} has no sidecar {sidecar_path(weights)} to update")
+        meta = json.loads(sidecar_path(weights).read_text())
+        meta["group_cosine_distance"] = best
+        meta["group_calibration"] = {k: result[k] for k in ("per_folder", "mean", "n_trials", "seed", "command")}
+        sidecar_path(weights).write_text(json.dumps(meta, indent=2) + "\n")
+        click.echo(f"updated {sidecar_path(weights)}: group_cosine_distance = {best:g}")
+
+
 @click.command("crops-from-coco")
 @click.option("--dataset", "datasets", multiple=True, required=True, metavar="ANNOTATIONS.json:IMAGES_DIR",
               help="A COCO dataset whose annotations carry a `type` (the simulator's `simulate dataset`); repeatable.")

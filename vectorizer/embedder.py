@@ -185,6 +185,11 @@ class Embedder:
         table in any orientation). 1 = the crop alone. Cost grows linearly.
     source : str
         Where the weights came from, for logs and health checks.
+    group_distance : float, optional
+        Cosine distance above which items are of different kinds, calibrated for these
+        weights by ``sorterbot-cloud calibrate-grouping``; the planner uses it to choose
+        the number of groups. None (torchvision's ImageNet file, uncalibrated weights):
+        the planner's largest-gap rule.
     """
 
     #: The eight symmetries of the square as (transpose, flip_h, flip_v) on (B, 3, S, S) tensors.
@@ -202,6 +207,7 @@ class Embedder:
         test_time_views: int = 1,
         focus_radii: Sequence[float] | None = None,
         source: str = "",
+        group_distance: float | None = None,
     ):
         if test_time_views not in (1, 2, 4, 8):
             raise ValueError(f"test_time_views must be 1, 2, 4 or 8, got {test_time_views}")
@@ -220,6 +226,9 @@ class Embedder:
             raise ValueError(f"focus_radii must satisfy 0 <= inner < outer, got {focus_radii}")
         self._focus = None if self.focus_radii is None else focus_mask(self.input_size_px, self.focus_radii)
         self.source = source
+        #: Cosine distance that separates kinds for these weights (sidecar
+        #: ``group_cosine_distance``, :func:`sorterbot_cloud.planner.choose_n_clusters`); None: unknown.
+        self.group_distance = None if group_distance is None else float(group_distance)
         self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255.0
 
@@ -228,7 +237,8 @@ class Embedder:
         """Build an embedder from a weights file and its sidecar.
 
         A project file's sidecar gives ``input_size_px``, ``mean``, ``std``,
-        ``focus_radii`` (default none) and ``test_time_views`` (default 1); the
+        ``focus_radii`` (default none), ``test_time_views`` (default 1) and
+        ``group_cosine_distance`` (default none); the
         torchvision ImageNet file uses :data:`IMAGENET_INPUT_SIZE_PX` and the ImageNet
         normalisation.
 
@@ -262,6 +272,7 @@ class Embedder:
             test_time_views=int(meta.get("test_time_views", 1)),
             focus_radii=meta.get("focus_radii"),
             source=f"{source}:{path}",
+            group_distance=meta.get("group_cosine_distance"),
         )
 
     @classmethod

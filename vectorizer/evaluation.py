@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
@@ -107,3 +108,86 @@ def time_embedding(embedder, crops: list[np.ndarray], *, batch_size: int = 32, r
         embedder.embed(batch)
         times.append((time.perf_counter() - t) * 1000 / batch_size)
     return {"ms_per_crop_median": statistics.median(times), "ms_per_crop_min": min(times), "batch_size": batch_size, "repeats": repeats}
+
+
+def sorted_correctly(cluster_ids: np.ndarray, type_ids: np.ndarray, n_containers: int) -> bool:
+    """DESIGN.md's "sorted correctly" rule for a grouping of items into containers.
+
+    No true type is split across groups, and where there are at least as many containers
+    as types, no group holds two types.
+
+    Parameters
+    ----------
+    cluster_ids, type_ids : ndarray of shape (N,), int
+    n_containers : int
+    """
+    cluster_ids, type_ids = np.asarray(cluster_ids), np.asarray(type_ids)
+    if any(len(np.unique(cluster_ids[type_ids == t])) > 1 for t in np.unique(type_ids)):
+        return False
+    if n_containers >= len(np.unique(type_ids)):
+        return all(len(np.unique(type_ids[cluster_ids == g])) == 1 for g in np.unique(cluster_ids))
+    return True
+
+
+def grouping_choice_shares(
+    embeddings: np.ndarray,
+    type_ids: np.ndarray,
+    group_distances: Sequence[float],
+    *,
+    n_trials: int = 400,
+    seed: int = 0,
+    n_init: int = 10,
+) -> dict[str, float]:
+    """Share of simulated sessions whose items the planner groups correctly, per rule.
+
+    Each trial draws a session like the evaluation sessions of issue 4: 2 to 4 types
+    (``m``), ``max(3, m)`` to 8 items (every drawn type at least once, one random crop per
+    item) and 1 to 4 containers. The items are grouped by
+    :func:`sorterbot_cloud.planner.group_items`, with the largest-gap rule
+    (``"gap"``) and with each absolute ``group_distance`` (``"d=<value>"``), and the
+    grouping is scored by :func:`sorted_correctly`. ``"oracle_k"`` gives K-Means the
+    right number of groups, ``min(m, containers)``: the ceiling any rule for choosing the
+    number can reach with these embeddings.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (N, D), float
+    type_ids : ndarray of shape (N,), int
+        At least 2 types.
+    group_distances : sequence of float
+    n_trials, seed, n_init : int
+
+    Returns
+    -------
+    dict
+        Rule name -> share of trials sorted correctly, in [0, 1].
+
+    Raises
+    ------
+    BadRequest
+        If there are fewer than 2 types or the shapes disagree.
+    """
+    from sorterbot_cloud import planner
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    type_ids = np.asarray(type_ids)
+    types = np.unique(type_ids)
+    if len(types) < 2 or x.ndim != 2 or len(x) != len(type_ids):
+        raise BadRequest(f"need >= 2 types and embeddings (N, D) matching type_ids, got {len(types)} types, {x.shape}, {type_ids.shape}")
+    rng = np.random.default_rng(seed)
+    rules: dict[str, float | None] = {"gap": None, **{f"d={d:g}": float(d) for d in group_distances}}
+    hits = {name: 0 for name in [*rules, "oracle_k"]}
+    for _ in range(n_trials):
+        m = int(rng.integers(2, min(4, len(types)) + 1))
+        n_items = int(rng.integers(max(3, m), 9))
+        n_containers = int(rng.integers(1, 5))
+        drawn = rng.choice(types, m, replace=False)
+        item_types = np.concatenate([drawn, rng.choice(drawn, n_items - m)])
+        idx = np.array([rng.choice(np.flatnonzero(type_ids == t)) for t in item_types])
+        for name, distance in rules.items():
+            labels = planner.group_items(n_containers, x[idx], n_init=n_init, group_distance=distance)
+            hits[name] += sorted_correctly(labels, item_types, n_containers)
+        k = min(m, n_containers)
+        labels = cluster_embeddings(x[idx], k, n_init=n_init) if k > 1 else np.zeros(len(idx), np.int64)
+        hits["oracle_k"] += sorted_correctly(labels, item_types, n_containers)
+    return {name: count / n_trials for name, count in hits.items()}

@@ -212,3 +212,45 @@ def test_group_items_equals_k_means_on_the_chosen_number_of_groups(counts, n_con
     labels = planner.group_items(n_containers, x, random_state=3, n_init=5)
     assert labels.dtype == np.int64 and labels.tolist() == expected.tolist()
     assert len(set(labels.tolist())) == max(1, k)
+
+
+def _two_kinds_at_distance(cos_distance: float, n_per_kind: int = 3, dim: int = 16) -> np.ndarray:
+    """Two kinds whose items are identical within a kind and ``cos_distance`` apart across kinds."""
+    a = np.zeros(dim)
+    a[0] = 1.0
+    b = np.zeros(dim)
+    b[0], b[1] = 1.0 - cos_distance, np.sqrt(1.0 - (1.0 - cos_distance) ** 2)
+    return np.array([a] * n_per_kind + [b] * n_per_kind)
+
+
+@pytest.mark.parametrize("cos_distance, expected", [(0.3, 2), (0.1, 1)], ids=["kinds-farther-than-the-bar", "kinds-closer-than-the-bar"])
+def test_group_distance_decides_whether_two_kinds_are_two_groups(cos_distance, expected):
+    x = _two_kinds_at_distance(cos_distance)
+    assert planner.choose_n_clusters(len(x), 4, x, group_distance=0.2) == expected
+    labels = planner.group_items(4, x, group_distance=0.2)
+    assert len(set(labels.tolist())) == expected
+    if expected == 2:
+        assert labels[:3].tolist() == [labels[0]] * 3 and labels[3:].tolist() == [labels[3]] * 3 and labels[0] != labels[3]
+
+
+def test_group_distance_counts_kinds_and_is_clipped_to_the_containers():
+    x = _typed_embeddings(np.random.default_rng(11), (2, 2, 2, 2), spread=0.05)  # four orthogonal kinds
+    assert planner.choose_n_clusters(len(x), 4, x, group_distance=0.2) == 4
+    assert planner.choose_n_clusters(len(x), 3, x, group_distance=0.2) == 3
+    assert planner.choose_n_clusters(len(x), 1, x, group_distance=0.2) == 1
+
+
+def test_group_distance_splits_a_spread_kind_less_than_the_gap_rule():
+    # one kind whose items spread a little (cosine distances of a few hundredths): on this
+    # draw the largest relative gap (and a silhouette above its bar) splits it in three,
+    # an absolute bar of 0.2 keeps it whole
+    x = _typed_embeddings(np.random.default_rng(0), (6,), spread=0.05)
+    assert planner.choose_n_clusters(6, 3, x) == 3
+    assert planner.choose_n_clusters(6, 3, x, group_distance=0.2) == 1
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 2.5])
+def test_group_distance_must_be_a_cosine_distance(bad):
+    x = _two_kinds_at_distance(0.3)
+    with pytest.raises(BadRequest, match="group_distance"):
+        planner.choose_n_clusters(len(x), 3, x, group_distance=bad)

@@ -111,3 +111,36 @@ def test_grouping_aris_is_reproducible_and_seed_dependent():
 def test_grouping_aris_rejects_bad_input(type_ids, kwargs, match):
     with pytest.raises(BadRequest, match=match):
         grouping_aris(np.zeros((10, 4)), type_ids, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "clusters, types, n_containers, expected",
+    [
+        ([0, 0, 1, 1], [5, 5, 7, 7], 2, True),
+        ([0, 1, 1, 1], [5, 5, 7, 7], 2, False),  # type 5 split
+        ([0, 0, 0, 0], [5, 5, 7, 7], 2, False),  # two types share while a container is spare
+        ([0, 0, 0, 1], [5, 5, 7, 8], 2, True),  # three types, two containers: similar types share
+        ([0, 0, 0, 0], [5, 5, 7, 7], 1, True),
+    ],
+    ids=["exact", "split", "merged-with-room", "fewer-containers", "one-container"],
+)
+def test_sorted_correctly_follows_design_rule(clusters, types, n_containers, expected):
+    from vectorizer.evaluation import sorted_correctly
+
+    assert sorted_correctly(np.array(clusters), np.array(types), n_containers) is expected
+
+
+def test_grouping_choice_shares_rank_the_rules():
+    from vectorizer.evaluation import grouping_choice_shares
+
+    x, type_ids = _blobs(n_types=5, per_type=10, spread=0.05, seed=3)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    shares = grouping_choice_shares(x, type_ids, [0.2, 1.9], n_trials=40, seed=2)
+    assert set(shares) == {"gap", "d=0.2", "d=1.9", "oracle_k"}
+    assert shares["oracle_k"] == 1.0  # separable kinds, the right number of groups
+    assert shares["d=0.2"] == 1.0  # kinds are far apart, items of a kind close
+    assert shares["d=1.9"] < 0.5  # a bar no merge reaches: one group, which is wrong unless one container
+    again = grouping_choice_shares(x, type_ids, [0.2, 1.9], n_trials=40, seed=2)
+    assert again == shares
+    with pytest.raises(BadRequest, match="2 types"):
+        grouping_choice_shares(x[type_ids == 0], type_ids[type_ids == 0], [0.2])

@@ -203,3 +203,10 @@ def test_focus_radii_come_from_the_sidecar(tmp_path):
     assert Embedder.from_weights(path).focus_radii == (0.2, 0.4)
     with pytest.raises(ValueError, match="focus_radii"):
         Embedder(build_resnet18(), focus_radii=(0.5, 0.3))
+
+
+def test_group_distance_comes_from_the_sidecar_and_is_absent_for_imagenet(tmp_path, weight_files):
+    path = export_weights(build_resnet18().state_dict(), tmp_path / "g.pt", {"input_size_px": 32, "group_cosine_distance": 0.2})
+    assert Embedder.from_weights(path).group_distance == 0.2
+    assert Embedder.from_weights(weight_files["configured"]).group_distance is None
+    assert Embedder.from_weights(weight_files["cache"] / "checkpoints" / IMAGENET_RESNET18_FILE).group_distance is None

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from vectorizer.cli import evaluate_embedder, train_embedder
 from vectorizer.crops import letterbox
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
-from vectorizer.embedder import Embedder
+from vectorizer.embedder import Embedder, build_resnet18
 from vectorizer.training import (
     CHANNEL_PERMUTATIONS,
     GREY,
@@ -166,7 +166,6 @@ def test_tiny_training_run_checkpoints_resumes_and_exports(tmp_path):
 def test_training_changes_the_weights(tmp_path):
     torch.manual_seed(0)
     history = run_training(synthetic_set(3), tmp_path, TrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
-    from vectorizer.embedder import build_resnet18
 
     torch.manual_seed(0)
     init = build_resnet18().state_dict()
@@ -351,3 +350,23 @@ def test_crops_from_coco_cli_numbers_across_datasets_and_caps_per_type(tmp_path)
 
     bad = CliRunner().invoke(crops_from_coco, ["--dataset", "no-colon", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "ANNOTATIONS.json:IMAGES_DIR" in bad.output
+
+
+def test_cli_calibrate_grouping_writes_the_best_distance(tmp_path):
+    from vectorizer.cli import calibrate_grouping
+
+    write_folder(tmp_path / "a", synthetic_set(4, seed=5, names=("green_disc", "blue_square", "yellow_bar")))
+    torch.manual_seed(0)
+    weights = export_weights(build_resnet18().state_dict(), tmp_path / "w" / "e.pt", {"input_size_px": 32})
+    runner = CliRunner()
+    result = runner.invoke(calibrate_grouping, ["--weights", str(weights), "--crops-dir", str(tmp_path / "a"), "--distances", "0.05,0.5",
+                                                "--n-trials", "10", "--out", str(tmp_path / "cal.json"), "--update-sidecar"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cal.json").read_text())
+    assert set(report["mean"]) == {"gap", "d=0.05", "d=0.5", "oracle_k"}
+    best = report["best_distance"]
+    assert report["mean"][f"d={best:g}"] == max(report["mean"]["d=0.05"], report["mean"]["d=0.5"])
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert sidecar["group_cosine_distance"] == best and Embedder.from_weights(weights).group_distance == best
+    bad = runner.invoke(calibrate_grouping, ["--weights", str(weights), "--crops-dir", str(tmp_path / "a"), "--distances", "0,3"])
+    assert bad.exit_code == 2 and "cosine distances" in bad.output
