@@ -94,7 +94,8 @@ def choose_n_clusters(
     Raises
     ------
     BadRequest
-        If a count is negative or ``embeddings`` does not have ``n_items`` rows.
+        If a count is negative, ``embeddings`` does not have ``n_items`` rows, or
+        ``group_distance`` is not in (0, 2].
     """
     return _choose(n_items, n_containers, embeddings, random_state, n_init, group_distance)[0]
 
@@ -127,7 +128,7 @@ def group_items(
     Raises
     ------
     BadRequest
-        If ``n_containers`` is negative or ``embeddings`` is not 2-D.
+        If ``n_containers`` is negative, ``embeddings`` is not 2-D or ``group_distance`` is not in (0, 2].
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
@@ -147,6 +148,8 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
     """:func:`choose_n_clusters` and the K-Means labels it computed on the way (or None)."""
     if int(n_items) < 0 or int(n_containers) < 0:
         raise BadRequest(f"counts must be >= 0, got n_items={n_items}, n_containers={n_containers}")
+    if group_distance is not None and not 0.0 < float(group_distance) <= 2.0:
+        raise BadRequest(f"group_distance must be a cosine distance in (0, 2], got {group_distance}")
     k_max = int(min(int(n_items), int(n_containers)))
     if embeddings is None or k_max <= 1:
         return k_max, None
@@ -163,8 +166,6 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
     heights = np.concatenate([[0.0], linkage(x, method="average", metric="cosine")[:, 2]])
     n = len(x)
     if group_distance is not None:
-        if not 0.0 < float(group_distance) <= 2.0:
-            raise BadRequest(f"group_distance must be a cosine distance in (0, 2], got {group_distance}")
         return int(np.clip(1 + np.count_nonzero(heights > float(group_distance)), 1, k_max)), None
     gaps = {k: heights[n - k + 1] - heights[n - k] for k in range(2, k_max + 1)}
     best_k = max(gaps, key=lambda k: (gaps[k], -k))
