@@ -175,3 +175,17 @@ def test_torch_threads_setting_is_applied_when_the_app_loads(settings, repositor
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
+
+
+def test_trigger_groups_by_the_embedders_group_distance(settings, repository, archive):
+    """The embedder's calibrated distance between kinds decides the number of groups."""
+    embedder = FakeEmbedder()
+    client = create_app(settings, detector=FakeDetector(), embedder=embedder, repository=repository, archive=archive).test_client()
+    post_session(client)
+    clusters = {}
+    for distance in (0.05, 2.0):  # red and blue are farther apart than 0.05; nothing is farther than 2
+        embedder.group_distance = distance
+        rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
+        clusters[distance] = {o["cluster_id"] for o in rich["objects"] if o["class"] == "item"}
+    assert clusters == {0.05: {0, 1}, 2.0: {0}}
+    assert sorted(map(sorted, colours_per_container(rich).values())) == [["blue", "red"]]
