@@ -21,6 +21,9 @@
 #   OUT=data/det/run2 BUDGET_MIN=180 locator/recipes/train_default_detector.sh --resume --crop-px 704 \
 #     --lr 5e-4 --warmup 0 --seed 1 \
 #     --dataset data/det/sim_train_c/annotations.json:data/det/sim_train_c:1.0
+# Stages 4 and 5 (sessions 3 and 4, data/det/run3 and run4): warm restarts (--init-from) on
+# sim_train_a, _c and _d (1600 frames rendered by render_detector_data.sh, seed 9000); the exact
+# commands are in weights/README.md and in each detector.json "recipe".
 # One torch thread: on this shared 2-core machine two OpenMP threads measured ~5x less work per CPU-second
 # (spinning while the sibling thread is descheduled).
 set -eu
