@@ -89,3 +89,6 @@ done
 cp runs/embedder_stage6/embedder.pt runs/embedder_stage6/embedder.json weights/
 $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/heldout_eval \
     --out out/embedder_eval.json --update-sidecar
+# 15. The distance between kinds for these weights (planner.choose_n_clusters), on the choosing sets:
+$SC calibrate-grouping --weights weights/embedder.pt \
+    --crops-dir data/embedder/val --crops-dir data/embedder/select_heldout_coco --update-sidecar
