@@ -120,6 +120,10 @@ def sorted_correctly(cluster_ids: np.ndarray, type_ids: np.ndarray, n_containers
     ----------
     cluster_ids, type_ids : ndarray of shape (N,), int
     n_containers : int
+
+    Returns
+    -------
+    bool
     """
     cluster_ids, type_ids = np.asarray(cluster_ids), np.asarray(type_ids)
     if any(len(np.unique(cluster_ids[type_ids == t])) > 1 for t in np.unique(type_ids)):
@@ -142,7 +146,7 @@ def grouping_choice_shares(
 
     Each trial draws a session like the evaluation sessions of issue 4: 2 to 4 types
     (``m``), ``max(3, m)`` to 8 items (every drawn type at least once, one random crop per
-    item) and 1 to 4 containers. The items are grouped by
+    item, drawn with replacement) and 1 to 4 containers. The items are grouped by
     :func:`sorterbot_cloud.planner.group_items`, with the largest-gap rule
     (``"gap"``) and with each absolute ``group_distance`` (``"d=<value>"``), and the
     grouping is scored by :func:`sorted_correctly`. ``"oracle_k"`` gives K-Means the
