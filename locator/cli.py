@@ -125,8 +125,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
     overrides = {"score_threshold": 0.01}
     if min_size_px:
         overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
-    probe = TorchvisionDetector.load(weights)
-    threshold = probe.config.score_threshold if score_threshold is None else score_threshold
+    threshold = TorchvisionDetector._peek_config(weights).score_threshold if score_threshold is None else score_threshold
     detector = TorchvisionDetector.load(weights, fuse=True, **overrides)
     records = load_coco(spec.annotations, spec.images_dir, cmap, detector.config.class_names)
     if max_images:

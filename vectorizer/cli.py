@@ -260,7 +260,6 @@ def calibrate_grouping(weights, crops_dirs, distances, n_trials, seed, threads, 
     if not grid or not all(0 < d <= 2 for d in grid):
         raise click.BadParameter("distances must be cosine distances in (0, 2]", param_hint="--distances")
     embedder = Embedder.from_weights(weights, source="calibrated")
-    embedder.group_distance = None
     per_dir = {}
     for folder in crops_dirs:
         crop_set = load_crop_folder(folder)
