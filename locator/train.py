@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .data import AugmentConfig, DatasetSpec, MixedSampler, load_coco
-from .torchvision_detector import DetectorConfig, TorchvisionDetector, build_model
+from .torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector, build_model
 
 CHECKPOINT = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -124,7 +124,9 @@ def train(
     init_from : path, optional
         Start from this checkpoint's model weights and detector config (a warm restart:
         optimiser, iteration count, time budget and learning-rate schedule start afresh).
-        Ignored when ``resume`` finds its own checkpoint.
+        Either a training checkpoint (``checkpoint_*.pt``) or an exported detector file
+        (``detector.pt``, fp16, e.g. the shipped ``weights/detector.pt``; its weights are
+        cast back to float32). Ignored when ``resume`` finds its own checkpoint.
     recipe : str, optional
         The command line, recorded in the sidecar.
     progress : bool
@@ -161,6 +163,9 @@ def train(
         if not Path(init_from).is_file():
             raise FileNotFoundError(f"--init-from checkpoint {init_from} does not exist")
         init_state = torch.load(init_from, map_location="cpu", weights_only=False)
+        if isinstance(init_state, dict) and init_state.get("format") == FORMAT:  # an exported (fp16) detector file
+            init_state = {"model": {k: v.float() if v.is_floating_point() else v for k, v in init_state["state_dict"].items()},
+                          "detector_config": init_state["config"]}
         dc = DetectorConfig.from_dict(init_state["detector_config"])
 
     loaded = [(spec, load_coco(spec.annotations, spec.images_dir, class_map, dc.class_names)) for spec in datasets]

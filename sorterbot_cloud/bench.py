@@ -493,3 +493,132 @@ def _print_evaluation(rows: list[dict], scores: dict) -> None:
                f"calibrated position p95 <= {TARGETS['position_p95_mm']:.0f} mm: "
                f"{'-' if cal.position_p95_mm is None else f'{cal.position_p95_mm:.1f} mm'}; "
                f"sorted correctly >= {TARGETS['share_sorted_correctly']:.0%}: {both.share_sorted_correctly:.0%}")
+
+
+#: First seeds of the tuning sessions of ``tune-grouping`` (held-out kinds, known kinds):
+#: apart from the reported (1000+, 7000+) and validation (2000+, 8000+) seeds.
+TUNING_SEED_START = {"heldout": 3000, "known": 9000}
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_weights, height_weights, group_distances) -> list[dict]:
+    """Score the grouping of ingested sessions for every (size weight, height weight, distance).
+
+    Geometry and dedup run once per session (calibrated constants); only the grouping
+    (:meth:`Service.group`) and the plan are redone per grid point, then each session is
+    scored with :func:`sorterbot_cloud.evaluation.score_session`.
+
+    Parameters
+    ----------
+    service : Service
+    sessions : list of (ground_truth, stored detections, frame views)
+    size_weights, height_weights, group_distances : sequence of float
+
+    Returns
+    -------
+    list of dict
+        One per grid point: ``size_weight``, ``height_weight``, ``group_distance``,
+        ``share_sorted_correctly``, ``mean_ari``.
+    """
+    import itertools
+
+    from sorterbot_cloud import evaluation, geometry, planner
+    from sorterbot_cloud.camera import ArmConstants
+    from sorterbot_cloud.service import _command_record, _object_record
+    from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
+
+    prepared = []
+    for gt, stored, frames in sessions:
+        constants = ArmConstants.from_mapping(gt["arm_constants"])
+        objects = service.merge(geometry.locate(stored, constants), frames, constants)
+        prepared.append((gt, {d.detection_id: d for d in stored}, objects))
+    rows = []
+    for ws, wh, gd in itertools.product(size_weights, height_weights, group_distances):
+        scores = []
+        for gt, by_id, objects in prepared:
+            items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
+            containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
+            cluster_of_item, commands = {}, []
+            if items and containers:
+                cluster_ids = service.group(items, len(containers), True, size_weight=ws, height_weight=wh, group_distance=gd)
+                cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
+                commands = planner.plan(items, containers, cluster_ids)
+            result = {"mode": "calibrated", "objects": [_object_record(o, cluster_of_item.get(o.object_id), by_id) for o in objects],
+                      "commands": [_command_record(c) for c in commands]}
+            scores.append(evaluation.score_session(gt, result))
+        agg = evaluation.aggregate(scores)
+        rows.append({"size_weight": ws, "height_weight": wh, "group_distance": gd,
+                     "share_sorted_correctly": agg.share_sorted_correctly, "mean_ari": agg.mean_ari})
+    return rows
+
+
+@click.command("tune-grouping")
+@click.option("--n", "n_sessions", default=30, show_default=True, type=int, help="Tuning sessions per kind set.")
+@click.option("--kinds", "kind_sets", multiple=True, type=click.Choice(["heldout", "known"]), default=("heldout", "known"),
+              show_default=True, help="Which kinds to tune on (repeatable); seeds from TUNING_SEED_START.")
+@click.option("--size-weights", default="0,0.5,1,1.5,2,3", show_default=True, help="Comma list.")
+@click.option("--height-weights", default="0,0.25,0.5,1", show_default=True, help="Comma list.")
+@click.option("--group-distances", default=None, help="Comma list (default: the embedder's calibrated distance).")
+@click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
+@click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True)
+@click.option("--json-out", default=Path("out/bench/tune_grouping.json"), show_default=True, type=click.Path(path_type=Path))
+@click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str, height_weights: str, group_distances: str | None,
+                  cache: Path, detector_kind: str, json_out: Path, threads: int | None) -> None:
+    """Choose the shape weights of the grouping (Settings.grouping_size_weight, grouping_height_weight).
+
+    Simulated sessions with tuning seeds (never the seeds of evaluate-sessions' figures)
+    are ingested once; the calibrated grouping is then replayed for every combination of
+    weights and group distances, and the share of sessions sorted correctly is printed
+    per kind set and on average. Pick a row, set the two settings (config.yaml).
+    """
+    from sorterbot_cloud import dedup
+
+    _set_threads(threads)
+    ws_grid, wh_grid = _floats(size_weights), _floats(height_weights)
+    if not ws_grid or not wh_grid or any(v < 0 for v in ws_grid + wh_grid):
+        raise click.BadParameter("weights must be non-empty lists of numbers >= 0")
+    detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
+    table: dict[str, list[dict]] = {}
+    with bench_context(detector=detector) as ctx:
+        gd_grid = _floats(group_distances) if group_distances else [getattr(ctx.service.embedder, "group_distance", None)]
+        for kinds in kind_sets:
+            heldout = kinds == "heldout"
+            sessions, seed = [], TUNING_SEED_START[kinds] - 1
+            while len(sessions) < n_sessions:
+                seed += 1
+                try:
+                    folder = simulated_session(cache, seed, heldout=heldout, **session_spec(seed))
+                except BadRequest:  # the simulator could not lay out this scene
+                    continue
+                click.echo(f"{kinds} session {len(sessions) + 1}/{n_sessions} seed {seed}", err=True)
+                gt = json.loads((folder / "ground_truth.json").read_text())
+                session_id = f"tune_{kinds}_{seed}"
+                ingest_session(ctx.service, folder, "TUNE", session_id)
+                frames = [dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
+                          for f in ctx.service.repository.session_frames("TUNE", session_id)]
+                sessions.append((gt, ctx.service.repository.load_session("TUNE", session_id), frames))
+            table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid)
+    header = f"{'size w':>6} {'height w':>8} {'distance':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"
+    click.echo(header)
+    combined = []
+    for i, row in enumerate(table[kind_sets[0]]):
+        shares = [table[k][i]["share_sorted_correctly"] for k in kind_sets]
+        mean = float(np.mean(shares))
+        combined.append({**{k: row[k] for k in ("size_weight", "height_weight", "group_distance")},
+                         **{f"{k}_sorted": table[k][i]["share_sorted_correctly"] for k in kind_sets},
+                         **{f"{k}_mean_ari": table[k][i]["mean_ari"] for k in kind_sets}, "mean_sorted": mean})
+        gd = row["group_distance"]
+        click.echo(f"{row['size_weight']:>6g} {row['height_weight']:>8g} {'gap' if gd is None else f'{gd:g}':>8} "
+                   + " ".join(f"{v:>15.3f}" for v in shares) + f" {mean:>6.3f}")
+    best = max(combined, key=lambda r: r["mean_sorted"])
+    click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g} "
+               f"({best['mean_sorted']:.3f}); the first such row wins ties")
+    _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seed_start": {k: TUNING_SEED_START[k] for k in kind_sets},
+                           "rows": combined, "best": best})

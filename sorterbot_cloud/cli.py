@@ -18,6 +18,7 @@ COMMANDS = {
     "overview": "sorterbot_cloud.service_cli:overview",
     "bench": "sorterbot_cloud.bench:bench",
     "evaluate-sessions": "sorterbot_cloud.bench:evaluate_sessions",
+    "tune-grouping": "sorterbot_cloud.bench:tune_grouping",
     "simulate": "sorterbot_cloud.sim.cli:simulate",
     "db": "sorterbot_cloud.db.cli:db",
     "train-detector": "locator.cli:train_detector",

@@ -47,6 +47,13 @@ class Settings:
         (:func:`sorterbot_cloud.dedup.view_support`); 0 keeps every object.
     kmeans_n_init, random_state : int
         K-Means restarts and seed.
+    grouping_size_weight, grouping_height_weight : float
+        Weight of an item's fitted footprint size and height (log mm) next to its
+        embedding when items are grouped in calibrated mode
+        (:func:`sorterbot_cloud.planner.item_features`); 0 groups on embeddings alone.
+        Defaults 1.5 and 0.25: chosen with the shipped embedder's ``group_distance``
+        on tuning sessions never used for the reported figures (seeds 3000+ held-out and
+        9000+ known kinds, ``sorterbot-cloud tune-grouping``; README).
     api_token : str or None
         Bearer token required on every route but ``/healthz`` when set.
     control_panel_host : str or None
@@ -78,6 +85,8 @@ class Settings:
     dedup_min_view_support_item: float = 0.25
     dedup_min_view_support_container: float = 0.5
     kmeans_n_init: int = 10
+    grouping_size_weight: float = 1.5
+    grouping_height_weight: float = 0.25
     random_state: int = 0
     api_token: str | None = None
     control_panel_host: str | None = None

@@ -411,11 +411,13 @@ def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, s
     whole = [d for d in dets if not d.truncated] or dets
     size_w = np.array([max(d.weight, 1e-9) for d in whole])
     size_mm = float(np.dot(size_w / size_w.sum(), [d.size_mm for d in whole]))
+    calibrated = constants is not None and constants.calibrated
+    height_mm = float(np.dot(size_w / size_w.sum(), [d.height_mm for d in whole])) if calibrated else None
     if shape is not None and math.hypot(shape.x_mm - x_mm, shape.y_mm - y_mm) <= max(size_mm, MIN_REFINE_SHIFT_MM):
-        x_mm, y_mm, size_mm = shape.x_mm, shape.y_mm, shape.size_mm
+        x_mm, y_mm, size_mm, height_mm = shape.x_mm, shape.y_mm, shape.size_mm, shape.height_mm
     r_mm = math.hypot(x_mm, y_mm)
     theta_deg = math.degrees(math.atan2(y_mm, x_mm))
-    if constants is not None and constants.calibrated:
+    if calibrated:
         pw0 = constants.pw0_of_theta(theta_deg)
         pw1 = constants.pw1_of_r(r_mm)
     else:  # legacy: keep the original formulas' pulse widths
@@ -441,4 +443,5 @@ def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, s
         score=float(max(d.detection.score for d in dets)),
         detection_ids=sorted(int(d.detection.detection_id) for d in dets),
         embedding=embedding,
+        height_mm=height_mm,
     )

@@ -157,13 +157,17 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
     if x.ndim != 2 or len(x) != int(n_items):
         raise BadRequest(f"embeddings must have shape ({n_items}, D), got {x.shape}")
     from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import pdist, squareform
     from sklearn.metrics import silhouette_score
 
     from vectorizer import cluster_embeddings
 
-    # merge heights of average-linkage clustering (cosine distance), ascending; k groups
-    # leave the top k - 1 merges undone, so the gap below merge n - k separates them
-    heights = np.concatenate([[0.0], linkage(x, method="average", metric="cosine")[:, 2]])
+    # half the squared Euclidean distance: the cosine distance of L2-normalised
+    # embeddings, plus the shape terms of item_features where they are appended
+    distances = pdist(x, metric="sqeuclidean") / 2.0
+    # merge heights of average-linkage clustering, ascending; k groups leave the top
+    # k - 1 merges undone, so the gap below merge n - k separates them
+    heights = np.concatenate([[0.0], linkage(distances, method="average")[:, 2]])
     n = len(x)
     if group_distance is not None:
         return int(np.clip(1 + np.count_nonzero(heights > float(group_distance)), 1, k_max)), None
@@ -172,8 +176,72 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
     if best_k == n:  # every item its own kind: silhouette is undefined, distances alone decide
         return best_k, None
     labels = cluster_embeddings(x, best_k, random_state=random_state, n_init=n_init)
-    best_score = float(silhouette_score(x, labels, metric="cosine")) if len(np.unique(labels)) > 1 else -1.0
+    best_score = float(silhouette_score(squareform(distances), labels, metric="precomputed")) if len(np.unique(labels)) > 1 else -1.0
     return (best_k, labels) if best_score >= MIN_SILHOUETTE else (1, None)
+
+
+#: Floor (mm) under fitted sizes and heights before their logarithm is taken in
+#: :func:`item_features`: flat items (coins, washers) are fitted at 1..5 mm with errors of
+#: a few mm, so ratios between heights below this floor carry no information.
+SHAPE_FLOOR_MM = 4.0
+
+
+def item_features(
+    embeddings: np.ndarray,
+    sizes_mm: np.ndarray | None = None,
+    heights_mm: np.ndarray | None = None,
+    size_weight: float = 0.0,
+    height_weight: float = 0.0,
+) -> np.ndarray:
+    """What the items are grouped on: their embeddings, plus their physical shape where known.
+
+    The embedding of a crop sees colour, texture and silhouette, but not scale: a white
+    die and a pale washer of similar size in pixels can embed close together while one
+    stands 15 mm tall and the other 3 mm. In calibrated mode each item also has a size and
+    height in millimetres (fitted to all its boxes, :func:`sorterbot_cloud.geometry.refine_objects`),
+    which are appended as ``size_weight * log(size_mm)`` and ``height_weight * log(height_mm)``
+    (both floored at :data:`SHAPE_FLOOR_MM`): half the squared Euclidean distance between
+    two rows is then the cosine distance of their embeddings plus
+    ``(size_weight**2 * dlog_size**2 + height_weight**2 * dlog_height**2) / 2``, the
+    distance :func:`group_items` clusters on. With zero weights (or legacy mode, whose
+    sizes are not metric) the rows are the embeddings alone.
+
+    Parameters
+    ----------
+    embeddings : ndarray of shape (N, D), float
+        L2-normalised item embeddings.
+    sizes_mm, heights_mm : ndarray of shape (N,), float, optional
+        Footprint diameter and height of each item (mm); required for a non-zero weight.
+    size_weight, height_weight : float
+        Non-negative weights (per unit of natural-log ratio), calibrated together with the
+        embedder's ``group_distance`` (``Settings.grouping_size_weight``, ``grouping_height_weight``).
+
+    Returns
+    -------
+    ndarray of shape (N, D + k), float64
+        ``k`` = number of non-zero weights (0..2).
+
+    Raises
+    ------
+    BadRequest
+        If a weight is negative or not finite, a needed array is missing, or the shapes disagree.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    if x.ndim != 2:
+        raise BadRequest(f"embeddings must have shape (N, D), got {x.shape}")
+    columns = [x]
+    for name, values, weight in (("sizes_mm", sizes_mm, size_weight), ("heights_mm", heights_mm, height_weight)):
+        if not (np.isfinite(weight) and weight >= 0):
+            raise BadRequest(f"the weight of {name} must be a finite number >= 0, got {weight}")
+        if weight == 0:
+            continue
+        if values is None:
+            raise BadRequest(f"{name} is required with a non-zero weight")
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape != (len(x),) or not np.all(np.isfinite(v)):
+            raise BadRequest(f"{name} must be {len(x)} finite values, got shape {v.shape}")
+        columns.append(float(weight) * np.log(np.maximum(v, SHAPE_FLOOR_MM))[:, None])
+    return np.concatenate(columns, axis=1)
 
 
 def _xy(objects: list[ArmObject]) -> np.ndarray:

@@ -347,18 +347,7 @@ class Service:
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
-            objects = list(
-                dedup.merge(
-                    located,
-                    distance_factor=self.settings.dedup_distance_factor,
-                    constants=arm_constants,
-                    frames=frame_views,
-                    min_view_support={
-                        ITEM_CLASS_ID: self.settings.dedup_min_view_support_item,
-                        CONTAINER_CLASS_ID: self.settings.dedup_min_view_support_container,
-                    },
-                )
-            )
+            objects = self.merge(located, frame_views, arm_constants)
         items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
         containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
         reason = None
@@ -370,14 +359,7 @@ class Service:
             reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
         else:
             with timer.stage("cluster"):
-                embeddings = _item_embedding_matrix(items)
-                # with embeddings the planner picks fewer groups than containers when the
-                # items show fewer kinds (the embedder's calibrated distance between kinds,
-                # else the largest gap), so a kind is never split
-                cluster_ids = planner.group_items(
-                    len(containers), embeddings, random_state=self.settings.random_state,
-                    n_init=self.settings.kmeans_n_init, group_distance=getattr(self.embedder, "group_distance", None),
-                )
+                cluster_ids = self.group(items, len(containers), arm_constants.calibrated)
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
@@ -414,6 +396,78 @@ class Service:
         )
         return result
 
+
+    def merge(self, located: list, frame_views: list, arm_constants: ArmConstants) -> list[ArmObject]:
+        """The trigger's dedup stage: :func:`dedup.merge` with the settings' thresholds.
+
+        Parameters
+        ----------
+        located : list of LocatedDetection
+            The session's detections, from :func:`geometry.locate`.
+        frame_views : list of dedup.FrameView
+            Every frame of the session.
+        arm_constants : ArmConstants
+
+        Returns
+        -------
+        list of ArmObject
+            Items first, then containers (:func:`dedup.merge`).
+        """
+        from sorterbot_cloud import dedup
+
+        return list(
+            dedup.merge(
+                located,
+                distance_factor=self.settings.dedup_distance_factor,
+                constants=arm_constants,
+                frames=frame_views,
+                min_view_support={
+                    ITEM_CLASS_ID: self.settings.dedup_min_view_support_item,
+                    CONTAINER_CLASS_ID: self.settings.dedup_min_view_support_container,
+                },
+            )
+        )
+
+    def group(self, items: list[ArmObject], n_containers: int, calibrated: bool, *, size_weight: float | None = None,
+              height_weight: float | None = None, group_distance: float | None = None) -> np.ndarray:
+        """Group labels of a session's items (the trigger's clustering stage).
+
+        The items' embeddings, in calibrated mode with their fitted size and height
+        appended (:func:`planner.item_features`, weights ``Settings.grouping_size_weight``
+        and ``grouping_height_weight``), are grouped by :func:`planner.group_items`: as
+        many groups as the embedder's calibrated ``group_distance`` finds kinds (else the
+        largest gap), at most one per container, so a kind is never split.
+
+        Parameters
+        ----------
+        items : list of ArmObject
+            The session's items (each with an ``embedding``).
+        n_containers : int
+        calibrated : bool
+            Whether ``size_mm`` and ``height_mm`` are millimetres.
+        size_weight, height_weight, group_distance : float, optional
+            Override the settings' weights and the embedder's distance (for tuning,
+            ``sorterbot-cloud tune-grouping``).
+
+        Returns
+        -------
+        cluster_ids : ndarray of shape (len(items),), int64
+        """
+        from sorterbot_cloud import planner
+
+        features = _item_embedding_matrix(items)
+        if calibrated:
+            features = planner.item_features(
+                features,
+                np.array([o.size_mm for o in items]),
+                np.array([o.height_mm or 0.0 for o in items]),
+                self.settings.grouping_size_weight if size_weight is None else size_weight,
+                self.settings.grouping_height_weight if height_weight is None else height_weight,
+            )
+        return planner.group_items(
+            n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
+            group_distance=getattr(self.embedder, "group_distance", None) if group_distance is None else group_distance,
+        )
 
 def _item_embedding_matrix(items: list[ArmObject]) -> np.ndarray:
     """Stack the items' embeddings into an (N, D) float32 matrix.

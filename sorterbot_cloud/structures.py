@@ -268,6 +268,10 @@ class ArmObject:
         Detections merged into this object.
     embedding : ndarray of shape (D,), float32, or None
         Mean of the item's detection embeddings, re-normalised.
+    height_mm : float or None
+        Estimated height above the table (calibrated mode: of the shape fitted to all the
+        object's boxes, else the weighted mean of the single-frame fits); None in legacy
+        mode, which has no metric scale.
     """
 
     object_id: int
@@ -279,6 +283,7 @@ class ArmObject:
     score: float
     detection_ids: list[int] = field(default_factory=list)
     embedding: np.ndarray | None = None
+    height_mm: float | None = None
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,15 @@ def session_cmd(out_dir, seed, n_items, n_item_types, types, n_containers, n_dis
 @click.option("--width", "width_px", type=int, default=1024, show_default=True)
 @click.option("--height", "height_px", type=int, default=768, show_default=True)
 @click.option("--frames-per-scene", type=int, default=4, show_default=True)
-def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_scene):
+@click.option("--items", "items_range", type=(int, int), default=(2, 10), show_default=True, help="Items per scene, MIN MAX.")
+@click.option("--containers", "containers_range", type=(int, int), default=(0, 3), show_default=True,
+              help="Containers per scene, MIN MAX (e.g. 3 4 for crowded scenes, where items overlap containers in the image).")
+def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_scene, items_range, containers_range):
     """Write a COCO detection dataset (images/ + annotations.json)."""
     from sorterbot_cloud.sim.datasets import export_coco_dataset
 
-    path = export_coco_dataset(out_dir, n_images, seed, split=split, width_px=width_px, height_px=height_px, frames_per_scene=frames_per_scene)
+    path = export_coco_dataset(out_dir, n_images, seed, split=split, width_px=width_px, height_px=height_px, frames_per_scene=frames_per_scene,
+                               items_range=items_range, containers_range=containers_range)
     click.echo(f"wrote {path}")
 
 

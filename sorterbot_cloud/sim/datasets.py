@@ -50,6 +50,10 @@ def _scene_seed_rng(seed: int, k: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(k)])
 
 
+#: Scenes in a row that may fail to lay out before :func:`export_coco_dataset` gives up.
+MAX_SKIPPED_SCENES = 50
+
+
 def export_coco_dataset(
     out_dir: str | Path,
     n_images: int,
@@ -94,12 +98,17 @@ def export_coco_dataset(
     Raises
     ------
     BadRequest
-        If ``split`` is unknown or a count is out of range.
+        If ``split`` is unknown or a count is out of range, or more than
+        :data:`MAX_SKIPPED_SCENES` scenes in a row cannot be laid out (a scene whose
+        objects do not fit on the table without overlap is skipped for the next seed).
     """
     if split not in SPLITS:
         raise BadRequest(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     if n_images < 0 or frames_per_scene < 1:
         raise BadRequest("n_images must be >= 0 and frames_per_scene >= 1")
+    for name, (low, high) in (("items_range", items_range), ("containers_range", containers_range), ("distractors_range", distractors_range)):
+        if not 0 <= int(low) <= int(high):
+            raise BadRequest(f"{name} must be (min, max) with 0 <= min <= max, got ({low}, {high})")
     pool, textures = SPLITS[split]
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -109,13 +118,21 @@ def export_coco_dataset(
     renderer = SceneRenderer(width_px, height_px, base)
     bar = tqdm(total=n_images, desc=f"coco {split}", unit="img", disable=not progress)
     try:
-        k = 0
+        k, skipped = 0, 0
         while len(images) < n_images:
             rng = _scene_seed_rng(seed, k)
             n_items = int(rng.integers(items_range[0], items_range[1] + 1))
             types = [str(t) for t in rng.choice(list(pool), size=n_items)]
-            scene = generate_scene(rng, types, int(rng.integers(containers_range[0], containers_range[1] + 1)),
-                                   n_distractors=int(rng.integers(distractors_range[0], distractors_range[1] + 1)), textures=textures)
+            try:
+                scene = generate_scene(rng, types, int(rng.integers(containers_range[0], containers_range[1] + 1)),
+                                       n_distractors=int(rng.integers(distractors_range[0], distractors_range[1] + 1)), textures=textures)
+            except BadRequest:  # this draw cannot be laid out on the table: take the next scene seed
+                skipped += 1
+                if skipped > MAX_SKIPPED_SCENES:
+                    raise BadRequest(f"{skipped} scenes in a row could not be laid out; use fewer objects per scene") from None
+                k += 1
+                continue
+            skipped = 0
             renderer.set_scene(scene)
             for _ in range(min(frames_per_scene, n_images - len(images))):
                 pw = float(rng.uniform(*PW_RANGE))

@@ -346,3 +346,23 @@ def test_merge_keeps_one_object_for_an_item_with_part_boxes():
     objects = dedup.merge(located, constants=constants, frames=FRAMES)
     assert len(objects) == 1
     assert len(objects[0].detection_ids) == len(dets) // 2
+
+
+def test_merged_objects_carry_their_fitted_height_in_calibrated_mode_only():
+    """A 30 mm cube and a 3 mm-thick disc of similar footprint: the merged objects' heights
+    (from the multi-frame fit) tell them apart; legacy mode has no metric height."""
+    from tests.unit.test_geometry import _cuboid, _ring
+
+    cube = _cuboid(30.0, 30.0, 30.0) + [300.0, -40.0, 0.0]
+    disc = np.concatenate([_ring(18.0, 0.0), _ring(18.0, 3.0)]) + [320.0, 60.0, 0.0]
+    dets = []
+    for pts in (cube, disc):
+        for pw, box in observe(pts, CALIBRATED):
+            dets.append(stored(len(dets), pw, box))
+    objects = dedup.merge(geometry.locate(dets, CALIBRATED), constants=CALIBRATED)
+    assert len(objects) == 2
+    by_y = sorted(objects, key=lambda o: o.y_mm)  # the cube first
+    assert by_y[0].height_mm == pytest.approx(30.0, abs=4.0)
+    assert by_y[1].height_mm == pytest.approx(3.0, abs=4.0)
+    legacy = dedup.merge(geometry.locate(dets, LEGACY), constants=LEGACY)
+    assert len(legacy) == 2 and all(o.height_mm is None for o in legacy)

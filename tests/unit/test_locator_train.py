@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
+from locator.torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector
 from locator.toydata import write_toy_coco
 from locator.train import TrainConfig, export_checkpoint, lr_factor, train
 
@@ -179,3 +179,26 @@ def test_init_from_is_a_warm_restart(toy, tmp_path):
     with pytest.raises(FileNotFoundError, match="init-from"):
         train([spec], tmp_path / "third", detector_config=TINY, train_config=tc_still, init_from=tmp_path / "missing.pt",
               progress=False)
+
+
+def test_init_from_an_exported_detector_file(toy, tmp_path):
+    """--init-from also takes an exported fp16 detector.pt (the shipped weights): the
+    fine-tune starts from those weights, cast back to float32."""
+    spec = DatasetSpec(toy, toy.parent)
+    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    first = tmp_path / "first"
+    train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
+    exported = torch.load(first / "detector.pt", weights_only=True)
+    assert exported["format"] == FORMAT
+
+    tc_still = TrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
+    second = tmp_path / "second"
+    train([spec], second, train_config=tc_still, augment_config=AugmentConfig(crop_px=128), init_from=first / "detector.pt", progress=False)
+    state = torch.load(second / "checkpoint_last.pt", weights_only=False)
+    assert state["detector_config"]["fpn_channels"] == TINY.fpn_channels
+    weights = [name for name in exported["state_dict"] if "running_" not in name and "num_batches" not in name
+               and exported["state_dict"][name].is_floating_point()]
+    assert weights
+    for name in weights:
+        assert state["model"][name].dtype == torch.float32
+        torch.testing.assert_close(state["model"][name], exported["state_dict"][name].float(), rtol=0, atol=0, msg=name)

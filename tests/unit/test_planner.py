@@ -254,3 +254,52 @@ def test_group_distance_must_be_a_cosine_distance(bad):
     x = _two_kinds_at_distance(0.3)
     with pytest.raises(BadRequest, match="group_distance"):
         planner.choose_n_clusters(len(x), 3, x, group_distance=bad)
+
+
+def test_item_features_without_weights_are_the_embeddings():
+    x = _typed_embeddings(np.random.default_rng(3), (2, 2))
+    np.testing.assert_array_equal(planner.item_features(x), x)
+    np.testing.assert_array_equal(planner.item_features(x, np.ones(4) * 20, np.ones(4) * 5, 0.0, 0.0), x)
+
+
+def test_item_features_append_weighted_log_shape_floored():
+    x = _typed_embeddings(np.random.default_rng(4), (3,))
+    f = planner.item_features(x, np.array([20.0, 40.0, 1.0]), np.array([10.0, 2.0, 30.0]), size_weight=2.0, height_weight=0.5)
+    assert f.shape == (3, x.shape[1] + 2)
+    np.testing.assert_allclose(f[:, -2], 2.0 * np.log([20.0, 40.0, planner.SHAPE_FLOOR_MM]))
+    np.testing.assert_allclose(f[:, -1], 0.5 * np.log([10.0, planner.SHAPE_FLOOR_MM, 30.0]))
+    only_height = planner.item_features(x, None, np.array([10.0, 2.0, 30.0]), 0.0, 1.0)
+    assert only_height.shape == (3, x.shape[1] + 1)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"size_weight": -1.0, "sizes_mm": np.ones(4)}, "weight of sizes_mm"),
+    ({"height_weight": float("nan"), "heights_mm": np.ones(4)}, "weight of heights_mm"),
+    ({"size_weight": 1.0}, "sizes_mm is required"),
+    ({"height_weight": 1.0, "heights_mm": np.ones(3)}, "heights_mm must be 4"),
+    ({"size_weight": 1.0, "sizes_mm": np.array([1.0, np.inf, 1.0, 1.0])}, "sizes_mm must be 4 finite"),
+], ids=["negative", "nan-weight", "missing", "short", "infinite"])
+def test_item_features_reject_bad_input(kwargs, match):
+    x = _typed_embeddings(np.random.default_rng(5), (2, 2))
+    with pytest.raises(BadRequest, match=match):
+        planner.item_features(x, **kwargs)
+
+
+def test_shape_separates_kinds_that_embed_alike():
+    """Two kinds the embedder cannot tell apart (a pale die and a pale washer, say), one
+    15 mm tall and one 3 mm flat: one group on embeddings alone, two with the height."""
+    x = _two_kinds_at_distance(0.05)  # closer than the bar of 0.2
+    heights = np.array([15.0, 16.0, 14.0, 3.0, 3.5, 2.5])
+    sizes = np.array([22.0, 23.0, 21.0, 28.0, 29.0, 28.0])
+    assert len(set(planner.group_items(4, x, group_distance=0.2).tolist())) == 1
+    labels = planner.group_items(4, planner.item_features(x, sizes, heights, 1.5, 1.0), group_distance=0.2)
+    assert labels[:3].tolist() == [labels[0]] * 3 and labels[3:].tolist() == [labels[3]] * 3 and labels[0] != labels[3]
+
+
+def test_grouping_distance_of_unit_rows_is_the_cosine_distance():
+    """Half the squared Euclidean distance the planner clusters on equals the cosine
+    distance for L2-normalised rows, so group_distance keeps its calibrated meaning."""
+    from scipy.spatial.distance import pdist
+
+    x = _typed_embeddings(np.random.default_rng(6), (3, 3), spread=0.3)
+    np.testing.assert_allclose(pdist(x, "sqeuclidean") / 2, pdist(x, "cosine"), atol=1e-12)

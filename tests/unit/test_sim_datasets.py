@@ -67,3 +67,28 @@ def test_item_crops_are_deterministic_and_per_type(tmp_path):
 def test_bad_dataset_requests_raise(tmp_path, call, match):
     with pytest.raises(BadRequest, match=match):
         call(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"items_range": (3, 2)}, "items_range"),
+    ({"containers_range": (-1, 2)}, "containers_range"),
+], ids=["inverted", "negative"])
+def test_bad_count_ranges_raise(tmp_path, kwargs, match):
+    with pytest.raises(BadRequest, match=match):
+        export_coco_dataset(tmp_path, 1, 0, progress=False, **kwargs)
+
+
+def test_scenes_that_cannot_be_laid_out_are_skipped_or_refused(tmp_path):
+    # 4 containers and 10 items fail to lay out on many draws: the export takes the next
+    # scene seed instead of stopping, and still writes the frames asked for
+    path = export_coco_dataset(tmp_path / "crowded", 3, seed=12000, width_px=128, height_px=96, frames_per_scene=1,
+                               items_range=(10, 10), containers_range=(4, 4), progress=False)
+    coco = json.loads(path.read_text())
+    assert len(coco["images"]) == 3
+    # scene ids are the indices of the scene seeds: a skipped draw leaves a hole
+    assert [image["scene"] for image in coco["images"]] != [0, 1, 2]
+    counts = [sum(a["category_id"] == 2 and a["image_id"] == im["id"] for a in coco["annotations"]) for im in coco["images"]]
+    assert max(counts) <= 4
+    with pytest.raises(BadRequest, match="could not be laid out"):
+        export_coco_dataset(tmp_path / "impossible", 1, seed=0, width_px=128, height_px=96, items_range=(60, 60),
+                            containers_range=(4, 4), progress=False)
