@@ -262,7 +262,7 @@ def merge(
             continue
         kept.append(dets)
     shapes = refine_objects(kept, constants) if constants is not None and constants.calibrated and refine else [None] * len(kept)
-    objects = [_merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
+    objects = [merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
     if frames and constants is not None:
         bars = dict(DEFAULT_MIN_VIEW_SUPPORT if min_view_support is None else min_view_support)
         expected = _frames_showing(objects, frames, constants, _legacy_window_deg(located, constants))
@@ -399,8 +399,30 @@ def _legacy_window_deg(located: Sequence[LocatedDetection], constants: ArmConsta
     return float(np.quantile(np.abs(delta), LEGACY_VIEW_QUANTILE))
 
 
-def _merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, shape: ObjectShape | None = None) -> ArmObject:
-    """One ArmObject from the detections of one physical object (and its fitted shape)."""
+def merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, shape: ObjectShape | None = None) -> ArmObject:
+    """One ArmObject from the detections of one physical object (and its fitted shape).
+
+    Position: the weighted mean of the single-frame estimates (weights: score, lowered for
+    boxes cut by the border), replaced by the fitted ``shape``'s when it lies within the
+    object's size (or :data:`MIN_REFINE_SHIFT_MM`) of that mean; size and height likewise
+    (calibrated mode; legacy: size in pixels, no height). Embedding: the weighted mean of
+    the detections' embeddings, re-normalised.
+
+    Parameters
+    ----------
+    dets : list of LocatedDetection
+        One object's detections (at most one per frame), non-empty.
+    constants : ArmConstants or None
+        Calibrated constants give pulse widths from the position; otherwise the weighted
+        mean of the detections' pulse widths.
+    shape : ObjectShape, optional
+        From :func:`geometry.refine_objects`.
+
+    Returns
+    -------
+    ArmObject
+        With ``object_id = -1`` (numbered by :func:`merge`).
+    """
     weights = np.array([d.weight for d in dets], dtype=np.float64)
     if not weights.sum() > 0:
         weights = np.ones(len(dets))

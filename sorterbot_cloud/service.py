@@ -359,7 +359,9 @@ class Service:
             reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
         else:
             with timer.stage("cluster"):
-                cluster_ids = self.group(items, len(containers), arm_constants.calibrated)
+                if not arm_constants.calibrated and self.settings.legacy_shape_camera == "reference":
+                    items = _with_nominal_shapes(items, stored, arm_constants)
+                cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_shape_camera == "reference")
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
@@ -428,11 +430,11 @@ class Service:
             )
         )
 
-    def group(self, items: list[ArmObject], n_containers: int, calibrated: bool, *, size_weight: float | None = None,
+    def group(self, items: list[ArmObject], n_containers: int, metric_shapes: bool, *, size_weight: float | None = None,
               height_weight: float | None = None, group_distance: float | None = None) -> np.ndarray:
         """Group labels of a session's items (the trigger's clustering stage).
 
-        The items' embeddings, in calibrated mode with their fitted size and height
+        The items' embeddings, with their fitted size and height where they are metric
         appended (:func:`planner.item_features`, weights ``Settings.grouping_size_weight``
         and ``grouping_height_weight``), are grouped by :func:`planner.group_items`: as
         many groups as the embedder's calibrated ``group_distance`` finds kinds (else the
@@ -443,8 +445,9 @@ class Service:
         items : list of ArmObject
             The session's items (each with an ``embedding``).
         n_containers : int
-        calibrated : bool
-            Whether ``size_mm`` and ``height_mm`` are millimetres.
+        metric_shapes : bool
+            Whether the items' ``size_mm`` and ``height_mm`` are millimetres (calibrated
+            mode, or legacy items measured by :func:`_with_nominal_shapes`).
         size_weight, height_weight, group_distance : float, optional
             Override the settings' weights and the embedder's distance (for tuning,
             ``sorterbot-cloud tune-grouping``).
@@ -456,7 +459,7 @@ class Service:
         from sorterbot_cloud import planner
 
         features = _item_embedding_matrix(items)
-        if calibrated:
+        if metric_shapes:
             features = planner.item_features(
                 features,
                 np.array([o.size_mm for o in items]),
@@ -468,6 +471,44 @@ class Service:
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
             group_distance=getattr(self.embedder, "group_distance", None) if group_distance is None else group_distance,
         )
+
+def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], arm_constants: ArmConstants) -> list[ArmObject]:
+    """Legacy mode: the items with a size and height measured through the reference camera.
+
+    Legacy constants carry no camera, so their sizes are box sides in pixels, which
+    shrink with distance and say nothing of height. For grouping only (positions and
+    pulse widths stay those of the legacy formulas), each item's boxes are fitted again
+    with the reference arm's camera (:meth:`CameraModel.reference`, DESIGN.md: the
+    Raspberry Pi camera v2 and the simulator's mounting) and the arm's own rotation
+    range: :func:`geometry.locate` and :func:`geometry.refine_objects` as in calibrated
+    mode. On an arm mounted differently every size is off, but by similar factors for
+    all items of the session, which is what grouping compares.
+
+    Returns
+    -------
+    list of ArmObject
+        Copies of ``items`` with ``size_mm`` and ``height_mm`` replaced, same order.
+    """
+    import dataclasses
+
+    from sorterbot_cloud import dedup, geometry
+
+    nominal = dataclasses.replace(
+        ArmConstants.reference(), rotation_range_as_deg=arm_constants.rotation_range_as_deg,
+        rotation_range_as_pw=arm_constants.rotation_range_as_pw,
+    )
+    by_id = {d.detection_id: d for d in stored}
+    groups = [geometry.locate([by_id[i] for i in obj.detection_ids if i in by_id], nominal) for obj in items]
+    shapes = geometry.refine_objects(groups, nominal)
+    out = []
+    for obj, dets, shape in zip(items, groups, shapes, strict=True):
+        if not dets:
+            out.append(obj)
+            continue
+        measured = dedup.merge_group(dets, nominal, shape)
+        out.append(dataclasses.replace(obj, size_mm=measured.size_mm, height_mm=measured.height_mm))
+    return out
+
 
 def _item_embedding_matrix(items: list[ArmObject]) -> np.ndarray:
     """Stack the items' embeddings into an (N, D) float32 matrix.

@@ -113,3 +113,45 @@ def test_detector_returning_wrong_type_is_an_internal_error(service):
     with pytest.raises(TypeError, match="must return Detections"):
         service.predict(frame_bytes([]))
     assert isinstance(FakeDetector().detect(draw_frame([])), Detections)
+
+
+def _cubes_and_discs(constants):
+    """Stored boxes of two 30 mm cubes and two 3 mm discs (the reference arm's camera),
+    every item with the same embedding: only their shapes tell the kinds apart."""
+    from tests.unit.test_geometry import _cuboid, _ring, observe, stored
+
+    same = np.zeros(512, np.float32)
+    same[0] = 1.0
+    shapes = [_cuboid(30.0, 30.0, 30.0) + [300.0, -90.0, 0.0], _cuboid(30.0, 30.0, 30.0) + [260.0, 40.0, 0.0],
+              np.concatenate([_ring(17.0, 0.0), _ring(17.0, 3.0)]) + [330.0, 20.0, 0.0],
+              np.concatenate([_ring(17.0, 0.0), _ring(17.0, 3.0)]) + [280.0, 120.0, 0.0]]
+    dets = []
+    for pts in shapes:
+        for pw, box in observe(pts, constants):
+            dets.append(stored(len(dets), pw, box, embedding=same))
+    return dets
+
+
+@pytest.mark.parametrize("camera, expected_groups", [("reference", 2), ("none", 1)])
+def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tmp_path, camera, expected_groups):
+    from sorterbot_cloud import dedup, geometry
+    from sorterbot_cloud.camera import ArmConstants
+    from sorterbot_cloud.service import _with_nominal_shapes
+
+    legacy = ArmConstants.reference(calibrated=False)
+    dets = _cubes_and_discs(ArmConstants.reference())
+    items = dedup.merge(geometry.locate(dets, legacy), constants=legacy)
+    assert len(items) == 4 and all(o.height_mm is None for o in items)
+    measured = _with_nominal_shapes(items, dets, legacy)
+    heights = sorted(o.height_mm for o in measured)
+    assert heights[:2] == pytest.approx([3.0, 3.0], abs=4.0) and heights[2:] == pytest.approx([30.0, 30.0], abs=4.0)
+    assert [(o.x_mm, o.y_mm, o.position) for o in measured] == [(o.x_mm, o.y_mm, o.position) for o in items]  # legacy positions kept
+
+    svc = Service(Settings.load(environ={}, data_dir=tmp_path, legacy_shape_camera=camera), detector=FakeDetector(),
+                  embedder=FakeEmbedder(), repository=FakeRepository(), archive=FakeArchive())
+    svc.embedder.group_distance = 0.175
+    labels = svc.group(_with_nominal_shapes(items, dets, legacy) if camera == "reference" else items, 4, camera == "reference")
+    assert len(set(labels.tolist())) == expected_groups
+    if expected_groups == 2:
+        tall = [o.height_mm > 15 for o in measured]
+        assert all((labels[i] == labels[j]) == (tall[i] == tall[j]) for i in range(4) for j in range(4))

@@ -45,3 +45,12 @@ def test_log_json_from_environment_is_boolean(tmp_path, raw, expected):
 def test_torch_threads_from_environment_is_an_integer_and_defaults_to_none(tmp_path):
     assert Settings.load(tmp_path / "m.yaml", environ={"TORCH_THREADS": "1"}).torch_threads == 1
     assert Settings.load(tmp_path / "m.yaml", environ={}).torch_threads is None
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"legacy_shape_camera": "pinhole"}, "legacy_shape_camera"),
+    ({"grouping_size_weight": -1.0}, "grouping_size_weight"),
+])
+def test_bad_grouping_settings_are_refused(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        Settings.load(environ={}, data_dir=tmp_path, **overrides)
