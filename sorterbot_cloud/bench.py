@@ -146,15 +146,19 @@ def simulate_isolated(out_dir: str | Path, seed: int, **kwargs) -> Path:
 def simulated_session(cache: Path, seed: int, heldout: bool = True, **kwargs) -> Path:
     """A simulated session folder for ``seed`` (rendered once, in a child process, then
     reused from ``cache``); item types and table textures held out of training
-    (``heldout``), or those the shipped models were trained on.
+    (``heldout``), or those the shipped models were trained on. The folder name carries
+    the seed, the scene content and :data:`sorterbot_cloud.sim.scene.SCENE_VERSION`.
 
     Returns
     -------
     Path
         The session folder (``<pw>.jpg`` frames and ``ground_truth.json``).
     """
+    from sorterbot_cloud.sim.scene import SCENE_VERSION
+
     tag = "_".join(f"{k}{v}" for k, v in sorted(kwargs.items()))
-    folder = Path(cache) / f"{'' if heldout else 'known_'}seed{seed}{'_' + tag if tag else ''}"
+    # the scene version keeps sessions laid out by an older generator out of the cache
+    folder = Path(cache) / f"{'' if heldout else 'known_'}seed{seed}_scene{SCENE_VERSION}{'_' + tag if tag else ''}"
     if not (folder / "ground_truth.json").exists():
         simulate_isolated(folder, seed, heldout=heldout, session_id=f"sim_{seed}", contact_sheet=False, **kwargs)
     return folder

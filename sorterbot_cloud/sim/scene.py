@@ -3,7 +3,10 @@
 World frame of DESIGN.md: origin on the table at the base axis, z up, theta = 0 along
 +x, counter-clockwise seen from above. Objects are placed by rejection sampling so that
 their footprint discs (radius = the farthest mesh point from the footprint centre, plus
-a gap) never overlap; items therefore never lie inside containers.
+a gap) never overlap; items therefore never lie inside containers. Items are also kept
+out of every container's *shadow* as seen from the arm (:func:`in_shadow`): the camera
+turns on a small circle around the base, so an item behind a container on a ray from the
+base would be hidden on every frame, and no arm could count or sort it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from sorterbot_cloud.sim.catalog import (
 )
 from sorterbot_cloud.sim.meshes import rotate_z
 from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
+
+#: Version of the scene layout rules: the same seed lays out the same scene only within a
+#: version. 2: items are kept out of the containers' shadows (:func:`in_shadow`).
+SCENE_VERSION = 2
 
 #: Reach of item centres (mm from the base axis).
 ITEM_R_RANGE_MM = (180.0, 430.0)
@@ -143,13 +150,45 @@ def _footprint_extent(mesh: pv.PolyData) -> float:
     return float(max(b))
 
 
-def _sample_position(rng, r_range, theta_range, radius, placed, tries=400):
+def in_shadow(x_mm: float, y_mm: float, radius_mm: float, blockers: Sequence[tuple[float, float, float]]) -> bool:
+    """Whether an item would hide behind a container, seen from the arm's base.
+
+    The camera stays within a few centimetres of the base axis (``CameraModel.offset_mm``),
+    so an object behind a container on a ray from the base is hidden on every frame. The
+    item (footprint centre ``x_mm, y_mm``, footprint radius ``radius_mm``) is in the shadow
+    of a container (centre, footprint radius) when its centre is farther from the base than
+    the container's and lies less than the container's radius plus half its own from the
+    ray through the container's centre (less than half of it would stick out sideways).
+    Conservative: it ignores that a low tray may let a tall item's top show.
+
+    Parameters
+    ----------
+    x_mm, y_mm, radius_mm : float
+    blockers : sequence of (x_mm, y_mm, radius_mm)
+        The containers.
+
+    Returns
+    -------
+    bool
+    """
+    r_item = float(np.hypot(x_mm, y_mm))
+    for cx, cy, cr in blockers:
+        r_c = float(np.hypot(cx, cy))
+        if r_c <= 0 or r_item <= r_c:
+            continue
+        lateral = abs(x_mm * cy - y_mm * cx) / r_c  # distance of the item centre from the base -> container ray
+        if lateral < cr + 0.5 * radius_mm:
+            return True
+    return False
+
+
+def _sample_position(rng, r_range, theta_range, radius, placed, tries=400, blockers=()):
     r0, r1 = r_range
     for _ in range(tries):
         r = np.sqrt(rng.uniform(r0**2, r1**2))  # uniform over area
         t = np.radians(rng.uniform(*theta_range))
         x, y = r * np.cos(t), r * np.sin(t)
-        if all(np.hypot(x - px, y - py) >= radius + pr + GAP_MM for px, py, pr in placed):
+        if all(np.hypot(x - px, y - py) >= radius + pr + GAP_MM for px, py, pr in placed) and not in_shadow(x, y, radius, blockers):
             return float(x), float(y)
     return None
 
@@ -186,7 +225,8 @@ def generate_scene(
     Raises
     ------
     BadRequest
-        If a type or texture is unknown, or the objects cannot be placed without overlap.
+        If a type or texture is unknown, or the objects cannot be placed without overlap
+        (or, for items, out of the containers' shadows, :func:`in_shadow`).
     """
     for name in item_types:
         if not is_item_type(name):
@@ -209,7 +249,8 @@ def generate_scene(
     def add(cls, type_name, r_range, theta_range, store, attempts=12):
         for _ in range(attempts):
             local, radius, height = build_object(type_name, rng)
-            pos = _sample_position(rng, r_range, theta_range, radius, placed)
+            blockers = [(o.x_mm, o.y_mm, o.footprint_radius_mm) for o in objects if o.cls == "container"] if cls == "item" else ()
+            pos = _sample_position(rng, r_range, theta_range, radius, placed, blockers=blockers)
             if pos is None:
                 continue
             yaw = float(rng.uniform(0, 360))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from sorterbot_cloud.camera import ArmConstants, CameraModel
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.sim.render import PhotoParams, SceneRenderer, encode_jpeg, photo_effects
-from sorterbot_cloud.sim.scene import SceneObject, choose_item_types, generate_scene, split_pools
+from sorterbot_cloud.sim.scene import SCENE_VERSION, SceneObject, choose_item_types, generate_scene, split_pools
 
 #: Default pulse widths of the reference arm's frames (µs): 1000..1950 step 50.
 DEFAULT_PULSE_WIDTHS: tuple[int, ...] = tuple(range(1000, 1951, 50))
@@ -181,6 +181,7 @@ def simulate_session(
         "arm_id": arm_id,
         "session_id": session_id or f"sim_{seed}",
         "seed": int(seed),
+        "scene_version": SCENE_VERSION,
         "split": "heldout" if heldout else "train",
         "texture": scene.texture,
         "arm_constants": constants.to_mapping(),

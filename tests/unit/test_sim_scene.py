@@ -9,7 +9,7 @@ import pytest
 
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.sim.catalog import CONTAINER_TYPES, HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES
-from sorterbot_cloud.sim.scene import ITEM_R_RANGE_MM, THETA_RANGE_DEG, build_object, choose_item_types, generate_scene
+from sorterbot_cloud.sim.scene import ITEM_R_RANGE_MM, THETA_RANGE_DEG, build_object, choose_item_types, generate_scene, in_shadow
 from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture
 
 
@@ -96,3 +96,26 @@ def test_textures_are_seeded_rgb_images(name):
     assert a.shape == (128, 128, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert a.std() > 2.0  # a texture, not a flat colour
+
+
+@pytest.mark.parametrize("x, y, radius, expected", [
+    (400.0, 0.0, 15.0, True),     # straight behind the container
+    (400.0, 70.0, 15.0, True),    # behind, within the container's radius of the ray
+    (400.0, 110.0, 15.0, False),  # off to the side
+    (200.0, 0.0, 15.0, False),    # in front of it
+])
+def test_in_shadow_of_a_container(x, y, radius, expected):
+    assert in_shadow(x, y, radius, [(300.0, 0.0, 80.0)]) is expected
+
+
+def test_items_are_never_placed_in_a_container_shadow():
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        try:
+            scene = generate_scene(rng, ["coin", "die", "cube", "button", "cork", "ball"], 4)
+        except BadRequest:
+            continue
+        containers = [(o.x_mm, o.y_mm, o.footprint_radius_mm) for o in scene.objects if o.cls == "container"]
+        for o in scene.objects:
+            if o.cls == "item":
+                assert not in_shadow(o.x_mm, o.y_mm, o.footprint_radius_mm, containers), (seed, o.type)
