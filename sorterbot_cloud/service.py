@@ -398,7 +398,6 @@ class Service:
         )
         return result
 
-
     def merge(self, located: list, frame_views: list, arm_constants: ArmConstants) -> list[ArmObject]:
         """The trigger's dedup stage: :func:`dedup.merge` with the settings' thresholds.
 
@@ -472,6 +471,7 @@ class Service:
             group_distance=getattr(self.embedder, "group_distance", None) if group_distance is None else group_distance,
         )
 
+
 def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], arm_constants: ArmConstants) -> list[ArmObject]:
     """Legacy mode: the items with a size and height measured through the reference camera.
 
@@ -482,7 +482,8 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
     Raspberry Pi camera v2 and the simulator's mounting) and the arm's own rotation
     range: :func:`geometry.locate` and :func:`geometry.refine_objects` as in calibrated
     mode. On an arm mounted differently every size is off, but by similar factors for
-    all items of the session, which is what grouping compares.
+    items at similar distances, and grouping compares the items of one session; the
+    evaluation's sessions use the reference camera, so this is not measured there.
 
     Returns
     -------
