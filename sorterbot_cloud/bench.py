@@ -590,6 +590,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
         raise click.BadParameter("weights must be non-empty lists of numbers >= 0")
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
     table: dict[str, list[dict]] = {}
+    seeds_used: dict[str, list[int]] = {}
     with bench_context(detector=detector) as ctx:
         gd_grid = _floats(group_distances) if group_distances else [getattr(ctx.service.embedder, "group_distance", None)]
         for kinds in kind_sets:
@@ -608,6 +609,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
                 frames = [dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
                           for f in ctx.service.repository.session_frames("TUNE", session_id)]
                 sessions.append((gt, ctx.service.repository.load_session("TUNE", session_id), frames))
+                seeds_used.setdefault(kinds, []).append(seed)
             table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid)
     header = f"{'size w':>6} {'height w':>8} {'distance':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"
     click.echo(header)
@@ -624,5 +626,5 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     best = max(combined, key=lambda r: r["mean_sorted"])
     click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g} "
                f"({best['mean_sorted']:.3f}); the first such row wins ties")
-    _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seed_start": {k: TUNING_SEED_START[k] for k in kind_sets},
+    _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seeds": seeds_used,
                            "rows": combined, "best": best})

@@ -86,3 +86,43 @@ def test_evaluate_sessions_skips_seeds_the_simulator_cannot_lay_out(tmp_path, mo
     assert len(list((tmp_path / "sessions").glob("known_seed7001_*"))) == 1  # rendered with the known kinds
     for row in report["sessions"]:
         assert row["score"]["counts_exact"] is True  # simulator boxes: every object found once
+
+
+@pytest.mark.slow
+def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
+    """``tune-grouping`` replays only the grouping of ingested sessions: at the settings'
+    own weights it scores what the full trigger (``evaluate-sessions``) scores on the same
+    sessions in calibrated mode, and it writes one row per grid point."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from sorterbot_cloud import bench
+    from sorterbot_cloud.config import Settings
+
+    monkeypatch.delenv("PG_CONN", raising=False)
+    settings = Settings.load()
+    cache, threads = str(tmp_path / "sessions"), torch.get_num_threads()
+    try:
+        tuned = CliRunner().invoke(bench.tune_grouping, [
+            "--n", "2", "--kinds", "known", "--detector", "ground-truth", "--threads", "1", "--cache", cache,
+            "--size-weights", f"0,{settings.grouping_size_weight}", "--height-weights", f"{settings.grouping_height_weight}",
+            "--json-out", str(tmp_path / "tune.json"),
+        ])
+        evaluated = CliRunner().invoke(bench.evaluate_sessions, [
+            "--n", "2", "--kinds", "known", "--seed-start", str(bench.TUNING_SEED_START["known"]), "--detector", "ground-truth",
+            "--threads", "1", "--cache", cache, "--json-out", str(tmp_path / "eval.json"),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    assert tuned.exit_code == 0, tuned.output + repr(tuned.exception)
+    assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    tune_report = json.loads((tmp_path / "tune.json").read_text())
+    rows = tune_report["rows"]
+    assert [(r["size_weight"], r["height_weight"]) for r in rows] == [(0.0, settings.grouping_height_weight),
+                                                                      (settings.grouping_size_weight, settings.grouping_height_weight)]
+    assert all(0.0 <= r["known_sorted"] <= 1.0 for r in rows)
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert tune_report["seeds"]["known"] == [r["seed"] for r in report["sessions"]][::2]  # the same sessions
+    assert rows[1]["known_sorted"] == pytest.approx(report["summary"]["calibrated"]["share_sorted_correctly"])
