@@ -9,7 +9,14 @@ import pytest
 
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.sim.catalog import CONTAINER_TYPES, HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES
-from sorterbot_cloud.sim.scene import ITEM_R_RANGE_MM, THETA_RANGE_DEG, build_object, choose_item_types, generate_scene, in_shadow
+from sorterbot_cloud.sim.scene import (
+    ITEM_R_RANGE_MM,
+    THETA_RANGE_DEG,
+    build_object,
+    choose_item_types,
+    generate_scene,
+    in_shadow,
+)
 from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture
 
 
