@@ -562,6 +562,21 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
     return rows
 
 
+def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: list[float]) -> dict:
+    """The row with the best ``mean_sorted``; among ties, the one whose neighbours on the
+    (size weight, height weight) grid (one step either way, any group distance) score best
+    on average, so the choice sits inside a plateau rather than on its edge."""
+    top = max(r["mean_sorted"] for r in rows)
+
+    def neighbourhood(row: dict) -> float:
+        i, j = size_weights.index(row["size_weight"]), height_weights.index(row["height_weight"])
+        near = [r["mean_sorted"] for r in rows
+                if abs(size_weights.index(r["size_weight"]) - i) <= 1 and abs(height_weights.index(r["height_weight"]) - j) <= 1]
+        return float(np.mean(near))
+
+    return max((r for r in rows if r["mean_sorted"] == top), key=neighbourhood)
+
+
 @click.command("tune-grouping")
 @click.option("--n", "n_sessions", default=30, show_default=True, type=int, help="Tuning sessions per kind set.")
 @click.option("--kinds", "kind_sets", multiple=True, type=click.Choice(["heldout", "known"]), default=("heldout", "known"),
@@ -623,8 +638,8 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
         gd = row["group_distance"]
         click.echo(f"{row['size_weight']:>6g} {row['height_weight']:>8g} {'gap' if gd is None else f'{gd:g}':>8} "
                    + " ".join(f"{v:>15.3f}" for v in shares) + f" {mean:>6.3f}")
-    best = max(combined, key=lambda r: r["mean_sorted"])
+    best = _plateau_best(combined, ws_grid, wh_grid)
     click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g} "
-               f"({best['mean_sorted']:.3f}); the first such row wins ties")
+               f"({best['mean_sorted']:.3f}); ties go to the row whose grid neighbours score best")
     _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seeds": seeds_used,
                            "rows": combined, "best": best})

@@ -126,3 +126,16 @@ def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "eval.json").read_text())
     assert tune_report["seeds"]["known"] == [r["seed"] for r in report["sessions"]][::2]  # the same sessions
     assert rows[1]["known_sorted"] == pytest.approx(report["summary"]["calibrated"]["share_sorted_correctly"])
+
+
+def test_tune_grouping_breaks_ties_inside_the_plateau():
+    from sorterbot_cloud.bench import _plateau_best
+
+    ws, wh = [0.0, 1.0, 2.0], [0.0, 1.0]
+    share = {(0.0, 0.0): 0.5, (0.0, 1.0): 0.9, (1.0, 0.0): 0.9, (1.0, 1.0): 0.9, (2.0, 0.0): 0.9, (2.0, 1.0): 0.9}
+    rows = [{"size_weight": a, "height_weight": b, "group_distance": 0.2, "mean_sorted": share[(a, b)]} for a in ws for b in wh]
+    best = _plateau_best(rows, ws, wh)
+    assert (best["size_weight"], best["height_weight"]) in {(2.0, 0.0), (2.0, 1.0)}  # away from the 0.5 corner
+    share[(1.0, 1.0)] = 0.95
+    rows = [{"size_weight": a, "height_weight": b, "group_distance": 0.2, "mean_sorted": share[(a, b)]} for a in ws for b in wh]
+    assert (_plateau_best(rows, ws, wh)["size_weight"], _plateau_best(rows, ws, wh)["height_weight"]) == (1.0, 1.0)
