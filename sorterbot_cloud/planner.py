@@ -57,7 +57,9 @@ def choose_n_clusters(
     ``min(n_items, n_containers)`` groups splits a kind across containers (which
     DESIGN.md's "sorted correctly" forbids). The number of groups is then chosen among
     ``2 .. min(n_items, n_containers)`` at the largest gap between successive merge
-    heights of average-linkage clustering under cosine distance (scipy): merges within
+    heights of average-linkage clustering (scipy) under half the squared Euclidean
+    distance, which for L2-normalised embeddings is their cosine distance (and adds the
+    shape terms for the rows of :func:`item_features`): merges within
     a kind are short, merges across kinds long. It is 1 when the K-Means grouping of
     that size has a mean silhouette below :data:`MIN_SILHOUETTE` (no group structure).
     Limitation: with as many containers as items, one kind of item with scattered
@@ -77,7 +79,7 @@ def choose_n_clusters(
     n_items, n_containers : int
         Non-negative counts.
     embeddings : ndarray of shape (n_items, D), float, optional
-        The items' L2-normalised embeddings.
+        The items' L2-normalised embeddings, or the rows of :func:`item_features`.
     random_state : int
         K-Means seed (deterministic result).
     n_init : int
@@ -114,7 +116,7 @@ def group_items(
     n_containers : int
         Non-negative.
     embeddings : ndarray of shape (n_items, D), float
-        The items' L2-normalised embeddings.
+        The items' L2-normalised embeddings, or the rows of :func:`item_features`.
     random_state, n_init : int
         K-Means seed and restarts.
     group_distance : float, optional
