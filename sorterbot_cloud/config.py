@@ -54,11 +54,14 @@ class Settings:
         Defaults 1.5 and 0.25: chosen with the shipped embedder's ``group_distance``
         on tuning sessions never used for the reported figures (seeds 3000+ held-out and
         9000+ known kinds, ``sorterbot-cloud tune-grouping``; README).
-    legacy_shape_camera : {'reference', 'none'}
-        Legacy mode (no camera in the constants): ``reference`` measures each item's size
-        and height for grouping through the reference arm's camera
-        (``service._with_nominal_shapes``; positions keep the legacy formulas); ``none``
-        groups legacy sessions on embeddings alone.
+    legacy_camera : {'reference', 'none'}
+        Legacy mode (no camera in the constants): with ``reference`` the reference arm's
+        camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
+        rotation range) is assumed wherever metric geometry is needed besides positions,
+        which keep the legacy formulas: each item's size and height for grouping
+        (``service._with_nominal_shapes``) and which frames should show an object for
+        view support (:func:`sorterbot_cloud.dedup.merge`). ``none``: legacy sessions
+        group on embeddings alone and count frames by a bearing window.
     api_token : str or None
         Bearer token required on every route but ``/healthz`` when set.
     control_panel_host : str or None
@@ -92,7 +95,7 @@ class Settings:
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.5
     grouping_height_weight: float = 0.25
-    legacy_shape_camera: str = "reference"
+    legacy_camera: str = "reference"
     random_state: int = 0
     api_token: str | None = None
     control_panel_host: str | None = None
@@ -128,8 +131,8 @@ class Settings:
             raise ValueError("max_body_bytes must be positive")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError(f"TORCH_THREADS must be >= 1, got {self.torch_threads}")
-        if self.legacy_shape_camera not in ("reference", "none"):
-            raise ValueError(f"legacy_shape_camera must be 'reference' or 'none', got {self.legacy_shape_camera!r}")
+        if self.legacy_camera not in ("reference", "none"):
+            raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
 

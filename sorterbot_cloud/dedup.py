@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
-from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, refine_objects
+from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, locate, refine_objects
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, ArmObject, PolarPoint
 
 #: Default share of the larger object size within which two detections may be one object.
@@ -215,6 +215,7 @@ def merge(
     refine: bool = True,
     frames: Sequence[FrameView] | None = None,
     min_view_support: Mapping[int, float] | None = None,
+    legacy_camera: ArmConstants | None = None,
 ) -> list[ArmObject]:
     """Merge located detections of a session into one object per physical object.
 
@@ -240,6 +241,12 @@ def merge(
         objects whose :func:`view_support` is below ``min_view_support`` are dropped.
     min_view_support : mapping of int to float, optional
         Least view support per class id; default :data:`DEFAULT_MIN_VIEW_SUPPORT`.
+    legacy_camera : ArmConstants, optional
+        Calibrated constants assumed in legacy mode (e.g. the reference arm's, with the
+        session's rotation range) to decide which frames should show each object: its
+        detections are placed through that camera and the frames whose view holds the
+        place are counted, as in calibrated mode, instead of the bearing window of
+        :func:`view_support`. Positions and pulse widths stay the legacy formulas'.
 
     Returns
     -------
@@ -265,7 +272,14 @@ def merge(
     objects = [merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
     if frames and constants is not None:
         bars = dict(DEFAULT_MIN_VIEW_SUPPORT if min_view_support is None else min_view_support)
-        expected = _frames_showing(objects, frames, constants, _legacy_window_deg(located, constants))
+        if not constants.calibrated and legacy_camera is not None and legacy_camera.calibrated:
+            # where each object is, seen through the assumed camera, decides which frames show it
+            placed = locate([d.detection for dets in kept for d in dets], legacy_camera)  # one batched fit
+            bounds = np.cumsum([0] + [len(dets) for dets in kept])
+            nominal = [merge_group(placed[a:b], legacy_camera) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            expected = _frames_showing(nominal, frames, legacy_camera, None)
+        else:
+            expected = _frames_showing(objects, frames, constants, _legacy_window_deg(located, constants))
         objects = [
             obj
             for obj, dets, n in zip(objects, kept, expected, strict=True)

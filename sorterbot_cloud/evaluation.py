@@ -490,7 +490,10 @@ def run_trigger_core(constants_mapping: Mapping, detections: list, random_state:
     """Geometry, dedup, grouping and planning of one session (the trigger without I/O).
 
     K-Means (scikit-learn, ``n_init=10``) groups the items into
-    ``planner.choose_n_clusters(n_items, n_containers, embeddings)`` groups.
+    ``planner.choose_n_clusters(n_items, n_containers, embeddings)`` groups. A reduced
+    trigger for the oracle benchmark: embeddings only (no shape weights, no calibrated
+    group distance) and no view support (no frame list); the service's trigger is
+    :meth:`sorterbot_cloud.service.Service.commands_for_session`.
 
     Returns
     -------

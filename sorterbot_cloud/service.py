@@ -359,9 +359,9 @@ class Service:
             reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
         else:
             with timer.stage("cluster"):
-                if not arm_constants.calibrated and self.settings.legacy_shape_camera == "reference":
+                if not arm_constants.calibrated and self.settings.legacy_camera == "reference":
                     items = _with_nominal_shapes(items, stored, arm_constants)
-                cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_shape_camera == "reference")
+                cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_camera == "reference")
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
@@ -426,6 +426,7 @@ class Service:
                     ITEM_CLASS_ID: self.settings.dedup_min_view_support_item,
                     CONTAINER_CLASS_ID: self.settings.dedup_min_view_support_container,
                 },
+                legacy_camera=_reference_camera(arm_constants) if self.settings.legacy_camera == "reference" else None,
             )
         )
 
@@ -472,6 +473,16 @@ class Service:
         )
 
 
+def _reference_camera(arm_constants: ArmConstants) -> ArmConstants:
+    """The reference arm's calibrated constants with this arm's rotation range (legacy mode's assumed camera)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        ArmConstants.reference(), rotation_range_as_deg=arm_constants.rotation_range_as_deg,
+        rotation_range_as_pw=arm_constants.rotation_range_as_pw,
+    )
+
+
 def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], arm_constants: ArmConstants) -> list[ArmObject]:
     """Legacy mode: the items with a size and height measured through the reference camera.
 
@@ -494,10 +505,7 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
 
     from sorterbot_cloud import dedup, geometry
 
-    nominal = dataclasses.replace(
-        ArmConstants.reference(), rotation_range_as_deg=arm_constants.rotation_range_as_deg,
-        rotation_range_as_pw=arm_constants.rotation_range_as_pw,
-    )
+    nominal = _reference_camera(arm_constants)
     by_id = {d.detection_id: d for d in stored}
     groups = [geometry.locate([by_id[i] for i in obj.detection_ids if i in by_id], nominal) for obj in items]
     shapes = geometry.refine_objects(groups, nominal)

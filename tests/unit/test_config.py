@@ -48,7 +48,7 @@ def test_torch_threads_from_environment_is_an_integer_and_defaults_to_none(tmp_p
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"legacy_shape_camera": "pinhole"}, "legacy_shape_camera"),
+    ({"legacy_camera": "pinhole"}, "legacy_camera"),
     ({"grouping_size_weight": -1.0}, "grouping_size_weight"),
 ])
 def test_bad_grouping_settings_are_refused(tmp_path, overrides, match):

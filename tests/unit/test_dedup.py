@@ -366,3 +366,20 @@ def test_merged_objects_carry_their_fitted_height_in_calibrated_mode_only():
     assert by_y[1].height_mm == pytest.approx(3.0, abs=4.0)
     legacy = dedup.merge(geometry.locate(dets, LEGACY), constants=LEGACY)
     assert len(legacy) == 2 and all(o.height_mm is None for o in legacy)
+
+
+def test_legacy_view_support_through_an_assumed_camera_drops_a_lone_corner_detection():
+    """A confident false item seen on one frame only, in the bottom corner of the frame:
+    by bearing alone (legacy mode) it falls outside most frames' windows and is kept;
+    placed through the reference camera, the frames that should show it are counted as in
+    calibrated mode, it has too little support and is dropped. Real objects stay."""
+    rng = np.random.default_rng(40)
+    dets, truth = _simulated_session(rng, CALIBRATED, 4, 1, n_false=0)
+    dets.append(stored(len(dets), 1750.0, (63.5, 952.2, 166.7, 1219.1), ITEM_CLASS_ID, score=0.87))
+    n_true = len(truth)
+    located = geometry.locate(dets, LEGACY)
+    plain = dedup.merge(located, constants=LEGACY, frames=FRAMES)
+    assumed = dedup.merge(located, constants=LEGACY, frames=FRAMES, legacy_camera=CALIBRATED)
+    assert len(plain) == n_true + 1
+    assert len(assumed) == n_true
+    assert [o.position for o in assumed] == [o.position for o in plain if o.detection_ids != [len(dets) - 1]]

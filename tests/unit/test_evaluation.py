@@ -226,7 +226,7 @@ def test_result_to_dict_round_trips_through_score_session():
 @pytest.mark.parametrize("calibrated", [True, False], ids=["calibrated", "legacy"])
 def test_oracle_session_end_to_end(calibrated):
     """Simulator ground-truth boxes with noise through geometry, dedup, grouping and planning."""
-    truth, constants, detections = evaluation.oracle_session(1001, calibrated)
+    truth, constants, detections = evaluation.oracle_session(1002, calibrated)  # 1001 no longer lays out (scene version 2)
     result = evaluation.run_trigger_core(constants, detections)
     score = evaluation.score_session(truth, result)
     assert score.counts_exact, score.count_error
