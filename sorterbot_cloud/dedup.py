@@ -80,6 +80,9 @@ MIN_REFINE_SHIFT_MM = 30.0
 #: from the base are missed on some frames), false containers 0.12..0.37. Items get a
 #: lower bar: missing a real item costs a whole pick, a phantom item only a wasted move.
 DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: 0.25, CONTAINER_CLASS_ID: 0.5}
+#: Least median view support over a legacy session's objects for the camera assumed in
+#: legacy mode (``merge(legacy_camera=...)``) to be used; below it, the bearing window.
+MIN_ASSUMED_CAMERA_SUPPORT = 0.5
 #: View support is only judged for objects that at least this many frames should show
 #: (an object at the end of the sweep, on one or two frames, has no evidence either way).
 MIN_EXPECTED_FRAMES = 3
@@ -246,7 +249,10 @@ def merge(
         session's rotation range) to decide which frames should show each object: its
         detections are placed through that camera and the frames whose view holds the
         place are counted, as in calibrated mode, instead of the bearing window of
-        :func:`view_support`. Positions and pulse widths stay the legacy formulas'.
+        :func:`view_support`, provided the median view support it gives the session's
+        objects is at least :data:`MIN_ASSUMED_CAMERA_SUPPORT` (else the camera does not
+        fit this arm and the bearing window is used). Positions and pulse widths stay
+        the legacy formulas'.
 
     Returns
     -------
@@ -272,13 +278,19 @@ def merge(
     objects = [merge_group(dets, constants, shape) for dets, shape in zip(kept, shapes, strict=True)]
     if frames and constants is not None:
         bars = dict(DEFAULT_MIN_VIEW_SUPPORT if min_view_support is None else min_view_support)
-        if not constants.calibrated and legacy_camera is not None and legacy_camera.calibrated:
+        expected = None
+        if not constants.calibrated and legacy_camera is not None and legacy_camera.calibrated and kept:
             # where each object is, seen through the assumed camera, decides which frames show it
             placed = locate([d.detection for dets in kept for d in dets], legacy_camera)  # one batched fit
             bounds = np.cumsum([0] + [len(dets) for dets in kept])
             nominal = [merge_group(placed[a:b], legacy_camera) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
             expected = _frames_showing(nominal, frames, legacy_camera, None)
-        else:
+            # trusted only if it explains the session: its typical object is seen on most
+            # of the frames the camera says should show it (another mount or frame
+            # spacing would leave every object under-supported)
+            if np.median([_support(dets, n) for dets, n in zip(kept, expected, strict=True)]) < MIN_ASSUMED_CAMERA_SUPPORT:
+                expected = None
+        if expected is None:
             expected = _frames_showing(objects, frames, constants, _legacy_window_deg(located, constants))
         objects = [
             obj

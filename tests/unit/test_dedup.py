@@ -383,3 +383,22 @@ def test_legacy_view_support_through_an_assumed_camera_drops_a_lone_corner_detec
     assert len(plain) == n_true + 1
     assert len(assumed) == n_true
     assert [o.position for o in assumed] == [o.position for o in plain if o.detection_ids != [len(dets) - 1]]
+
+
+def test_an_assumed_camera_that_does_not_fit_the_session_is_not_used():
+    """Frames 200 µs apart with every object on one frame only: through the reference
+    camera each object should be on ~3 frames, so the camera does not explain the session
+    (median support ~0.3) and view support falls back to the bearing window: nothing is lost."""
+    boxes = [(1000.0, (700, 900, 780, 980)), (1200.0, (300, 700, 380, 780)), (1400.0, (1000, 800, 1080, 880)),
+             (1600.0, (500, 600, 580, 680)), (1800.0, (900, 1000, 980, 1080))]
+    dets = [stored(i, pw, box, ITEM_CLASS_ID, score=0.95) for i, (pw, box) in enumerate(boxes)]
+    frames = [dedup.FrameView(f"{int(pw)}.jpg", pw, WIDTH_PX, HEIGHT_PX) for pw, _ in boxes]
+    located = geometry.locate(dets, LEGACY)
+    plain = dedup.merge(located, constants=LEGACY, frames=frames)
+    assumed = dedup.merge(located, constants=LEGACY, frames=frames, legacy_camera=CALIBRATED)
+    assert len(plain) >= 4 and [o.detection_ids for o in assumed] == [o.detection_ids for o in plain]
+    # trusted blindly, the camera would have dropped objects: their support under it is below the bar
+    placed = dedup.merge(geometry.locate(dets, CALIBRATED), constants=CALIBRATED)
+    expected = dedup._frames_showing(placed, frames, CALIBRATED, None)
+    supports = [0.95 * len(o.detection_ids) / n for o, n in zip(placed, expected, strict=True) if n >= dedup.MIN_EXPECTED_FRAMES]
+    assert supports and np.median(supports) < dedup.MIN_ASSUMED_CAMERA_SUPPORT
