@@ -51,9 +51,10 @@ class Settings:
         Weight of an item's fitted footprint size and height (log mm) next to its
         embedding when items are grouped in calibrated mode
         (:func:`sorterbot_cloud.planner.item_features`); 0 groups on embeddings alone.
-        Defaults 1.5 and 0.25: chosen with the shipped embedder's ``group_distance``
-        on tuning sessions never used for the reported figures (seeds 3000+ held-out and
-        9000+ known kinds, ``sorterbot-cloud tune-grouping``; README).
+        Defaults 1.0 and 0.25: chosen with the shipped detector and embedder (and the
+        embedder's ``group_distance``) on tuning sessions never used for the reported
+        figures (seeds 3000+ held-out and 9000+ known kinds, ``sorterbot-cloud
+        tune-grouping``; README).
     legacy_camera : {'reference', 'none'}
         Legacy mode (no camera in the constants): with ``reference`` the reference arm's
         camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
@@ -93,7 +94,7 @@ class Settings:
     dedup_min_view_support_item: float = 0.25
     dedup_min_view_support_container: float = 0.5
     kmeans_n_init: int = 10
-    grouping_size_weight: float = 1.5
+    grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.25
     legacy_camera: str = "reference"
     random_state: int = 0
