@@ -168,6 +168,23 @@ def simulated_session(cache: Path, seed: int, heldout: bool = True, **kwargs) ->
     return folder
 
 
+def _first_laid_out(cache: Path, seed: int, tries: int = 20, **kwargs) -> Path:
+    """:func:`simulated_session` for ``seed``, or the next seed whose scene can be laid out
+    (deterministic: the same seeds are tried in the same order).
+
+    Raises
+    ------
+    BadRequest
+        If none of ``tries`` seeds lays out.
+    """
+    for k in range(tries):
+        try:
+            return simulated_session(cache, seed + k, **kwargs)
+        except BadRequest:
+            continue
+    raise BadRequest(f"no scene with {kwargs} could be laid out for seeds {seed}..{seed + tries - 1}")
+
+
 def _frames(folder: Path) -> list[Path]:
     from sorterbot_cloud.service_cli import session_frames
 
@@ -267,7 +284,7 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
     """Measure ingest; returns the figures (ms medians, RSS MiB)."""
     from sorterbot_cloud.imaging import decode_image
 
-    folder = simulated_session(cache, 4242, n_items=6, n_item_types=3, n_containers=2)
+    folder = _first_laid_out(cache, 4242, n_items=6, n_item_types=3, n_containers=2)
     frames = _frames(folder)
     step = max(1, len(frames) // n_frames)
     frames = frames[::step][:n_frames]
@@ -300,7 +317,7 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
 
 def run_trigger(repeats: int, cache: Path, detector=None) -> dict:
     """Measure the session trigger on a 20-frame session; returns median ms per mode."""
-    folder = simulated_session(cache, 4343, n_items=8, n_item_types=4, n_containers=4)
+    folder = _first_laid_out(cache, 4343, n_items=8, n_item_types=4, n_containers=4)
     gt = json.loads((folder / "ground_truth.json").read_text())
     constants = gt["arm_constants"]
     with bench_context(detector=detector) as ctx:
