@@ -147,7 +147,9 @@ def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tm
     assert heights[:2] == pytest.approx([3.0, 3.0], abs=4.0) and heights[2:] == pytest.approx([30.0, 30.0], abs=4.0)
     assert [(o.x_mm, o.y_mm, o.position) for o in measured] == [(o.x_mm, o.y_mm, o.position) for o in items]  # legacy positions kept
 
-    svc = Service(Settings.load(environ={}, data_dir=tmp_path, legacy_camera=camera), detector=FakeDetector(),
+    # weights fixed here (not the tuned defaults): identical embeddings, 30 mm vs 3 mm tall
+    svc = Service(Settings.load(environ={}, data_dir=tmp_path, legacy_camera=camera, grouping_size_weight=1.0,
+                                grouping_height_weight=1.0), detector=FakeDetector(),
                   embedder=FakeEmbedder(), repository=FakeRepository(), archive=FakeArchive())
     svc.embedder.group_distance = 0.175
     labels = svc.group(_with_nominal_shapes(items, dets, legacy) if camera == "reference" else items, 4, camera == "reference")
