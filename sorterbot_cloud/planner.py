@@ -200,13 +200,15 @@ def item_features(
     The embedding of a crop sees colour, texture and silhouette, but not scale: a white
     die and a pale washer of similar size in pixels can embed close together while one
     stands 15 mm tall and the other 3 mm. In calibrated mode each item also has a size and
-    height in millimetres (fitted to all its boxes, :func:`sorterbot_cloud.geometry.refine_objects`),
+    height in millimetres (fitted to all its boxes, :func:`sorterbot_cloud.geometry.refine_objects`;
+    in legacy mode through the reference camera, ``service._with_nominal_shapes``),
     which are appended as ``size_weight * log(size_mm)`` and ``height_weight * log(height_mm)``
     (both floored at :data:`SHAPE_FLOOR_MM`): half the squared Euclidean distance between
     two rows is then the cosine distance of their embeddings plus
     ``(size_weight**2 * dlog_size**2 + height_weight**2 * dlog_height**2) / 2``, the
-    distance :func:`group_items` clusters on. With zero weights (or legacy mode, whose
-    sizes are not metric) the rows are the embeddings alone.
+    distance :func:`group_items` clusters on. With zero weights the rows are the embeddings
+    alone (the trigger also leaves the shapes out in legacy mode when
+    ``Settings.legacy_camera`` is ``none``: legacy box sizes are not metric).
 
     Parameters
     ----------
