@@ -618,8 +618,6 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     weights and group distances, and the share of sessions sorted correctly is printed
     per kind set and on average. Pick a row, set the two settings (config.yaml).
     """
-    from sorterbot_cloud import dedup
-
     _set_threads(threads)
     ws_grid, wh_grid = _floats(size_weights), _floats(height_weights)
     if not ws_grid or not wh_grid or any(v < 0 for v in ws_grid + wh_grid):
@@ -642,9 +640,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
                 gt = json.loads((folder / "ground_truth.json").read_text())
                 session_id = f"tune_{kinds}_{seed}"
                 ingest_session(ctx.service, folder, "TUNE", session_id)
-                frames = [dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
-                          for f in ctx.service.repository.session_frames("TUNE", session_id)]
-                sessions.append((gt, ctx.service.repository.load_session("TUNE", session_id), frames))
+                sessions.append((gt, ctx.service.repository.load_session("TUNE", session_id), ctx.service.frame_views("TUNE", session_id)))
                 seeds_used.setdefault(kinds, []).append(seed)
             table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid)
     header = f"{'size w':>6} {'height w':>8} {'distance':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"

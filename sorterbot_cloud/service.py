@@ -336,14 +336,11 @@ class Service:
         arm_id = validate_id("arm_id", arm_id)
         session_id = validate_id("session_id", session_id)
         arm_constants = ArmConstants.from_mapping(constants)
-        from sorterbot_cloud import dedup, geometry, planner
+        from sorterbot_cloud import geometry, planner
 
         with timer.stage("load"):
             stored = list(self.repository.load_session(arm_id, session_id))
-            frame_views = [
-                dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
-                for f in self.repository.session_frames(arm_id, session_id)
-            ]
+            frame_views = self.frame_views(arm_id, session_id)
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
         with timer.stage("dedup"):
@@ -397,6 +394,20 @@ class Service:
             },
         )
         return result
+
+    def frame_views(self, arm_id: str, session_id: str) -> list:
+        """Every stored frame of a session, with or without detections (the trigger's view support).
+
+        Returns
+        -------
+        list of dedup.FrameView
+        """
+        from sorterbot_cloud import dedup
+
+        return [
+            dedup.FrameView(f["image_name"], float(f["pw0"]), int(f["width_px"]), int(f["height_px"]))
+            for f in self.repository.session_frames(arm_id, session_id)
+        ]
 
     def merge(self, located: list, frame_views: list, arm_constants: ArmConstants) -> list[ArmObject]:
         """The trigger's dedup stage: :func:`dedup.merge` with the settings' thresholds.
