@@ -92,7 +92,7 @@ class Settings:
     detector_min_size_px: int = 512
     dedup_distance_factor: float = 0.6
     dedup_min_view_support_item: float = 0.25
-    dedup_min_view_support_container: float = 0.5
+    dedup_min_view_support_container: float = 0.6
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.25
