@@ -583,19 +583,25 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
     return rows
 
 
-def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: list[float]) -> dict:
-    """The row with the best ``mean_sorted``; among ties, the one whose neighbours on the
-    (size weight, height weight) grid (one step either way, any group distance) score best
-    on average, so the choice sits inside a plateau rather than on its edge."""
+def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: list[float],
+                  group_distances: list[float | None] | None = None) -> dict:
+    """The row with the best ``mean_sorted`` (ties within 1e-9); among ties, the one whose
+    neighbours on the grid (one step either way on each axis: size weight, height weight
+    and group distance) score best on average, so the choice sits inside a plateau rather
+    than on its edge."""
     top = max(r["mean_sorted"] for r in rows)
+    distances = group_distances or [None]
+
+    def position(row: dict) -> np.ndarray:
+        gd = row["group_distance"]
+        return np.array([size_weights.index(row["size_weight"]), height_weights.index(row["height_weight"]),
+                         distances.index(gd) if gd in distances else 0])
 
     def neighbourhood(row: dict) -> float:
-        i, j = size_weights.index(row["size_weight"]), height_weights.index(row["height_weight"])
-        near = [r["mean_sorted"] for r in rows
-                if abs(size_weights.index(r["size_weight"]) - i) <= 1 and abs(height_weights.index(r["height_weight"]) - j) <= 1]
-        return float(np.mean(near))
+        here = position(row)
+        return float(np.mean([r["mean_sorted"] for r in rows if np.abs(position(r) - here).max() <= 1]))
 
-    return max((r for r in rows if r["mean_sorted"] == top), key=neighbourhood)
+    return max((r for r in rows if r["mean_sorted"] >= top - 1e-9), key=neighbourhood)
 
 
 @click.command("tune-grouping")
@@ -604,19 +610,20 @@ def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: l
               show_default=True, help="Which kinds to tune on (repeatable); seeds from TUNING_SEED_START.")
 @click.option("--size-weights", default="0,0.5,1,1.5,2,3", show_default=True, help="Comma list.")
 @click.option("--height-weights", default="0,0.25,0.5,1", show_default=True, help="Comma list.")
-@click.option("--group-distances", default=None, help="Comma list (default: the embedder's calibrated distance).")
+@click.option("--group-distances", default=None, help="Comma list (default: Settings.grouping_distance, else the embedder's calibrated distance).")
 @click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
 @click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True)
 @click.option("--json-out", default=Path("out/bench/tune_grouping.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
 def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str, height_weights: str, group_distances: str | None,
                   cache: Path, detector_kind: str, json_out: Path, threads: int | None) -> None:
-    """Choose the shape weights of the grouping (Settings.grouping_size_weight, grouping_height_weight).
+    """Choose the grouping's shape weights and distance (Settings.grouping_size_weight, grouping_height_weight, grouping_distance).
 
     Simulated sessions with tuning seeds (never the seeds of evaluate-sessions' figures)
     are ingested once; the calibrated grouping is then replayed for every combination of
     weights and group distances, and the share of sessions sorted correctly is printed
-    per kind set and on average. Pick a row, set the two settings (config.yaml).
+    per kind set and on average. Pick a row, set the settings (config.yaml: grouping_size_weight,
+    grouping_height_weight, grouping_distance).
     """
     _set_threads(threads)
     ws_grid, wh_grid = _floats(size_weights), _floats(height_weights)
@@ -626,7 +633,10 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     table: dict[str, list[dict]] = {}
     seeds_used: dict[str, list[int]] = {}
     with bench_context(detector=detector) as ctx:
-        gd_grid = _floats(group_distances) if group_distances else [getattr(ctx.service.embedder, "group_distance", None)]
+        default_distance = ctx.service.settings.grouping_distance
+        if default_distance is None:
+            default_distance = getattr(ctx.service.embedder, "group_distance", None)
+        gd_grid = _floats(group_distances) if group_distances else [default_distance]
         for kinds in kind_sets:
             heldout = kinds == "heldout"
             sessions, seed = [], TUNING_SEED_START[kinds] - 1
@@ -655,8 +665,10 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
         gd = row["group_distance"]
         click.echo(f"{row['size_weight']:>6g} {row['height_weight']:>8g} {'gap' if gd is None else f'{gd:g}':>8} "
                    + " ".join(f"{v:>15.3f}" for v in shares) + f" {mean:>6.3f}")
-    best = _plateau_best(combined, ws_grid, wh_grid)
-    click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g} "
-               f"({best['mean_sorted']:.3f}); ties go to the row whose grid neighbours score best")
+    best = _plateau_best(combined, ws_grid, wh_grid, gd_grid)
+    gd = best["group_distance"]
+    click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g}, "
+               f"distance {'gap' if gd is None else f'{gd:g}'} ({best['mean_sorted']:.3f}); "
+               "ties go to the row whose grid neighbours score best")
     _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seeds": seeds_used,
                            "rows": combined, "best": best})

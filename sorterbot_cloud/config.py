@@ -55,6 +55,12 @@ class Settings:
         embedder's ``group_distance``) on tuning sessions never used for the reported
         figures (seeds 3000+ held-out and 9000+ known kinds, ``sorterbot-cloud
         tune-grouping``; README).
+    grouping_distance : float or None
+        Cosine-scale distance above which two groups of items are different kinds when
+        their shapes are appended (:func:`sorterbot_cloud.planner.group_items`); None uses
+        the embedder's ``group_distance``, calibrated on crops alone (no shape terms).
+        Default 0.15: at the weights above, the best of 0.1..0.2 on the tuning sessions
+        (40 + 40, ``sorterbot-cloud tune-grouping --n 40``; README).
     legacy_camera : {'reference', 'none'}
         Legacy mode (no camera in the constants): with ``reference`` the reference arm's
         camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
@@ -96,6 +102,7 @@ class Settings:
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.25
+    grouping_distance: float | None = 0.15
     legacy_camera: str = "reference"
     random_state: int = 0
     api_token: str | None = None
@@ -136,6 +143,8 @@ class Settings:
             raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
+        if self.grouping_distance is not None and not 0.0 < self.grouping_distance <= 2.0:
+            raise ValueError(f"grouping_distance must be in (0, 2] or null, got {self.grouping_distance}")
 
     @classmethod
     def load(
@@ -181,7 +190,9 @@ class Settings:
         for name, value in values.items():
             # the field's declared type, optional or not (``int | None`` converts as int)
             kinds = set(get_args(hints[name])) or {hints[name]}
-            if Path in kinds:
+            if value is None and type(None) in kinds:
+                typed[name] = None
+            elif Path in kinds:
                 p = Path(value)
                 typed[name] = p if p.is_absolute() else (PROJECT_ROOT / p)
             elif bool in kinds:

@@ -448,8 +448,9 @@ class Service:
         The items' embeddings, with their fitted size and height where they are metric
         appended (:func:`planner.item_features`, weights ``Settings.grouping_size_weight``
         and ``grouping_height_weight``), are grouped by :func:`planner.group_items`: as
-        many groups as the embedder's calibrated ``group_distance`` finds kinds (else the
-        largest gap), at most one per container, so a kind is never split.
+        many groups as the grouping distance finds kinds (``Settings.grouping_distance``
+        where shapes are appended, else the embedder's calibrated ``group_distance``; with
+        neither, the largest gap), at most one per container, so a kind is never split.
 
         Parameters
         ----------
@@ -460,7 +461,7 @@ class Service:
             Whether the items' ``size_mm`` and ``height_mm`` are millimetres (calibrated
             mode, or legacy items measured by :func:`_with_nominal_shapes`).
         size_weight, height_weight, group_distance : float, optional
-            Override the settings' weights and the embedder's distance (for tuning,
+            Override the settings' weights and the distance (for tuning,
             ``sorterbot-cloud tune-grouping``).
 
         Returns
@@ -470,17 +471,19 @@ class Service:
         from sorterbot_cloud import planner
 
         features = _item_embedding_matrix(items)
-        if metric_shapes:
+        distance = getattr(self.embedder, "group_distance", None)
+        size_weight = self.settings.grouping_size_weight if size_weight is None else size_weight
+        height_weight = self.settings.grouping_height_weight if height_weight is None else height_weight
+        if metric_shapes and (size_weight > 0 or height_weight > 0):
             features = planner.item_features(
-                features,
-                np.array([o.size_mm for o in items]),
-                np.array([o.height_mm or 0.0 for o in items]),
-                self.settings.grouping_size_weight if size_weight is None else size_weight,
-                self.settings.grouping_height_weight if height_weight is None else height_weight,
+                features, np.array([o.size_mm for o in items]), np.array([o.height_mm or 0.0 for o in items]), size_weight, height_weight,
             )
+            # the shape terms lengthen the distances between kinds: use the distance tuned with them
+            if self.settings.grouping_distance is not None:
+                distance = self.settings.grouping_distance
         return planner.group_items(
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
-            group_distance=getattr(self.embedder, "group_distance", None) if group_distance is None else group_distance,
+            group_distance=distance if group_distance is None else group_distance,
         )
 
 

@@ -178,8 +178,12 @@ def test_torch_threads_setting_is_applied_when_the_app_loads(settings, repositor
 
 
 def test_trigger_groups_by_the_embedders_group_distance(settings, repository, archive):
-    """The embedder's calibrated distance between kinds decides the number of groups."""
+    """Without a distance of the settings' own (``grouping_distance`` null), the embedder's
+    calibrated distance between kinds decides the number of groups."""
+    import dataclasses
+
     embedder = FakeEmbedder()
+    settings = dataclasses.replace(settings, grouping_distance=None)
     client = create_app(settings, detector=FakeDetector(), embedder=embedder, repository=repository, archive=archive).test_client()
     post_session(client)
     clusters = {}
@@ -189,3 +193,23 @@ def test_trigger_groups_by_the_embedders_group_distance(settings, repository, ar
         clusters[distance] = {o["cluster_id"] for o in rich["objects"] if o["class"] == "item"}
     assert clusters == {0.05: {0, 1}, 2.0: {0}}
     assert sorted(map(sorted, colours_per_container(rich).values())) == [["blue", "red"]]
+
+
+def test_settings_grouping_distance_decides_where_shapes_are_appended(settings, repository, archive):
+    """Legacy sessions with the reference camera append each item's size and height to its
+    embedding; there ``Settings.grouping_distance`` decides, whatever the embedder's own."""
+    import dataclasses
+
+    assert settings.legacy_camera == "reference" and settings.grouping_size_weight > 0
+    embedder = FakeEmbedder()
+    embedder.group_distance = 2.0  # alone, it would put every item in one group
+    clusters = {}
+    for distance in (0.05, 2.0):
+        app = create_app(dataclasses.replace(settings, grouping_distance=distance), detector=FakeDetector(), embedder=embedder,
+                         repository=repository, archive=archive)
+        client = app.test_client()
+        if distance == 0.05:
+            post_session(client)
+        rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
+        clusters[distance] = {o["cluster_id"] for o in rich["objects"] if o["class"] == "item"}
+    assert clusters == {0.05: {0, 1}, 2.0: {0}}

@@ -139,3 +139,16 @@ def test_tune_grouping_breaks_ties_inside_the_plateau():
     share[(1.0, 1.0)] = 0.95
     rows = [{"size_weight": a, "height_weight": b, "group_distance": 0.2, "mean_sorted": share[(a, b)]} for a in ws for b in wh]
     assert (_plateau_best(rows, ws, wh)["size_weight"], _plateau_best(rows, ws, wh)["height_weight"]) == (1.0, 1.0)
+
+
+def test_tune_grouping_ties_count_float_noise_and_the_distance_axis():
+    """Shares that differ by float rounding are ties, and the neighbourhood spans the
+    group-distance axis too: of two tied rows, the one whose neighbouring distances also
+    score well wins over the one next to a poor distance."""
+    from sorterbot_cloud.bench import _plateau_best
+
+    ws, wh, gd = [1.0], [0.25], [0.1, 0.15, 0.2, 0.25, 0.3]
+    share = {0.1: 0.5, 0.15: (0.925 + 1.0) / 2, 0.2: 0.9, 0.25: (0.95 + 0.975) / 2, 0.3: 0.95}
+    assert share[0.15] != share[0.25]  # 0.9625 vs 0.9624999...: equal up to rounding
+    rows = [{"size_weight": 1.0, "height_weight": 0.25, "group_distance": d, "mean_sorted": share[d]} for d in gd]
+    assert _plateau_best(rows, ws, wh, gd)["group_distance"] == 0.25  # neighbours 0.9 and 0.95, not 0.5 and 0.9

@@ -50,7 +50,18 @@ def test_torch_threads_from_environment_is_an_integer_and_defaults_to_none(tmp_p
 @pytest.mark.parametrize("overrides, match", [
     ({"legacy_camera": "pinhole"}, "legacy_camera"),
     ({"grouping_size_weight": -1.0}, "grouping_size_weight"),
+    ({"grouping_distance": 0.0}, "grouping_distance"),
+    ({"grouping_distance": 2.5}, "grouping_distance"),
 ])
 def test_bad_grouping_settings_are_refused(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         Settings.load(environ={}, data_dir=tmp_path, **overrides)
+
+
+def test_grouping_distance_null_in_the_file_means_the_embedders(tmp_path):
+    """``grouping_distance: null`` loads as None (the embedder's distance), a number as a float."""
+    path = tmp_path / "c.yaml"
+    path.write_text("grouping_distance: null\n")
+    assert Settings.load(config_file=path, environ={}).grouping_distance is None
+    path.write_text("grouping_distance: '0.2'\n")
+    assert Settings.load(config_file=path, environ={}).grouping_distance == 0.2
