@@ -332,6 +332,21 @@ def test_contained_container_box_is_dropped_but_items_and_other_frames_are_not()
     assert [d.detection.detection_id for d in dedup.suppress_contained(located)] == [1, 3]
 
 
+def test_an_item_boxed_twice_on_a_frame_is_one_detection_but_neighbours_stay():
+    """The boxes of the tuning session that split a domino in legacy mode (IoU 0.47, 74 %
+    of the smaller inside the larger): the weaker goes. Two neighbouring items whose boxes
+    overlap by half of the smaller stay two."""
+    larger = stored(0, 1500, (452, 800, 658, 1029), ITEM_CLASS_ID, score=0.88)
+    smaller = stored(1, 1500, (503, 774, 684, 972), ITEM_CLASS_ID, score=0.65)
+    located = geometry.locate([larger, smaller], CALIBRATED)
+    assert [d.detection.detection_id for d in dedup.suppress_contained(located, class_ids=(ITEM_CLASS_ID,))] == [0]
+    assert [o.detection_ids for o in dedup.merge(located, constants=CALIBRATED)] == [[0]]
+    left = stored(2, 1500, (100, 100, 200, 200), ITEM_CLASS_ID, score=0.9)
+    right = stored(3, 1500, (150, 110, 250, 190), ITEM_CLASS_ID, score=0.95)  # 40 % of left inside right
+    located = geometry.locate([left, right], CALIBRATED)
+    assert [d.detection.detection_id for d in dedup.suppress_contained(located, class_ids=(ITEM_CLASS_ID,))] == [2, 3]
+
+
 def test_merge_keeps_one_object_for_an_item_with_part_boxes():
     """A domino-like item reported on every frame as a whole box plus a weaker box on one
     half becomes one object, not two (the cannot-link rule alone would keep two)."""
