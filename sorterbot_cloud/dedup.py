@@ -3,12 +3,13 @@
 The arm sees each object on several consecutive frames. :func:`merge` groups the
 located detections of one class by constrained single-linkage agglomeration:
 
-0. on each frame, of two boxes of one class one of which lies almost wholly inside the
-   other, the less confident is dropped (:func:`suppress_contained`): objects of one
-   class do not nest, so the pair is the detector's two guesses at one object (a part of
-   it, such as half a domino, or a table region around a container), which IoU-based NMS
-   keeps (their IoU is small) and which would otherwise become two objects that the
-   cannot-link rule keeps apart;
+0. on each frame, of two boxes of one class one of which lies mostly inside the other
+   (:data:`CONTAINED_IOA` of its area), the less confident is dropped
+   (:func:`suppress_contained`): objects of one class do not nest, so the pair is the
+   detector's two guesses at one object (a part of it, such as half a domino, a shifted
+   second box, or a table region around a container), which IoU-based NMS keeps (their
+   IoU is small) and which would otherwise become two objects that the cannot-link rule
+   keeps apart;
 
 1. candidate links are the pairs of detections of the same class on *different* frames
    whose planar distance is below ``distance_factor * max(size_i, size_j)`` (a threshold
@@ -319,7 +320,7 @@ def merge(
 def suppress_contained(
     located: Sequence[LocatedDetection], min_ioa: float = CONTAINED_IOA, class_ids: Sequence[int] = (CONTAINER_CLASS_ID,)
 ) -> list[LocatedDetection]:
-    """Of two boxes of one class and frame, one almost wholly inside the other, drop the less confident.
+    """Of two boxes of one class and frame, one mostly inside the other, drop the less confident.
 
     Parameters
     ----------
