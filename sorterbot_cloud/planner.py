@@ -217,8 +217,9 @@ def item_features(
     sizes_mm, heights_mm : ndarray of shape (N,), float, optional
         Footprint diameter and height of each item (mm); required for a non-zero weight.
     size_weight, height_weight : float
-        Non-negative weights (per unit of natural-log ratio), calibrated together with the
-        embedder's ``group_distance`` (``Settings.grouping_size_weight``, ``grouping_height_weight``).
+        Non-negative weights (per unit of natural-log ratio), tuned together with the
+        distance that splits kinds (``Settings.grouping_size_weight``, ``grouping_height_weight``,
+        ``grouping_distance``).
 
     Returns
     -------
