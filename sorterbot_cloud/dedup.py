@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
-from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, locate, refine_objects
+from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, locate_groups, refine_objects
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, ArmObject, PolarPoint
 
 #: Default share of the larger object size within which two detections may be one object.
@@ -296,9 +296,8 @@ def merge(
         expected = None
         if not constants.calibrated and legacy_camera is not None and legacy_camera.calibrated and kept:
             # where each object is, seen through the assumed camera, decides which frames show it
-            placed = locate([d.detection for dets in kept for d in dets], legacy_camera)  # one batched fit
-            bounds = np.cumsum([0] + [len(dets) for dets in kept])
-            nominal = [merge_group(placed[a:b], legacy_camera) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            placed = locate_groups([[d.detection for d in dets] for dets in kept], legacy_camera)  # one batched fit
+            nominal = [merge_group(dets, legacy_camera) for dets in placed]
             expected = _frames_showing(nominal, frames, legacy_camera, None)
             # trusted only if it explains the session: its typical object is seen on most
             # of the frames the camera says should show it (another mount or frame

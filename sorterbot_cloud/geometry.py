@@ -46,6 +46,7 @@ the (nearer) top and fails on bowls (rim wider than base). The shape fits model 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,6 +169,33 @@ def locate(detections: list[StoredDetection], constants: ArmConstants) -> list[L
     if constants.camera is None:
         return _locate_legacy(detections, boxes, sizes, constants)
     return _locate_calibrated(detections, boxes, sizes, constants)
+
+
+def locate_groups(groups: Sequence[Sequence[StoredDetection]], constants: ArmConstants) -> list[list[LocatedDetection]]:
+    """:func:`locate` for several groups of detections in one batched call, split back per group.
+
+    Parameters
+    ----------
+    groups : sequence of sequence of StoredDetection
+        E.g. the detections of each object of a session; empty groups allowed.
+    constants : ArmConstants
+        As for :func:`locate` (legacy constants take their session-wide statistics over
+        all groups together).
+
+    Returns
+    -------
+    list of list of LocatedDetection
+        One list per group, each in its group's order.
+
+    Raises
+    ------
+    BadRequest
+        As :func:`locate`.
+    """
+    flat = [d for group in groups for d in group]
+    placed = locate(flat, constants)
+    bounds = np.cumsum([0] + [len(group) for group in groups])
+    return [placed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _boxes_and_sizes(detections: list[StoredDetection]) -> tuple[np.ndarray, np.ndarray]:

@@ -521,11 +521,8 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
 
     nominal = _reference_camera(arm_constants)
     by_id = {d.detection_id: d for d in stored}
-    detections = [[by_id[i] for i in obj.detection_ids if i in by_id] for obj in items]
-    flat = [d for dets in detections for d in dets]
-    placed = geometry.locate(flat, nominal) if flat else []  # one batched single-frame fit for all items
-    bounds = np.cumsum([0] + [len(dets) for dets in detections])
-    groups = [placed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    # one batched single-frame fit for all items
+    groups = geometry.locate_groups([[by_id[i] for i in obj.detection_ids if i in by_id] for obj in items], nominal)
     shapes = geometry.refine_objects(groups, nominal)
     out = []
     for obj, dets, shape in zip(items, groups, shapes, strict=True):

@@ -355,3 +355,16 @@ def test_analytic_boxes_match_projected_points(kind):
         uv = constants.camera.project(pts, th, WIDTH_PX, HEIGHT_PX)
         want = [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
         np.testing.assert_allclose(got[f], want, atol=0.05)
+
+
+def test_locate_groups_splits_one_batched_locate_back_per_group():
+    """Each group gets exactly what one :func:`geometry.locate` of all groups together gives
+    its detections, in its order; empty groups stay empty."""
+    constants = ArmConstants.reference()
+    dets = [stored(i, 1000 + 50 * i, (300 + 20 * i, 500, 380 + 20 * i, 580)) for i in range(5)]
+    groups = [[dets[3], dets[0]], [], [dets[4]], [dets[1], dets[2]]]
+    together = {d.detection.detection_id: d for d in geometry.locate([d for g in groups for d in g], constants)}
+    split = geometry.locate_groups(groups, constants)
+    assert [[d.detection.detection_id for d in g] for g in split] == [[3, 0], [], [4], [1, 2]]
+    assert all(d.x_mm == together[d.detection.detection_id].x_mm for g in split for d in g)
+    assert geometry.locate_groups([], constants) == []
