@@ -14,8 +14,8 @@
   held-out seeds, item types and textures (3 to 8 items of 2 to 4 types, 1 to 4
   containers), each ingested once and triggered in both geometry modes, scored with
   :func:`sorterbot_cloud.evaluation.score_session`; prints a table, writes JSON.
-- ``sorterbot-cloud tune-grouping``: the grouping's shape weights
-  (``Settings.grouping_size_weight``, ``grouping_height_weight``) on tuning sessions
+- ``sorterbot-cloud tune-grouping``: the grouping's shape weights and distance
+  (``Settings.grouping_size_weight``, ``grouping_height_weight``, ``grouping_distance``) on tuning sessions
   (seeds from :data:`TUNING_SEED_START`, never those of the reported figures): each
   session is ingested once, then only its calibrated grouping is replayed per grid point.
 
@@ -633,10 +633,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     table: dict[str, list[dict]] = {}
     seeds_used: dict[str, list[int]] = {}
     with bench_context(detector=detector) as ctx:
-        default_distance = ctx.service.settings.grouping_distance
-        if default_distance is None:
-            default_distance = getattr(ctx.service.embedder, "group_distance", None)
-        gd_grid = _floats(group_distances) if group_distances else [default_distance]
+        gd_grid = _floats(group_distances) if group_distances else [ctx.service.kinds_distance(shapes_appended=True)]
         for kinds in kind_sets:
             heldout = kinds == "heldout"
             sessions, seed = [], TUNING_SEED_START[kinds] - 1

@@ -441,6 +441,18 @@ class Service:
             )
         )
 
+    def kinds_distance(self, shapes_appended: bool) -> float | None:
+        """The distance above which two groups of items are different kinds (:meth:`group`).
+
+        With the items' shapes appended, ``Settings.grouping_distance`` (the shape terms
+        lengthen the distances between kinds, so it is tuned with them) unless it is None;
+        otherwise the embedder's ``group_distance``, calibrated on crops alone; None when
+        neither is set (the planner then takes the largest gap).
+        """
+        if shapes_appended and self.settings.grouping_distance is not None:
+            return self.settings.grouping_distance
+        return getattr(self.embedder, "group_distance", None)
+
     def group(self, items: list[ArmObject], n_containers: int, metric_shapes: bool, *, size_weight: float | None = None,
               height_weight: float | None = None, group_distance: float | None = None) -> np.ndarray:
         """Group labels of a session's items (the trigger's clustering stage).
@@ -471,16 +483,14 @@ class Service:
         from sorterbot_cloud import planner
 
         features = _item_embedding_matrix(items)
-        distance = getattr(self.embedder, "group_distance", None)
         size_weight = self.settings.grouping_size_weight if size_weight is None else size_weight
         height_weight = self.settings.grouping_height_weight if height_weight is None else height_weight
-        if metric_shapes and (size_weight > 0 or height_weight > 0):
+        shapes_appended = metric_shapes and (size_weight > 0 or height_weight > 0)
+        if shapes_appended:
             features = planner.item_features(
                 features, np.array([o.size_mm for o in items]), np.array([o.height_mm or 0.0 for o in items]), size_weight, height_weight,
             )
-            # the shape terms lengthen the distances between kinds: use the distance tuned with them
-            if self.settings.grouping_distance is not None:
-                distance = self.settings.grouping_distance
+        distance = self.kinds_distance(shapes_appended)
         return planner.group_items(
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
             group_distance=distance if group_distance is None else group_distance,
