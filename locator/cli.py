@@ -1,4 +1,4 @@
-"""Click commands of the locator: ``train-detector``, ``evaluate-detector``, ``bench-detector``,
+"""Click commands of the locator: ``train-detector``, ``train-refine-head``, ``evaluate-detector``, ``bench-detector``,
 ``export-detector`` and ``convert-voc`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
 
 from __future__ import annotations
@@ -79,6 +79,36 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
     click.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 
+@click.command("train-refine-head")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The detector whose final boxes the head learns to refine (not changed).")
+@click.option("--dataset", "datasets", multiple=True, required=True, help=_DATASET_HELP)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--fg-iou", type=float, default=0.6, show_default=True,
+              help="First-stage boxes with at least this IoU with a true box are training samples.")
+@click.option("--iterations", type=int, default=4000, show_default=True)
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak AdamW learning rate (cosine decay).")
+@click.option("--crop-px", type=int, default=704, show_default=True, help="Random crop side, model-input pixels.")
+@click.option("--time-budget-min", type=float, default=None, help="Stop after this many minutes.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
+def train_refine_head_command(weights, datasets, out_dir, fg_iou, iterations, batch_size, lr, crop_px, time_budget_min,
+                              seed, threads):
+    """Train a second box-regression stage on a frozen detector; writes OUT/detector.pt + .json (locator.refine_head)."""
+    from .data import DatasetSpec
+    from .refine_head import train_refine_head
+
+    try:
+        specs = [DatasetSpec.parse(d) for d in datasets]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    path = train_refine_head(weights, specs, out_dir, fg_iou=fg_iou, iterations=iterations, batch_size=batch_size, lr=lr,
+                             crop_px=crop_px, time_budget_min=time_budget_min, seed=seed, threads=threads,
+                             recipe=_recipe())
+    click.echo(f"wrote {path} and {path.with_suffix('.json')}")
+
+
 @click.command("export-detector")
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), required=True,
               help="checkpoint_last.pt or checkpoint_best.pt of a train-detector run.")
@@ -104,7 +134,10 @@ def export_detector(checkpoint, out_path):
 @click.option("--max-images", type=int, default=None)
 @click.option("--name", default=None, help="Also store the metrics under sidecar['metrics'][NAME].")
 @click.option("--threads", type=int, default=None)
-def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min_size_px, max_images, name, threads):
+@click.option("--box-refine-steps", type=click.IntRange(0, 1), default=None,
+              help="Regress the final boxes once more (default: the file's setting).")
+def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min_size_px, max_images, name, threads,
+                      box_refine_steps):
     """AP50 per class, COCO mAP, precision / recall / F1, confusion matrix and plots on a COCO dataset."""
     import torch
 
@@ -122,7 +155,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
         cmap = parse_class_map(class_map)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    overrides = {"score_threshold": 0.01}
+    overrides = {"score_threshold": 0.01, "box_refine_steps": box_refine_steps}
     if min_size_px:
         overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
     threshold = TorchvisionDetector._peek_config(weights).score_threshold if score_threshold is None else score_threshold
@@ -133,11 +166,15 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
     t0 = time.perf_counter()
     metrics = evaluate_records(detector, records, detector.config.class_names, threshold, progress=True)
     metrics.update(weights=str(weights), dataset=dataset, min_size_px=detector.config.min_size_px,
+                   box_refine_steps=detector.config.box_refine_steps,
                    seconds=round(time.perf_counter() - t0, 1))
     paths = write_report(metrics, out_dir, title=name or "")
     ap = metrics["ap50_per_class"]
     op = metrics["operating_point"]
+    sides = {k: round(v["mean_abs_px"], 2) if v["mean_abs_px"] is not None else None
+             for k, v in metrics["box_side_errors"].items()}
     click.echo(json.dumps({"ap50_per_class": ap, "map": round(metrics["map"], 4), "precision": round(op["precision"], 4),
+                           "box_side_mean_abs_px": sides, "box_refine_steps": detector.config.box_refine_steps,
                            "recall": round(op["recall"], 4), "f1": round(op["f1"], 4),
                            "confusion_matrix": op["confusion_matrix"], "labels": op["labels"], "files": paths}))
     if name:
@@ -308,7 +345,7 @@ def locator_group():
     """Detector commands (also reachable as ``python -m locator.cli``)."""
 
 
-for _cmd in (train_detector, evaluate_detector, bench_detector_command, export_detector, convert_voc,
+for _cmd in (train_detector, train_refine_head_command, evaluate_detector, bench_detector_command, export_detector, convert_voc,
              merge_coco_command):
     locator_group.add_command(_cmd)
 

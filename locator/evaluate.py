@@ -163,6 +163,62 @@ def confusion_at_threshold(records: Sequence[Record], predictions: Sequence[Dete
             "iou_threshold": float(iou_threshold)}
 
 
+def box_side_errors(records: Sequence[Record], predictions: Sequence[Detections], score_threshold: float,
+                    class_names: Sequence[str] = CLASS_NAMES, iou_threshold: float = 0.5,
+                    border_px: float = 3.0) -> dict:
+    """How tight the boxes are: absolute error of each box side on matched detections.
+
+    Each true box is matched to the detection of its class, at or above the score
+    threshold, that overlaps it most (IoU >= ``iou_threshold``). A side of a true box
+    within ``border_px`` of the image border is left out (the border, not the detector,
+    decides where it ends).
+
+    Parameters
+    ----------
+    records : sequence of Record
+    predictions : sequence of Detections
+        In the records' pixels, one per record.
+    score_threshold, iou_threshold, border_px : float
+
+    Returns
+    -------
+    dict
+        Per class name: ``n`` matched boxes, ``mean_abs_px`` and ``p90_abs_px`` over all
+        sides used, ``mean_abs_px_per_side`` (x0, y0, x1, y1) and ``mean_abs_rel``
+        (side errors divided by the true box's width or height).
+    """
+    errors: dict[int, list] = {k: [] for k in range(len(class_names))}
+    relative: dict[int, list] = {k: [] for k in range(len(class_names))}
+    for rec, det in zip(records, predictions, strict=True):
+        keep = det.scores >= score_threshold
+        boxes, class_ids = det.boxes_xyxy[keep], det.class_ids[keep]
+        for gt, c in zip(rec.boxes_xyxy, rec.class_ids, strict=True):
+            cand = np.flatnonzero(class_ids == c)
+            if not len(cand):
+                continue
+            iou = box_iou(gt, boxes[cand])
+            if iou.max() < iou_threshold:
+                continue
+            err = boxes[cand[int(np.argmax(iou))]] - gt
+            inner = np.array([gt[0] > border_px, gt[1] > border_px, gt[2] < rec.width_px - border_px,
+                              gt[3] < rec.height_px - border_px])
+            extent = np.array([gt[2] - gt[0], gt[3] - gt[1]] * 2, dtype=np.float64)
+            errors[int(c)].append(np.where(inner, np.abs(err), np.nan))
+            relative[int(c)].append(np.where(inner, np.abs(err) / np.maximum(extent, 1.0), np.nan))
+    out = {}
+    for k, name in enumerate(class_names):
+        e = np.array(errors[k], dtype=np.float64).reshape(-1, 4)
+        used = e[~np.isnan(e)]
+        out[name] = {
+            "n": int(len(e)),
+            "mean_abs_px": float(used.mean()) if used.size else None,
+            "p90_abs_px": float(np.percentile(used, 90)) if used.size else None,
+            "mean_abs_px_per_side": [None if np.isnan(v) else float(v) for v in np.nanmean(e, axis=0)] if used.size else None,
+            "mean_abs_rel": float(np.nanmean(np.array(relative[k], dtype=np.float64))) if used.size else None,
+        }
+    return out
+
+
 def predict_records(detector, records: Sequence[Record], progress: bool = False) -> list[Detections]:
     """Run ``detector.detect`` on the image of every record (boxes rescaled if the file's size differs)."""
     from tqdm import tqdm
@@ -185,12 +241,14 @@ def evaluate_records(detector, records: Sequence[Record], class_names: Sequence[
     Returns
     -------
     dict
-        :func:`coco_ap` keys plus ``operating_point`` (:func:`confusion_at_threshold`) and ``images``.
+        :func:`coco_ap` keys plus ``operating_point`` (:func:`confusion_at_threshold`),
+        ``box_side_errors`` (:func:`box_side_errors`) and ``images``.
     """
     predictions = predict_records(detector, records, progress=progress)
     metrics = coco_ap(records, predictions, class_names)
     metrics["operating_point"] = confusion_at_threshold(records, predictions, score_threshold,
                                                         class_names=class_names)
+    metrics["box_side_errors"] = box_side_errors(records, predictions, score_threshold, class_names)
     metrics["images"] = len(records)
     metrics["objects"] = {n: int(sum(int((r.class_ids == k).sum()) for r in records))
                           for k, n in enumerate(class_names)}

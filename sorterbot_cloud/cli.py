@@ -22,6 +22,7 @@ COMMANDS = {
     "simulate": "sorterbot_cloud.sim.cli:simulate",
     "db": "sorterbot_cloud.db.cli:db",
     "train-detector": "locator.cli:train_detector",
+    "train-refine-head": "locator.cli:train_refine_head_command",
     "evaluate-detector": "locator.cli:evaluate_detector",
     "bench-detector": "locator.cli:bench_detector_command",
     "export-detector": "locator.cli:export_detector",

@@ -39,6 +39,9 @@ class Settings:
         IoU threshold of the detector's per-class NMS.
     detector_min_size_px : int
         Shorter side (pixels) the detector resizes frames to.
+    detector_box_refine_steps : int
+        0 or 1: apply the detector's box regression once more to its final boxes
+        (:class:`locator.torchvision_detector.DetectorConfig`); tightens container boxes.
     dedup_distance_factor : float
         Two detections merge when their footprint centres are closer than this factor
         times the larger estimated object size.
@@ -96,6 +99,7 @@ class Settings:
     detector_score_threshold: float = 0.5
     detector_nms_iou: float = 0.5
     detector_min_size_px: int = 512
+    detector_box_refine_steps: int = 0
     dedup_distance_factor: float = 0.6
     dedup_min_view_support_item: float = 0.25
     dedup_min_view_support_container: float = 0.6
@@ -122,6 +126,7 @@ class Settings:
         "DETECTOR_WEIGHTS": "detector_weights",
         "EMBEDDER_WEIGHTS": "embedder_weights",
         "DETECTOR_SCORE_THRESHOLD": "detector_score_threshold",
+        "DETECTOR_BOX_REFINE_STEPS": "detector_box_refine_steps",
         "API_TOKEN": "api_token",
         "CONTROL_PANEL_HOST": "control_panel_host",
         "DEPLOY_REGION": "deploy_region",
@@ -143,6 +148,8 @@ class Settings:
             raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
+        if self.detector_box_refine_steps not in (0, 1):
+            raise ValueError(f"detector_box_refine_steps must be 0 or 1, got {self.detector_box_refine_steps}")
         if self.grouping_distance is not None and not 0.0 < self.grouping_distance <= 2.0:
             raise ValueError(f"grouping_distance must be in (0, 2] or null, got {self.grouping_distance}")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from locator.data import Record
-from locator.evaluate import box_iou, coco_ap, confusion_at_threshold, write_report
+from locator.evaluate import box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
 from sorterbot_cloud.structures import Detections
 
 
@@ -100,3 +100,20 @@ def test_report_files_are_written(tmp_path):
     for key in ("pr_curve", "confusion_matrix"):
         assert Path(paths[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(Path(paths["metrics"]).read_text())["ap50_per_class"]["item"] == pytest.approx(1.0)
+
+
+def test_box_side_errors_measure_matched_sides_and_skip_border_sides():
+    """Width 200, height 100 frame. An item box shifted 2 px right and a container box
+    whose true bottom is the frame's border (that side is left out)."""
+    rec = record(0, [[20, 20, 60, 50], [100, 10, 180, 100]], [0, 1])
+    det = Detections(np.float32([[22, 20, 62, 50], [104, 10, 180, 90], [0, 0, 10, 10]]), np.float32([0.9, 0.8, 0.95]),
+                     np.int64([0, 1, 1]))
+    out = box_side_errors([rec], [det], score_threshold=0.5)
+    assert out["item"]["n"] == 1 and out["container"]["n"] == 1
+    assert out["item"]["mean_abs_px_per_side"] == [2.0, 0.0, 2.0, 0.0]
+    assert out["item"]["mean_abs_px"] == pytest.approx(1.0)
+    assert out["item"]["mean_abs_rel"] == pytest.approx((2 / 40 + 2 / 40) / 4)
+    assert out["container"]["mean_abs_px_per_side"][3] is None  # bottom on the border
+    assert out["container"]["mean_abs_px"] == pytest.approx(4 / 3)
+    low = box_side_errors([rec], [det], score_threshold=0.85)
+    assert low["container"]["n"] == 0 and low["container"]["mean_abs_px"] is None

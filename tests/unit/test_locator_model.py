@@ -60,6 +60,7 @@ def test_backbone_batchnorm_is_trainable_not_frozen():
         pytest.param({"anchor_sizes_px": ((8,), (16, 20), (32,), (64,))}, "equal length", id="ragged-anchors"),
         pytest.param({"score_threshold": 1.5}, "score_threshold", id="score-above-one"),
         pytest.param({"min_size_px": 800, "max_size_px": 600}, "min_size_px", id="min-above-max"),
+        pytest.param({"box_refine_steps": 2}, "box_refine_steps", id="two-refine-steps"),
     ],
 )
 def test_config_rejects_bad_values(config, match):
@@ -162,6 +163,44 @@ def test_load_detector_uses_the_settings(tiny_detector, tmp_path):
     assert detector.config.score_threshold == 0.25 and detector.config.nms_iou == 0.4
     assert detector.model.transform.min_size == (128,)
     assert detector.model.transform.max_size >= 128
+
+
+def _refining_copy(detector: TorchvisionDetector) -> TorchvisionDetector:
+    """The same weights with one box refinement step."""
+    from dataclasses import replace
+
+    return TorchvisionDetector(detector.model, replace(detector.config, box_refine_steps=1))
+
+
+def test_box_refinement_moves_boxes_by_the_heads_own_regression(tiny_detector):
+    """Same scores and classes; boxes moved inside the frame; a zero regression leaves them."""
+    image = np.random.default_rng(5).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    plain = tiny_detector.detect(image)
+    refined = _refining_copy(tiny_detector).detect(image)
+    assert len(plain) > 0
+    np.testing.assert_array_equal(refined.scores, plain.scores)
+    np.testing.assert_array_equal(refined.class_ids, plain.class_ids)
+    assert np.abs(refined.boxes_xyxy - plain.boxes_xyxy).max() > 0.01
+    assert refined.boxes_xyxy[:, [0, 2]].max() <= 160 and refined.boxes_xyxy[:, [1, 3]].max() <= 120
+    assert (refined.boxes_xyxy >= 0).all()
+
+    torch.manual_seed(0)
+    zero = TorchvisionDetector.untrained(TINY)
+    zero.model.load_state_dict(tiny_detector.model.state_dict())
+    with torch.no_grad():
+        zero.model.roi_heads.box_predictor.bbox_pred.weight.zero_()
+        zero.model.roi_heads.box_predictor.bbox_pred.bias.zero_()
+    base = zero.detect(image)
+    again = _refining_copy(zero).detect(image)
+    assert len(base) > 0
+    np.testing.assert_allclose(again.boxes_xyxy, base.boxes_xyxy, atol=1e-3)
+
+
+def test_box_refinement_comes_from_the_settings(tiny_detector, tmp_path):
+    path = tiny_detector.save(tmp_path / "det.pt")
+    on = load_detector(Settings.load(environ={"DETECTOR_BOX_REFINE_STEPS": "1"}, detector_weights=str(path)))
+    off = load_detector(Settings.load(environ={}, detector_weights=str(path), detector_box_refine_steps=0))
+    assert on.config.box_refine_steps == 1 and off.config.box_refine_steps == 0
 
 
 def _randomise_batchnorm(model: torch.nn.Module) -> None:
