@@ -213,7 +213,8 @@ def box_side_errors(records: Sequence[Record], predictions: Sequence[Detections]
             "n": int(len(e)),
             "mean_abs_px": float(used.mean()) if used.size else None,
             "p90_abs_px": float(np.percentile(used, 90)) if used.size else None,
-            "mean_abs_px_per_side": [None if np.isnan(v) else float(v) for v in np.nanmean(e, axis=0)] if used.size else None,
+            "mean_abs_px_per_side": [float(side[~np.isnan(side)].mean()) if (~np.isnan(side)).any() else None
+                                     for side in e.T] if used.size else None,
             "mean_abs_rel": float(np.nanmean(np.array(relative[k], dtype=np.float64))) if used.size else None,
         }
     return out
