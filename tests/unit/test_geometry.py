@@ -368,3 +368,27 @@ def test_locate_groups_splits_one_batched_locate_back_per_group():
     assert [[d.detection.detection_id for d in g] for g in split] == [[3, 0], [], [4], [1, 2]]
     assert all(d.x_mm == together[d.detection.detection_id].x_mm for g in split for d in g)
     assert geometry.locate_groups([], constants) == []
+
+
+def test_rest_prior_penalises_only_shapes_taller_than_wide(monkeypatch):
+    r = geometry.rest_residual(np.array([50.0, 25.0, 16.0, 30.0]), np.array([14.0, 30.0, 39.0, 30.0 * math.exp(0.3)]))
+    assert r[0] == 0.0 and r[3] == pytest.approx(1.0)
+    assert 0.5 < r[1] < 0.7  # a cork standing on end costs little
+    assert r[2] > 2.5  # a thin 39 mm column on a 16 mm footprint costs much
+    monkeypatch.setattr(geometry, "REST_LOG_SIGMA", 0.0)
+    assert not geometry.rest_residual(np.array([16.0]), np.array([39.0])).any()
+
+
+@pytest.mark.parametrize("shape", ["lying", "standing"])
+def test_rest_prior_keeps_lying_and_standing_items(shape):
+    """A battery lying radially (50 x 14 x 14 mm) and a cork on end (25 mm across, 30 mm
+    high) are both still recovered with the resting-pose prior on, from boxes with 2 px noise."""
+    constants = ArmConstants.reference()
+    rng = np.random.default_rng(11)
+    pts = _cuboid(50, 14, 14) if shape == "lying" else np.concatenate([_ring(12.5, 0), _ring(12.5, 30)])
+    size, height = (math.hypot(50, 14), 14.0) if shape == "lying" else (25.0, 30.0)
+    obs = [(pw, np.asarray(b) + rng.normal(0, 2.0, 4)) for pw, b in observe(pts + [300, 0, 0], constants)]
+    shape_fit = geometry.refine_objects([geometry.locate([stored(i, pw, b) for i, (pw, b) in enumerate(obs)], constants)], constants)[0]
+    assert shape_fit is not None
+    assert abs(shape_fit.size_mm - size) < 0.1 * size and abs(shape_fit.height_mm - height) < 3.0
+    assert math.hypot(shape_fit.x_mm - 300, shape_fit.y_mm) < 2.0
