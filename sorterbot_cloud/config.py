@@ -99,7 +99,7 @@ class Settings:
     detector_score_threshold: float = 0.5
     detector_nms_iou: float = 0.5
     detector_min_size_px: int = 512
-    detector_box_refine_steps: int = 0
+    detector_box_refine_steps: int = 1
     dedup_distance_factor: float = 0.6
     dedup_min_view_support_item: float = 0.25
     dedup_min_view_support_container: float = 0.6

@@ -197,10 +197,13 @@ def test_box_refinement_moves_boxes_by_the_heads_own_regression(tiny_detector):
 
 
 def test_box_refinement_comes_from_the_settings(tiny_detector, tmp_path):
+    """On by default (config.yaml); DETECTOR_BOX_REFINE_STEPS=0 turns it off; 2 is refused."""
     path = tiny_detector.save(tmp_path / "det.pt")
-    on = load_detector(Settings.load(environ={"DETECTOR_BOX_REFINE_STEPS": "1"}, detector_weights=str(path)))
-    off = load_detector(Settings.load(environ={}, detector_weights=str(path), detector_box_refine_steps=0))
+    on = load_detector(Settings.load(environ={}, detector_weights=str(path)))
+    off = load_detector(Settings.load(environ={"DETECTOR_BOX_REFINE_STEPS": "0"}, detector_weights=str(path)))
     assert on.config.box_refine_steps == 1 and off.config.box_refine_steps == 0
+    with pytest.raises(ValueError, match="detector_box_refine_steps"):
+        Settings.load(environ={}, detector_box_refine_steps=2)
 
 
 def _randomise_batchnorm(model: torch.nn.Module) -> None:
