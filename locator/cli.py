@@ -93,8 +93,10 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
 @click.option("--time-budget-min", type=float, default=None, help="Stop after this many minutes.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
+@click.option("--background-per-image", type=int, default=0, show_default=True,
+              help="Also teach up to this many boxes on background per image to stay (zero deltas).")
 def train_refine_head_command(weights, datasets, out_dir, fg_iou, iterations, batch_size, lr, crop_px, time_budget_min,
-                              seed, threads):
+                              seed, threads, background_per_image):
     """Train a second box-regression stage on a frozen detector; writes OUT/detector.pt + .json (locator.refine_head)."""
     from .data import DatasetSpec
     from .refine_head import train_refine_head
@@ -105,7 +107,7 @@ def train_refine_head_command(weights, datasets, out_dir, fg_iou, iterations, ba
         raise click.BadParameter(str(exc)) from None
     path = train_refine_head(weights, specs, out_dir, fg_iou=fg_iou, iterations=iterations, batch_size=batch_size, lr=lr,
                              crop_px=crop_px, time_budget_min=time_budget_min, seed=seed, threads=threads,
-                             recipe=_recipe())
+                             recipe=_recipe(), background_per_image=background_per_image)
     click.echo(f"wrote {path} and {path.with_suffix('.json')}")
 
 

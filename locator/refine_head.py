@@ -161,11 +161,45 @@ def training_samples(boxes: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: tor
     return candidates[keep], gt_boxes[best[keep]], gt_labels[best[keep]]
 
 
+def background_samples(boxes: torch.Tensor, labels: torch.Tensor, gt_boxes: torch.Tensor, max_iou: float,
+                       max_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """First-stage boxes on no object, taught to stay where they are (zero deltas).
+
+    A box on background has no true box to move to; left untrained, the head moves such
+    boxes arbitrarily, which can turn a false detection into a consistent one across
+    frames. These samples teach it to leave them.
+
+    Parameters
+    ----------
+    boxes : Tensor of shape (N, 4); labels : Tensor of shape (N,), int64
+        First-stage boxes of one image and their most likely foreground class.
+    gt_boxes : Tensor of shape (G, 4)
+    max_iou : float
+        A box is background when its IoU with every true box is below this.
+    max_samples : int
+    generator : torch.Generator
+
+    Returns
+    -------
+    boxes, targets : Tensor of shape (S, 4)
+        The targets are the boxes themselves.
+    labels : Tensor of shape (S,), int64
+    """
+    if max_samples <= 0 or len(boxes) == 0:
+        empty = boxes.new_zeros((0, 4))
+        return empty, empty, labels.new_zeros((0,))
+    best = box_ops.box_iou(boxes, gt_boxes).max(1).values if len(gt_boxes) else boxes.new_zeros(len(boxes))
+    keep = torch.nonzero(best < max_iou).flatten()
+    if len(keep) > max_samples:
+        keep = keep[torch.randperm(len(keep), generator=generator)[:max_samples]]
+    return boxes[keep], boxes[keep], labels[keep]
+
+
 def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: str | Path, *, fg_iou: float = 0.6,
                       iterations: int = 4000, batch_size: int = 2, lr: float = 2e-4, weight_decay: float = 1e-4,
                       max_samples_per_image: int = 64, crop_px: int = 704, time_budget_min: float | None = None,
                       seed: int = 0, threads: int | None = None, recipe: str | None = None,
-                      log_every: int = 20) -> Path:
+                      log_every: int = 20, background_per_image: int = 0, background_iou: float = 0.3) -> Path:
     """Train a :class:`RefineHead` on a frozen detector and write ``out_dir/detector.pt``.
 
     The first stage (backbone, RPN, box head) runs in inference mode on augmented frames
@@ -183,6 +217,9 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
     out_dir : path
         ``detector.pt`` + ``.json`` (the detector with ``refine_head`` set and
         ``box_refine_steps`` 1) and ``refine_log.jsonl`` go here.
+    background_per_image : int
+        Also up to this many first-stage boxes with IoU under ``background_iou`` with
+        every true box per image, taught zero deltas (:func:`background_samples`).
 
     Returns
     -------
@@ -242,11 +279,12 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
             proposals, _ = model.rpn(image_list, features)
             stage1 = _first_stage_boxes(model, features, proposals, image_list.image_sizes)
             boxes, matched, labels = [], [], []
-            for (b, _), t in zip(stage1, targets, strict=True):
+            for (b, lab), t in zip(stage1, targets, strict=True):
                 s = training_samples(b, t["boxes"], t["labels"], fg_iou, max_samples_per_image, generator)
-                boxes.append(s[0])
-                matched.append(s[1])
-                labels.append(s[2])
+                bg = background_samples(b, lab, t["boxes"], background_iou, background_per_image, generator)
+                boxes.append(torch.cat([s[0], bg[0]]))
+                matched.append(torch.cat([s[1], bg[1]]))
+                labels.append(torch.cat([s[2], bg[2]]))
             n = sum(len(b) for b in boxes)
             if n == 0:
                 continue
@@ -273,6 +311,7 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
     metadata["refine_head"] = {
         "recipe": recipe, "first_stage": str(detector_path), "fg_iou": fg_iou, "iterations": it, "batch_size": batch_size,
         "lr": lr, "crop_px": crop_px, "seed": seed, "train_time_s": round(time.time() - t0, 1),
+        "background_per_image": background_per_image, "background_iou": background_iou,
         "data": [{"annotations": str(s.annotations), "weight": s.weight} for s, _ in loaded],
     }
     return TorchvisionDetector(model, config, "cpu", metadata).save(out_dir / "detector.pt", metadata)

@@ -89,3 +89,19 @@ def test_training_moves_only_the_refine_head_and_writes_a_refining_detector(tmp_
     assert (trained.model.refine_head.bbox_pred.weight - start).abs().max() > 1e-4
     image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
     assert len(trained.fuse().detect(image)) > 0
+
+
+def test_background_samples_are_boxes_on_no_object_taught_to_stay():
+    from locator.refine_head import background_samples
+
+    gt = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
+    boxes = torch.tensor([[0.0, 0.0, 100.0, 90.0], [150.0, 150.0, 200.0, 200.0], [80.0, 80.0, 180.0, 180.0]])
+    labels = torch.tensor([1, 2, 1])
+    gen = torch.Generator().manual_seed(0)
+    got, targets, got_labels = background_samples(boxes, labels, gt, 0.3, 10, gen)
+    assert got.tolist() == [[150.0, 150.0, 200.0, 200.0], [80.0, 80.0, 180.0, 180.0]]  # IoU 0 and 0.02
+    torch.testing.assert_close(targets, got)
+    assert got_labels.tolist() == [2, 1]
+    assert len(background_samples(boxes, labels, gt, 0.3, 1, gen)[0]) == 1
+    assert len(background_samples(boxes, labels, gt, 0.3, 0, gen)[0]) == 0
+    assert len(background_samples(boxes, labels, gt[:0], 0.3, 10, gen)[0]) == 3  # no object: all background
