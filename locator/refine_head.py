@@ -230,6 +230,8 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
     ------
     FileNotFoundError
         If the detector or a dataset file is missing.
+    FloatingPointError
+        On a non-finite loss (the weights written so far are not replaced).
     """
     from .data import AugmentConfig, MixedSampler, load_coco
     from .torchvision_detector import TorchvisionDetector, build_model
@@ -280,6 +282,8 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
             stage1 = _first_stage_boxes(model, features, proposals, image_list.image_sizes)
             boxes, matched, labels = [], [], []
             for (b, lab), t in zip(stage1, targets, strict=True):
+                wide = ((b[:, 2] - b[:, 0]) >= 1.0) & ((b[:, 3] - b[:, 1]) >= 1.0)  # no log(0) in the deltas
+                b, lab = b[wide], lab[wide]
                 s = training_samples(b, t["boxes"], t["labels"], fg_iou, max_samples_per_image, generator)
                 bg = background_samples(b, lab, t["boxes"], background_iou, background_per_image, generator)
                 boxes.append(torch.cat([s[0], bg[0]]))
@@ -294,6 +298,8 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
             flat_labels = torch.cat(labels)
         deltas = model.refine_head(pooled).reshape(n, -1, 4)[torch.arange(n), flat_labels]
         loss = nn.functional.smooth_l1_loss(deltas, target_deltas, beta=1 / 9, reduction="sum") / n
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite refine loss at iteration {it}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
