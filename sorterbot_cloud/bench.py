@@ -257,6 +257,24 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def rss_file_mb() -> float:
+    """The file-backed part of this process's resident set (MiB): pages of mapped files,
+    mostly shared libraries (psutil's ``shared``, Linux ``RssFile + RssShmem``). They can
+    be shared with other processes and dropped by the kernel under pressure; the rest of
+    the RSS is the process's own (anonymous) memory."""
+    import psutil
+
+    return getattr(psutil.Process().memory_info(), "shared", 0) / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Largest resident set size this process has had so far (MiB): ``getrusage``'s
+    ``ru_maxrss`` (KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def reference_detector_ms(images: list[np.ndarray], repeats: int) -> float:
     """Median forward time (ms) of torchvision's Faster R-CNN ResNet-50-FPN (random weights,
     default 800 px input, BatchNorm folded like the service's detector) on the same frames,
@@ -289,7 +307,7 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
     step = max(1, len(frames) // n_frames)
     frames = frames[::step][:n_frames]
     with bench_context() as ctx:
-        rss_loaded = rss_mb()
+        rss_loaded, rss_loaded_file = rss_mb(), rss_file_mb()
         service = ctx.service
         service.process_frame("BENCH", "warmup", frames[0].name, frames[0].read_bytes())
         stages: dict[str, list[float]] = {}
@@ -304,6 +322,9 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
             "frame_size_px": [FRAME_WIDTH_PX, FRAME_HEIGHT_PX],
             "model_load_s": round(ctx.model_load_s, 2),
             "rss_mb_models_loaded": round(rss_loaded, 1),
+            "rss_file_mb_models_loaded": round(rss_loaded_file, 1),
+            # the service's own peak: measured before the reference detector is loaded
+            "rss_mb_peak": round(peak_rss_mb(), 1),
             "median_ms": {k: round(_median(v), 1) for k, v in stages.items()},
         }
         if reference:
@@ -311,7 +332,6 @@ def run_ingest(n_frames: int, repeats: int, cache: Path, reference: bool) -> dic
             ref = reference_detector_ms(images, 1)
             figures["reference_detect_ms"] = round(ref, 1)
             figures["detect_ratio_to_reference"] = round(figures["median_ms"]["detect"] / ref, 3)
-        figures["rss_mb_peak"] = round(rss_mb(), 1)
     return figures
 
 
@@ -350,8 +370,10 @@ def _print_ingest(fig: dict) -> None:
     if "reference_detect_ms" in fig:
         click.echo(f"  reference Faster R-CNN R50-FPN (800 px) detect median {fig['reference_detect_ms']:.1f} ms; "
                    f"our detect / reference = {fig['detect_ratio_to_reference']:.3f}")
-    click.echo(f"  RSS with models loaded {fig['rss_mb_models_loaded']:.0f} MiB (peak {fig['rss_mb_peak']:.0f} MiB; "
-               f"target <= {TARGETS['rss_mb']:.0f}) ; model load {fig['model_load_s']:.1f} s")
+    click.echo(f"  RSS with models loaded {fig['rss_mb_models_loaded']:.0f} MiB "
+               f"(file-backed, mostly shared libraries: {fig['rss_file_mb_models_loaded']:.0f} MiB); "
+               f"peak while ingesting {fig['rss_mb_peak']:.0f} MiB; target <= {TARGETS['rss_mb']:.0f} -> "
+               f"{'met' if fig['rss_mb_models_loaded'] <= TARGETS['rss_mb'] else 'NOT met'}; model load {fig['model_load_s']:.1f} s")
 
 
 def _print_trigger(fig: dict) -> None:

@@ -152,3 +152,16 @@ def test_tune_grouping_ties_count_float_noise_and_the_distance_axis():
     assert share[0.15] != share[0.25]  # 0.9625 vs 0.9624999...: equal up to rounding
     rows = [{"size_weight": 1.0, "height_weight": 0.25, "group_distance": d, "mean_sorted": share[d]} for d in gd]
     assert _plateau_best(rows, ws, wh, gd)["group_distance"] == 0.25  # neighbours 0.9 and 0.95, not 0.5 and 0.9
+
+
+def test_memory_figures_split_the_resident_set_and_track_its_peak():
+    from sorterbot_cloud.bench import peak_rss_mb, rss_file_mb, rss_mb
+
+    rss, file_backed = rss_mb(), rss_file_mb()
+    assert 0 < file_backed < rss  # the interpreter's mapped libraries, and its own heap besides
+    assert peak_rss_mb() >= rss - 1.0
+    block = np.ones(256 * 2**20 // 8)  # 256 MiB, every page written
+    now = rss_mb()
+    assert now >= rss + 200
+    assert peak_rss_mb() >= now - 1.0  # the peak has seen the block
+    del block
