@@ -535,6 +535,8 @@ def _print_evaluation(rows: list[dict], scores: dict) -> None:
         click.echo(f"{mode:<10} {a.n_sessions:>8} {a.share_counts_exact:>12.2f} {med:>10} {p95:>8} {a.share_sorted_correctly:>7.2f} {ari:>8}")
     both = evaluation.aggregate(scores["calibrated"] + scores["legacy"])
     cal = evaluation.aggregate(scores["calibrated"])
+    click.echo("calibrated position p95 by class: " + ", ".join(
+        f"{c} {'-' if v is None else f'{v:.1f} mm'}" for c, v in cal.position_p95_by_class_mm.items()))
     click.echo("")
     click.echo(f"targets: counts exact >= {TARGETS['share_counts_exact']:.0%}: {both.share_counts_exact:.0%}; "
                f"calibrated position p95 <= {TARGETS['position_p95_mm']:.0f} mm: "

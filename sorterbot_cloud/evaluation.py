@@ -71,6 +71,9 @@ class SessionScore:
     sorted_correctly : bool
     problems : list of str
         Why the session is not sorted correctly (empty when it is).
+    position_errors_by_class_mm : dict
+        ``position_errors_mm`` split by the true object's class name (``item``,
+        ``container``; calibrated mode only).
     """
 
     session_id: str
@@ -89,6 +92,7 @@ class SessionScore:
     ari: float | None
     sorted_correctly: bool
     problems: list = field(default_factory=list)
+    position_errors_by_class_mm: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -109,6 +113,9 @@ class AggregateScore:
     share_sorted_correctly : float
     mean_ari : float or None
         Mean over sessions that have an ARI.
+    position_p95_by_class_mm : dict
+        Class name -> 95th percentile of the position errors of that class's matched
+        objects over all calibrated sessions (None for a class without any).
     """
 
     n_sessions: int
@@ -117,6 +124,7 @@ class AggregateScore:
     position_p95_mm: float | None
     share_sorted_correctly: float
     mean_ari: float | None
+    position_p95_by_class_mm: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -218,9 +226,12 @@ def score_session(ground_truth: Mapping, result: Mapping) -> SessionScore:
     spurious = sorted(f for f in found if f not in matched)
 
     errors: list[float] = []
+    errors_by_class: dict[str, list[float]] = {c: [] for c in CLASS_NAMES}
     if mode == "calibrated":
         for f, t in sorted(matched.items()):
-            errors.append(float(np.hypot(found[f]["x_mm"] - true_objects[t]["x_mm"], found[f]["y_mm"] - true_objects[t]["y_mm"])))
+            error = float(np.hypot(found[f]["x_mm"] - true_objects[t]["x_mm"], found[f]["y_mm"] - true_objects[t]["y_mm"]))
+            errors.append(error)
+            errors_by_class[true_objects[t]["class"]].append(error)
 
     item_pairs = [
         (true_objects[t]["type"], found[f]["cluster_id"])
@@ -247,6 +258,7 @@ def score_session(ground_truth: Mapping, result: Mapping) -> SessionScore:
         ari=ari,
         sorted_correctly=not problems,
         problems=problems,
+        position_errors_by_class_mm=errors_by_class,
     )
 
 
@@ -310,6 +322,7 @@ def aggregate(scores: Sequence[SessionScore]) -> AggregateScore:
     """
     n = len(scores)
     errors = [e for s in scores for e in s.position_errors_mm]
+    by_class = {c: [e for s in scores for e in s.position_errors_by_class_mm.get(c, [])] for c in CLASS_NAMES}
     aris = [s.ari for s in scores if s.ari is not None]
     return AggregateScore(
         n_sessions=n,
@@ -318,6 +331,7 @@ def aggregate(scores: Sequence[SessionScore]) -> AggregateScore:
         position_p95_mm=float(np.percentile(errors, 95)) if errors else None,
         share_sorted_correctly=sum(s.sorted_correctly for s in scores) / n if n else 0.0,
         mean_ari=float(np.mean(aris)) if aris else None,
+        position_p95_by_class_mm={c: float(np.percentile(v, 95)) if v else None for c, v in by_class.items()},
     )
 
 

@@ -82,6 +82,8 @@ def test_correct_session():
     assert score.matched == {0: 10, 1: 11, 2: 1, 3: 2, 4: 3, 5: 4}
     assert score.position_errors_mm == pytest.approx([4.0, 8.0, 2.0, 2.0, 2.0, 2.0])
     assert score.position_median_mm == pytest.approx(2.0)
+    assert score.position_errors_by_class_mm["container"] == pytest.approx([4.0, 8.0])
+    assert score.position_errors_by_class_mm["item"] == pytest.approx([2.0] * 4)
     assert score.ari == pytest.approx(1.0)
     assert score.sorted_correctly, score.problems
 
@@ -154,6 +156,7 @@ def test_fewer_containers_than_types_may_share():
 def test_legacy_mode_has_no_position_errors():
     score = evaluation.score_session(ground_truth(), correct_result(mode="legacy"))
     assert score.position_errors_mm == []
+    assert score.position_errors_by_class_mm == {"item": [], "container": []}
     assert score.position_p95_mm is None
     assert score.sorted_correctly
 
@@ -179,7 +182,11 @@ def test_aggregate():
     assert agg.share_sorted_correctly == pytest.approx(0.5)
     assert agg.position_median_mm == pytest.approx(2.0)
     assert agg.mean_ari == pytest.approx((good.ari + bad.ari) / 2)
+    # containers 4 and 8 mm off in both sessions (p95 of 4, 4, 8, 8 is 8), items all 2 mm
+    assert agg.position_p95_by_class_mm["container"] == pytest.approx(8.0)
+    assert agg.position_p95_by_class_mm["item"] == pytest.approx(2.0)
     assert evaluation.aggregate([]).share_counts_exact == 0.0
+    assert evaluation.aggregate([]).position_p95_by_class_mm == {"item": None, "container": None}
 
 
 @pytest.mark.parametrize("drop, match", [("objects", "objects"), ("commands", "commands")], ids=["no-objects", "no-commands"])
