@@ -62,8 +62,10 @@ class Settings:
         Cosine-scale distance above which two groups of items are different kinds when
         their shapes are appended (:func:`sorterbot_cloud.planner.group_items`); None uses
         the embedder's ``group_distance``, calibrated on crops alone (no shape terms).
-        Default 0.15: at the weights above, the best of 0.1..0.2 on the tuning sessions
-        (40 + 40, ``sorterbot-cloud tune-grouping --n 40``; README).
+        Default 0.125: with the shipped detector (its trained refine head) and the
+        weights above, among the best of 0.125..0.2 on the tuning sessions (40 + 40,
+        ``sorterbot-cloud tune-grouping --n 40``) and no worse on 40 + 40 further ones
+        (session 8, README); 0.15 was the choice for the detector without the head.
     legacy_camera : {'reference', 'none'}
         Legacy mode (no camera in the constants): with ``reference`` the reference arm's
         camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
@@ -106,7 +108,7 @@ class Settings:
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.25
-    grouping_distance: float | None = 0.15
+    grouping_distance: float | None = 0.125
     legacy_camera: str = "reference"
     random_state: int = 0
     api_token: str | None = None
