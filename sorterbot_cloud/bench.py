@@ -513,6 +513,68 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
                            "targets": TARGETS, "summary": summary, "sessions": rows})
 
 
+def pooled_scores(reports: list[dict]) -> dict[str, list]:
+    """The session scores of several ``evaluate-sessions`` reports, per geometry mode.
+
+    Parameters
+    ----------
+    reports : list of dict
+        Parsed JSON files written by ``evaluate-sessions`` (``sessions``: rows with
+        ``mode`` and ``score``).
+
+    Returns
+    -------
+    dict
+        ``{"calibrated": [SessionScore, ...], "legacy": [...]}``, in report order.
+
+    Raises
+    ------
+    click.ClickException
+        If a report has no ``sessions`` or a row is not a session score.
+    """
+    from sorterbot_cloud import evaluation
+
+    fields = set(evaluation.SessionScore.__dataclass_fields__)
+    scores: dict[str, list] = {"calibrated": [], "legacy": []}
+    for i, report in enumerate(reports):
+        rows = report.get("sessions") if isinstance(report, dict) else None
+        if not isinstance(rows, list):
+            raise click.ClickException(f"report {i + 1} has no 'sessions' list: not written by evaluate-sessions")
+        for row in rows:
+            score = row.get("score") if isinstance(row, dict) else None
+            if not isinstance(score, dict) or row.get("mode") not in scores:
+                raise click.ClickException(f"report {i + 1}: a row without a session score or a known mode: {str(row)[:80]}")
+            try:
+                scores[row["mode"]].append(evaluation.SessionScore(**{k: v for k, v in score.items() if k in fields}))
+            except TypeError as exc:
+                raise click.ClickException(f"report {i + 1}: {exc}") from None
+    return scores
+
+
+@click.command("pool-sessions")
+@click.argument("reports", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def pool_sessions(reports: tuple[Path, ...]) -> None:
+    """Pool the sessions of several evaluate-sessions JSON reports (e.g. four tuning sets)
+    and print their figures as one set: counts exact, position p95 (over all matched
+    objects of the calibrated sessions, and per class) and sorted correctly, per mode."""
+    from sorterbot_cloud import evaluation
+
+    loaded = [json.loads(Path(p).read_text()) for p in reports]
+    scores = pooled_scores(loaded)
+    click.echo(f"{'mode':<10} {'sessions':>8} {'counts exact':>12} {'pos p95':>8} {'sorted':>7}")
+    for mode in ("calibrated", "legacy"):
+        a = evaluation.aggregate(scores[mode])
+        p95 = "-" if a.position_p95_mm is None else f"{a.position_p95_mm:.2f}"
+        click.echo(f"{mode:<10} {a.n_sessions:>8} {a.share_counts_exact:>12.3f} {p95:>8} {a.share_sorted_correctly:>7.3f}")
+    if any(row.get("mode") == "calibrated" and "position_errors_by_class_mm" not in row.get("score", {})
+           for report in loaded for row in report["sessions"]):
+        click.echo("calibrated position p95 by class: - (a report was written before evaluate-sessions kept errors per class)")
+        return
+    cal = evaluation.aggregate(scores["calibrated"])
+    click.echo("calibrated position p95 by class: " + ", ".join(
+        f"{c} {'-' if v is None else f'{v:.1f} mm'}" for c, v in cal.position_p95_by_class_mm.items()))
+
+
 def _print_evaluation(rows: list[dict], scores: dict) -> None:
     from sorterbot_cloud import evaluation
 

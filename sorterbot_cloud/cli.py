@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "sorterbot_cloud.bench:bench",
     "evaluate-sessions": "sorterbot_cloud.bench:evaluate_sessions",
     "tune-grouping": "sorterbot_cloud.bench:tune_grouping",
+    "pool-sessions": "sorterbot_cloud.bench:pool_sessions",
     "simulate": "sorterbot_cloud.sim.cli:simulate",
     "db": "sorterbot_cloud.db.cli:db",
     "train-detector": "locator.cli:train_detector",

@@ -87,6 +87,31 @@ def test_evaluate_sessions_skips_seeds_the_simulator_cannot_lay_out(tmp_path, mo
     for row in report["sessions"]:
         assert row["score"]["counts_exact"] is True  # simulator boxes: every object found once
 
+    # pool-sessions over two copies of the report: twice the sessions, the same shares, the
+    # p95 of the errors of both copies
+    pooled = CliRunner().invoke(bench.pool_sessions, [str(out), str(out)])
+    assert pooled.exit_code == 0, pooled.output
+    calibrated = next(line.split() for line in pooled.output.splitlines() if line.startswith("calibrated "))
+    errors = [e for row in report["sessions"] for e in row["score"]["position_errors_mm"]] * 2
+    assert calibrated[1] == "2" and float(calibrated[2]) == pytest.approx(1.0)
+    assert float(calibrated[3]) == pytest.approx(np.percentile(errors, 95), abs=0.006)
+    assert "item" in pooled.output.splitlines()[-1] and "container" in pooled.output.splitlines()[-1]
+
+
+def test_pool_sessions_refuses_a_file_that_is_not_an_evaluate_sessions_report(tmp_path):
+    from click.testing import CliRunner
+
+    from sorterbot_cloud import bench
+
+    bad = tmp_path / "other.json"
+    bad.write_text('{"summary": {}}')
+    result = CliRunner().invoke(bench.pool_sessions, [str(bad)])
+    assert result.exit_code != 0
+    assert "no 'sessions' list" in result.output
+    bad.write_text('{"sessions": [{"mode": "sideways", "score": {}}]}')
+    result = CliRunner().invoke(bench.pool_sessions, [str(bad)])
+    assert result.exit_code != 0 and "known mode" in result.output
+
 
 @pytest.mark.slow
 def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
