@@ -513,6 +513,12 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
                            "targets": TARGETS, "summary": summary, "sessions": rows})
 
 
+def _echo_p95_by_class(aggregate) -> None:
+    """Print the calibrated sessions' position p95 per class (an ``AggregateScore``)."""
+    click.echo("calibrated position p95 by class: " + ", ".join(
+        f"{c} {'-' if v is None else f'{v:.1f} mm'}" for c, v in aggregate.position_p95_by_class_mm.items()))
+
+
 def pooled_scores(reports: list[dict]) -> dict[str, list]:
     """The session scores of several ``evaluate-sessions`` reports, per geometry mode.
 
@@ -571,8 +577,7 @@ def pool_sessions(reports: tuple[Path, ...]) -> None:
         click.echo("calibrated position p95 by class: - (a report was written before evaluate-sessions kept errors per class)")
         return
     cal = evaluation.aggregate(scores["calibrated"])
-    click.echo("calibrated position p95 by class: " + ", ".join(
-        f"{c} {'-' if v is None else f'{v:.1f} mm'}" for c, v in cal.position_p95_by_class_mm.items()))
+    _echo_p95_by_class(cal)
 
 
 def _print_evaluation(rows: list[dict], scores: dict) -> None:
@@ -597,8 +602,7 @@ def _print_evaluation(rows: list[dict], scores: dict) -> None:
         click.echo(f"{mode:<10} {a.n_sessions:>8} {a.share_counts_exact:>12.2f} {med:>10} {p95:>8} {a.share_sorted_correctly:>7.2f} {ari:>8}")
     both = evaluation.aggregate(scores["calibrated"] + scores["legacy"])
     cal = evaluation.aggregate(scores["calibrated"])
-    click.echo("calibrated position p95 by class: " + ", ".join(
-        f"{c} {'-' if v is None else f'{v:.1f} mm'}" for c, v in cal.position_p95_by_class_mm.items()))
+    _echo_p95_by_class(cal)
     click.echo("")
     click.echo(f"targets: counts exact >= {TARGETS['share_counts_exact']:.0%}: {both.share_counts_exact:.0%}; "
                f"calibrated position p95 <= {TARGETS['position_p95_mm']:.0f} mm: "

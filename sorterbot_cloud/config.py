@@ -40,7 +40,8 @@ class Settings:
     detector_min_size_px : int
         Shorter side (pixels) the detector resizes frames to.
     detector_box_refine_steps : int
-        0 or 1: apply the detector's box regression once more to its final boxes
+        0 or 1: regress the detector's final boxes once more, with the refine head the
+        weights file carries (the shipped one does), else with its own box head
         (:class:`locator.torchvision_detector.DetectorConfig`); tightens container boxes.
     dedup_distance_factor : float
         Two detections merge when their footprint centres are closer than this factor
