@@ -104,6 +104,14 @@ MIN_EXPECTED_FRAMES = 3
 #: Replaying the trigger on the 74 tuning sessions (seeds 3000.. and 9000..) in both
 #: modes, 0.6..0.7 fixed it and changed nothing else; 0.65 is the middle.
 CONTAINED_IOA = 0.65
+#: Least share of the smaller box inside the larger, on every frame two nearby groups
+#: share, for :func:`merge_part_groups` to join them (None: off).
+#: Chosen on 160 tuning sessions (seeds 3000.., 3040.., 9000.., 9040..; the trigger
+#: replayed on their stored detections): 0.2 joined the part-box groups of five sessions
+#: (dominoes boxed as two halves, 20-65 % of the smaller half inside the other) and changed
+#: no other outcome; 0.1 also joined neighbouring objects in legacy mode (since then
+#: calibrated mode only).
+PART_BOX_MIN_IOA: float | None = 0.2
 #: Legacy mode has no camera model: a frame is taken to show bearings within this quantile
 #: of the session's own spread ``abs(theta_deg(detection) - theta_deg(frame))``.
 LEGACY_VIEW_QUANTILE = 0.95
@@ -220,6 +228,89 @@ def group(located: list[LocatedDetection], distance_factor: float = DEFAULT_DIST
     return sorted(groups.values(), key=lambda g: g[0])
 
 
+def merge_part_groups(located: list[LocatedDetection], groups: list[list[int]], distance_factor: float = DEFAULT_DISTANCE_FACTOR,
+                      min_ioa: float | None = None, class_ids: Sequence[int] = (ITEM_CLASS_ID,)) -> list[list[int]]:
+    """Join groups that are one object boxed twice on the frames they share.
+
+    :func:`group` never links two detections of one frame, so when the detector boxes
+    parts of one object as well as (or instead of) the whole on some frames (a domino
+    boxed as its two halves), the part boxes form a second group next to the first. Two
+    groups of one class are joined when their weighted mean positions are within the link
+    threshold (``distance_factor`` times the larger of their median sizes: two distinct
+    objects that close would overlap on the table) and, on every frame both hold, the
+    smaller box lies at least ``min_ioa`` inside the larger. On a shared frame only the
+    larger box is kept (a part is smaller than the whole). Groups sharing no frame are
+    left to :func:`group`. Pairs are joined closest first, repeatedly. Calibrated mode
+    only: legacy positions scatter too much to tell two neighbours from one object
+    boxed twice (on simulated legacy sessions, ``tests/unit/test_dedup.py``, joining
+    merged distinct neighbours).
+
+    Parameters
+    ----------
+    located : list of LocatedDetection
+    groups : list of list of int
+        From :func:`group`.
+    distance_factor : float
+    min_ioa : float, optional
+        Default :data:`PART_BOX_MIN_IOA` (None there, or a value above 1, disables joining).
+    class_ids : sequence of int
+        Classes whose groups may be joined (items: containers stand close together, and
+        their boxes on one frame often overlap).
+
+    Returns
+    -------
+    list of list of int
+        Groups (each sorted), sorted by their first index; one detection per frame each;
+        ``groups`` unchanged in legacy mode.
+    """
+    min_ioa = PART_BOX_MIN_IOA if min_ioa is None else min_ioa
+    groups = [sorted(g) for g in groups]
+    if min_ioa is None or min_ioa > 1 or len(groups) < 2 or any(d.constants is None or not d.constants.calibrated for d in located):
+        return groups
+
+    def summary(g):
+        w = np.array([max(located[i].weight, 1e-9) for i in g])
+        xy = np.average([[located[i].x_mm, located[i].y_mm] for i in g], axis=0, weights=w)
+        legacy = located[g[0]].constants is None or not located[g[0]].constants.calibrated
+        size = float(np.median([located[i].size_mm for i in g])) * (LEGACY_DISTANCE_SCALE if legacy else 1.0)
+        return xy, size, {located[i].image_name: i for i in g}
+
+    def box(i):
+        return np.asarray(located[i].detection.box_xyxy, np.float64).reshape(4)
+
+    def area(b):
+        return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
+
+    while True:
+        info = [summary(g) for g in groups]
+        best = None
+        for a in range(len(groups)):
+            for b in range(a + 1, len(groups)):
+                if located[groups[a][0]].class_id != located[groups[b][0]].class_id or located[groups[a][0]].class_id not in class_ids:
+                    continue
+                (xy_a, size_a, fr_a), (xy_b, size_b, fr_b) = info[a], info[b]
+                shared = fr_a.keys() & fr_b.keys()
+                dist = float(np.hypot(*(xy_a - xy_b)))
+                if not shared or dist >= distance_factor * max(size_a, size_b):
+                    continue
+                ok = True
+                for f in shared:
+                    ba, bb = box(fr_a[f]), box(fr_b[f])
+                    inter = max(min(ba[2], bb[2]) - max(ba[0], bb[0]), 0.0) * max(min(ba[3], bb[3]) - max(ba[1], bb[1]), 0.0)
+                    if inter < min_ioa * max(min(area(ba), area(bb)), 1e-9):
+                        ok = False
+                        break
+                if ok and (best is None or dist < best[0]):
+                    best = (dist, a, b)
+        if best is None:
+            return sorted(groups, key=lambda g: g[0])
+        _, a, b = best
+        fr_a, fr_b = info[a][2], info[b][2]
+        keep = [i for f, i in fr_a.items() if f not in fr_b or area(box(i)) >= area(box(fr_b[f]))]
+        keep += [i for f, i in fr_b.items() if f not in fr_a or area(box(i)) > area(box(fr_a[f]))]
+        groups = [g for k, g in enumerate(groups) if k not in (a, b)] + [sorted(keep)]
+
+
 def image_frames_free(sets: _DisjointSets, j: int, frame: str) -> bool:
     """Whether the group of detection ``j`` has no detection on ``frame``."""
     return frame not in sets.frames[sets.find(j)]
@@ -284,7 +375,7 @@ def merge(
         constants = located[0].constants
     located = suppress_contained(located, class_ids=(ITEM_CLASS_ID, CONTAINER_CLASS_ID))
     kept = []
-    for members in group(located, distance_factor):
+    for members in merge_part_groups(located, group(located, distance_factor), distance_factor):
         dets = [located[i] for i in members]
         if len(dets) <= MAX_NOISE_FRAMES and max(d.detection.score for d in dets) < min_single_frame_score:
             continue

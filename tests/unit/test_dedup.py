@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -361,6 +362,52 @@ def test_merge_keeps_one_object_for_an_item_with_part_boxes():
     objects = dedup.merge(located, constants=constants, frames=FRAMES)
     assert len(objects) == 1
     assert len(objects[0].detection_ids) == len(dets) // 2
+
+
+def _halves_session(constants, offset_mm=(0.0, 0.0)):
+    """A domino-like item boxed whole on most frames but as its two overlapping halves
+    (each 60 % of the box wide) on the first five: the halves form a second group."""
+    pts = make_shape("cube", np.random.default_rng(3)) * [2.0, 1.0, 0.5] + [320.0 + offset_mm[0], 20.0 + offset_mm[1], 0.0]
+    dets = []
+    for k, (pw, box) in enumerate(observe(pts, constants)):
+        x0, y0, x1, y1 = box
+        if k < 5:
+            dets.append(stored(len(dets), pw, (x0, y0, x0 + 0.6 * (x1 - x0), y1), ITEM_CLASS_ID, score=0.9))
+            dets.append(stored(len(dets), pw, (x1 - 0.6 * (x1 - x0), y0, x1, y1), ITEM_CLASS_ID, score=0.8))
+        else:
+            dets.append(stored(len(dets), pw, box, ITEM_CLASS_ID, score=0.95))
+    return dets
+
+
+def test_part_box_groups_of_one_item_are_joined_in_calibrated_mode():
+    """The two halves' groups overlap on every frame they share and sit within the link
+    threshold: one object, one detection per frame. Without the join (or in legacy mode,
+    where it is off) the halves stay two objects."""
+    dets = _halves_session(CALIBRATED)
+    n_frames = len({d.image_name for d in dets})
+    located = geometry.locate(dets, CALIBRATED)
+    [obj] = dedup.merge(located, constants=CALIBRATED, frames=FRAMES)
+    frames = [located[i].image_name for i in obj.detection_ids]
+    assert len(frames) == len(set(frames)) == n_frames
+    assert math.hypot(obj.x_mm - 320.0, obj.y_mm - 20.0) < 15.0
+    groups = dedup.group(located)
+    assert len(groups) == 2
+    assert dedup.merge_part_groups(located, groups, min_ioa=2.0) == groups  # off
+    legacy = geometry.locate(dets, LEGACY)
+    assert dedup.merge_part_groups(legacy, dedup.group(legacy)) == dedup.group(legacy)
+
+
+def test_part_box_join_needs_overlap_on_every_shared_frame():
+    """Two groups close on the table whose boxes are apart on a frame they share are not
+    one object boxed twice."""
+    located = [fake_located(0, 1000, 300, 0), fake_located(1, 1050, 301, 0), fake_located(2, 1000, 305, 0), fake_located(3, 1100, 306, 0)]
+    boxes = {0: (100, 100, 200, 200), 1: (150, 100, 250, 200), 2: (300, 100, 400, 200), 3: (200, 100, 300, 200)}
+    located = [dataclasses.replace(d, detection=dataclasses.replace(d.detection, box_xyxy=np.array(boxes[i], np.float32))) for i, d in enumerate(located)]
+    groups = [[0, 1], [2, 3]]
+    assert dedup.merge_part_groups(located, groups) == groups
+    boxes[2] = (140, 100, 240, 200)  # now 60 % of one inside the other on the shared frame
+    located = [dataclasses.replace(d, detection=dataclasses.replace(d.detection, box_xyxy=np.array(boxes[i], np.float32))) for i, d in enumerate(located)]
+    assert dedup.merge_part_groups(located, groups) == [[0, 1, 3]]  # the larger box of the shared frame stays (equal: the first group's)
 
 
 def test_merged_objects_carry_their_fitted_height_in_calibrated_mode_only():
