@@ -55,10 +55,10 @@ class Settings:
         Weight of an item's fitted footprint size and height (log mm) next to its
         embedding when items are grouped in calibrated mode
         (:func:`sorterbot_cloud.planner.item_features`); 0 groups on embeddings alone.
-        Defaults 1.0 and 0.25: chosen with the shipped detector and embedder (and the
-        embedder's ``group_distance``) on tuning sessions never used for the reported
-        figures (seeds 3000+ held-out and 9000+ known kinds, ``sorterbot-cloud
-        tune-grouping``; README).
+        Defaults 1.0 and 0.0: chosen with the shipped detector and embedder on tuning
+        sessions never used for the reported figures (seeds 3000+ held-out and 9000+
+        known kinds, ``sorterbot-cloud tune-grouping``; README). The height weight was
+        0.25 until the rounded-bowl shape model (session 9), with which 0 sorted best.
     grouping_distance : float or None
         Cosine-scale distance above which two groups of items are different kinds when
         their shapes are appended (:func:`sorterbot_cloud.planner.group_items`); None uses
@@ -108,7 +108,7 @@ class Settings:
     dedup_min_view_support_container: float = 0.6
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.0
-    grouping_height_weight: float = 0.25
+    grouping_height_weight: float = 0.0
     grouping_distance: float | None = 0.125
     legacy_camera: str = "reference"
     random_state: int = 0
