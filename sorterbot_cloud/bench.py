@@ -245,6 +245,16 @@ def ingest_session(service, folder: Path, arm_id: str, session_id: str) -> list[
     return out
 
 
+def stored_frame_count(service, arm_id: str, session_id: str) -> int:
+    """How many frames of a session the service's database holds (0 for an unknown session)."""
+    from sorterbot_cloud.errors import UnknownSession
+
+    try:
+        return len(service.repository.session_frames(arm_id, session_id))
+    except UnknownSession:
+        return 0
+
+
 def legacy_constants_of(constants: dict) -> dict:
     """The original keys only (no calibrated camera): the legacy geometry."""
     return {k: v for k, v in constants.items() if k not in LEGACY_DROP_KEYS}
@@ -468,8 +478,13 @@ def session_spec(seed: int) -> dict:
 @click.option("--json-out", default=None, type=click.Path(path_type=Path),
               help="Default: out/bench/evaluate_sessions[_known][_gt_boxes].json.")
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the service's database (embedded PostgreSQL) and frames here instead of a temporary "
+                   "folder. A session whose frames are all stored there already is not ingested again: a rerun "
+                   "replays the trigger on the stored detections (e.g. other trigger settings through "
+                   "SORTERBOT_CONFIG) in a fraction of the time. Empty the folder after changing the detector.")
 def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache: Path, detector_kind: str,
-                      json_out: Path | None, threads: int | None) -> None:
+                      json_out: Path | None, threads: int | None, data_dir: Path | None = None) -> None:
     """Score the service on simulated sessions in both geometry modes."""
     from sorterbot_cloud import evaluation
 
@@ -482,7 +497,9 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
     )
     rows, scores = [], {"calibrated": [], "legacy": []}
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
-    with bench_context(detector=detector) as ctx:
+    arm_id = "EVAL" if detector_kind == "model" else "EVAL_GT"  # one database may keep both kinds of detections
+    replayed = 0
+    with bench_context(data_dir=data_dir, detector=detector) as ctx:
         seed, done, skipped = seed_start - 1, 0, []
         while done < n_sessions:
             seed += 1
@@ -496,10 +513,13 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
                 continue
             done += 1
             gt = json.loads((folder / "ground_truth.json").read_text())
-            session_id = f"eval_{seed}"
-            ingest_session(ctx.service, folder, "EVAL", session_id)
+            session_id = f"eval_{seed}" if heldout else f"eval_known_{seed}"
+            if stored_frame_count(ctx.service, arm_id, session_id) == len(_frames(folder)):
+                replayed += 1
+            else:
+                ingest_session(ctx.service, folder, arm_id, session_id)
             for mode, constants in (("calibrated", gt["arm_constants"]), ("legacy", legacy_constants_of(gt["arm_constants"]))):
-                result = ctx.service.commands_for_session("EVAL", session_id, constants)
+                result = ctx.service.commands_for_session(arm_id, session_id, constants)
                 score = evaluation.score_session(gt, result)
                 scores[mode].append(score)
                 rows.append({"seed": seed, "mode": mode, **spec, "score": score.to_dict()})
@@ -508,6 +528,8 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
     summary["all"] = evaluation.aggregate(scores["calibrated"] + scores["legacy"]).to_dict()
     if skipped:
         click.echo(f"seeds skipped (scene could not be laid out): {skipped}")
+    if replayed:
+        click.echo(f"{replayed} of {n_sessions} sessions were stored under {data_dir} already: trigger replayed on their detections")
     _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "seeds_skipped": skipped,
                            "kinds": kinds, "detector": detector_kind,
                            "targets": TARGETS, "summary": summary, "sessions": rows})

@@ -98,6 +98,41 @@ def test_evaluate_sessions_skips_seeds_the_simulator_cannot_lay_out(tmp_path, mo
     assert "item" in pooled.output.splitlines()[-1] and "container" in pooled.output.splitlines()[-1]
 
 
+@pytest.mark.slow
+def test_evaluate_sessions_replays_sessions_kept_in_its_data_dir(tmp_path, monkeypatch):
+    """With ``--data-dir`` the database outlives the run: a second run finds the session
+    stored, does not ingest it again (ingest is replaced by a fake that fails) and scores
+    the replayed trigger exactly as the first run did."""
+    import json
+
+    import torch
+    from click.testing import CliRunner
+
+    from sorterbot_cloud import bench
+
+    monkeypatch.delenv("PG_CONN", raising=False)
+    threads = torch.get_num_threads()
+    args = ["--n", "1", "--seed-start", "7001", "--kinds", "known", "--detector", "ground-truth", "--threads", "1",
+            "--cache", str(tmp_path / "sessions"), "--data-dir", str(tmp_path / "db")]
+    try:
+        first = CliRunner().invoke(bench.evaluate_sessions, [*args, "--json-out", str(tmp_path / "first.json")])
+        assert first.exit_code == 0, first.output + repr(first.exception)
+        assert "replayed" not in first.output
+
+        def fake_ingest_must_not_run(*a, **k):
+            raise AssertionError("the stored session was ingested again")
+
+        monkeypatch.setattr(bench, "ingest_session", fake_ingest_must_not_run)
+        second = CliRunner().invoke(bench.evaluate_sessions, [*args, "--json-out", str(tmp_path / "second.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert second.exit_code == 0, second.output + repr(second.exception)
+    assert "1 of 1 sessions were stored" in second.output
+    rows = [json.loads((tmp_path / f"{name}.json").read_text())["sessions"] for name in ("first", "second")]
+    assert [r["score"] for r in rows[0]] == [r["score"] for r in rows[1]]
+    assert rows[0][0]["score"]["counts_exact"] is True
+
+
 def test_pool_sessions_refuses_a_file_that_is_not_an_evaluate_sessions_report(tmp_path):
     from click.testing import CliRunner
 
