@@ -383,6 +383,25 @@ def test_bowl_boxes_follow_the_rounded_wall():
         np.testing.assert_allclose(got[f], want, atol=1.5)
 
 
+def test_refine_box_sigma_is_per_class(monkeypatch):
+    """REFINE_SIGMA_PX_BY_CLASS weighs one class's boxes only: a container sigma so large
+    that its boxes no longer count moves the container's fit, and leaves an item's fit
+    exactly as it was."""
+    constants = ArmConstants.reference()
+    rng = np.random.default_rng(7)
+    groups = []
+    for kind, class_id, x in (("cylinder", CONTAINER_CLASS_ID, 330.0), ("cube", ITEM_CLASS_ID, 250.0)):
+        pts = make_shape(kind, rng) + [x, 40.0, 0.0]
+        groups.append(geometry.locate([stored(i, pw, b, class_id) for i, (pw, b) in enumerate(observe(pts, constants))], constants))
+    before = geometry.refine_objects(groups, constants)
+    assert before[0] is not None and before[1] is not None
+    monkeypatch.setattr(geometry, "REFINE_SIGMA_PX_BY_CLASS", {CONTAINER_CLASS_ID: 1000.0})
+    monkeypatch.setattr(geometry, "REFINE_MAX_MEAN_COST", float("inf"))
+    after = geometry.refine_objects(groups, constants)
+    assert after[1] == before[1]
+    assert math.hypot(after[0].x_mm - before[0].x_mm, after[0].y_mm - before[0].y_mm) > 1.0
+
+
 def test_refine_rejects_an_empty_model_list(monkeypatch):
     monkeypatch.setattr(geometry, "REFINE_MODELS", ("cone",))
     constants = ArmConstants.reference()
