@@ -260,8 +260,9 @@ def merge_part_groups(located: list[LocatedDetection], groups: list[list[int]], 
     Returns
     -------
     list of list of int
-        Groups (each sorted), sorted by their first index; one detection per frame each;
-        ``groups`` unchanged in legacy mode.
+        Groups (each sorted), sorted by their first index; one detection per frame each
+        (the smaller box of a shared frame is in none: dropped as a part); ``groups``
+        unchanged in legacy mode.
     """
     min_ioa = PART_BOX_MIN_IOA if min_ioa is None else min_ioa
     groups = [sorted(g) for g in groups]
@@ -271,9 +272,7 @@ def merge_part_groups(located: list[LocatedDetection], groups: list[list[int]], 
     def summary(g):
         w = np.array([max(located[i].weight, 1e-9) for i in g])
         xy = np.average([[located[i].x_mm, located[i].y_mm] for i in g], axis=0, weights=w)
-        legacy = located[g[0]].constants is None or not located[g[0]].constants.calibrated
-        size = float(np.median([located[i].size_mm for i in g])) * (LEGACY_DISTANCE_SCALE if legacy else 1.0)
-        return xy, size, {located[i].image_name: i for i in g}
+        return xy, float(np.median([located[i].size_mm for i in g])), {located[i].image_name: i for i in g}
 
     def box(i):
         return np.asarray(located[i].detection.box_xyxy, np.float64).reshape(4)

@@ -556,7 +556,8 @@ REFINE_SIGMA_PX = 4.0
 #: items' by 1-3 px; at 4 px the container boxes outweighed the height prior and some open
 #: boxes were fitted flat (height 0-10 mm) and 25-40 mm too far. With the rounded-bowl
 #: model, container sigmas 4 / 6 / 8 / 10 px gave pooled position p95 13.55 / 13.47 / 13.27
-#: / 13.98 mm on those sessions (the trigger replayed on their stored detections).
+#: / 13.98 mm on those sessions (the trigger replayed on their stored detections; 7 bowl
+#: rings and no part-box join then; with the shipped settings 13.50 mm).
 REFINE_SIGMA_PX_BY_CLASS: dict[int, float] = {CONTAINER_CLASS_ID: 8.0}
 #: Residuals beyond this many sigmas are down-weighted (Huber, by IRLS).
 REFINE_HUBER_SIGMAS = 2.0
@@ -609,8 +610,10 @@ BOWL_RING_FRACTIONS: tuple[float, ...] = tuple(float(1 - math.cos(k * math.pi / 
 #: 9.6 mm too far and too low, median; 1.1 mm with the rounded-bowl model, which is also a
 #: cylinder when its radii agree). On 160 tuning sessions (the trigger replayed on their
 #: stored detections) pooled position p95 was 16.11 mm with (cuboid, revolved, sphere),
-#: 14.93 with the bowl model added and 13.55 with it in place of ``revolved``.
+#: 14.93 with the bowl model added and 13.55 with it in place of ``revolved`` (container
+#: box sigma 4 px, 7 bowl rings).
 REFINE_MODELS: tuple[str, ...] = ("cuboid", "bowl", "sphere")
+
 
 def _cuboid_points(p: np.ndarray) -> np.ndarray:
     """Vertices (B, 8, 3) of cuboids ``x, y, L, W, yaw_rad, h``."""
