@@ -687,20 +687,40 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray 
     return np.stack([u0, v0, u1, v1], axis=-1)
 
 
+def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms) -> np.ndarray:
+    """Box (B, F, 4) of the union of horizontal rings stacked on one vertical axis.
+
+    Parameters
+    ----------
+    xy : ndarray of shape (B, 2), mm
+        Axis position of each solid.
+    radii, z : ndarray of shape (R, B), mm
+        Radius and height of each ring.
+    terms : tuple
+        From :func:`_frame_terms`.
+
+    Returns
+    -------
+    ndarray of shape (B, F, 4), pixels
+        The union of the rings' exact boxes (:func:`_ring_boxes`): the box of the solid
+        whose profile joins consecutive rings by frustums (a frustum's silhouette is
+        spanned by its two end rings).
+    """
+    centre = np.zeros((*radii.shape, 3))
+    centre[:, :, :2] = xy[None]
+    centre[:, :, 2] = z
+    stacked = _ring_boxes(centre, None, None, terms, radius=radii)  # (R, B, F, 4)
+    return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
+
+
 def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
     """Boxes (B, F, 4) of solids of revolution ``x, y, r_bottom, r_middle, r_top, h``.
 
-    The profile is piecewise linear through three rings (z = 0, h/2, h); each segment is
-    a frustum, whose silhouette is spanned by its two end rings, so the box is the union
-    of the rings' exact boxes (:func:`_ring_boxes`).
+    The profile is piecewise linear through three rings (z = 0, h/2, h)
+    (:func:`_stacked_ring_boxes`).
     """
-    n = len(p)
-    radii = np.abs(p[:, 2:5]).T  # (3, B)
-    centre = np.zeros((3, n, 3))
-    centre[:, :, :2] = p[None, :, :2]
-    centre[:, :, 2] = np.array([0.0, 0.5, 1.0])[:, None] * p[None, :, 5]
-    stacked = _ring_boxes(centre, None, None, terms, radius=radii)  # (3, B, F, 4)
-    return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
+    z = np.array([0.0, 0.5, 1.0])[:, None] * p[None, :, 5]
+    return _stacked_ring_boxes(p[:, :2], np.abs(p[:, 2:5]).T, z, terms)
 
 
 def _bowl_boxes(p: np.ndarray, terms) -> np.ndarray:
@@ -709,17 +729,12 @@ def _bowl_boxes(p: np.ndarray, terms) -> np.ndarray:
     The wall's profile is a quarter ellipse from the flat base (radius ``r_base`` at z = 0)
     out to the rim (``r_rim`` at z = h, where the wall is vertical):
     ``r(z) = r_base + (r_rim - r_base) sqrt(s (2 - s))``, ``s = z / h``. Sampled as rings at
-    :data:`BOWL_RING_FRACTIONS` of ``h`` and joined by frustums (:func:`_revolved_boxes`).
+    :data:`BOWL_RING_FRACTIONS` of ``h`` and joined by frustums (:func:`_stacked_ring_boxes`).
     """
-    n = len(p)
-    s = np.asarray(BOWL_RING_FRACTIONS, float)
+    s = np.asarray(BOWL_RING_FRACTIONS, float)[:, None]  # (R, 1)
     r_base, r_rim = np.abs(p[:, 2]), np.abs(p[:, 3])
-    radii = r_base[None] + (r_rim - r_base)[None] * np.sqrt(s * (2 - s))[:, None]  # (R, B)
-    centre = np.zeros((len(s), n, 3))
-    centre[:, :, :2] = p[None, :, :2]
-    centre[:, :, 2] = s[:, None] * p[None, :, 4]
-    stacked = _ring_boxes(centre, None, None, terms, radius=radii)  # (R, B, F, 4)
-    return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
+    radii = r_base[None] + (r_rim - r_base)[None] * np.sqrt(s * (2 - s))  # (R, B)
+    return _stacked_ring_boxes(p[:, :2], radii, s * p[None, :, 4], terms)
 
 
 def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
@@ -1014,31 +1029,31 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
     n_yaw = len(_CUBOID_START_YAWS_DEG)
     a0 = np.maximum(start[:, 2], 2.0)
     h0 = np.clip(start[:, 3], 1.0, h_max)
-    starts = {
-        "cuboid": np.concatenate(
-            [np.stack([start[:, 0], start[:, 1], 0.8 * a0, 0.6 * a0, np.full(b, math.radians(y)), h0], axis=1)[:, None] for y in _CUBOID_START_YAWS_DEG],
-            axis=1,
-        ).reshape(b * n_yaw, 6),
-        "revolved": np.stack([start[:, 0], start[:, 1], a0 / 2, a0 / 2, a0 / 2, h0], axis=1),
-        "sphere": np.stack([start[:, 0], start[:, 1], a0 / 2], axis=1),
-        "bowl": np.stack([start[:, 0], start[:, 1], a0 / 4, a0 / 2, h0], axis=1),
-    }
-    # model -> (boxes, size, height, LM steps, clamp, starts per object)
+
+    def cuboid_start():
+        per_yaw = [np.stack([start[:, 0], start[:, 1], 0.8 * a0, 0.6 * a0, np.full(b, math.radians(y)), h0], axis=1) for y in _CUBOID_START_YAWS_DEG]
+        return np.stack(per_yaw, axis=1).reshape(b * n_yaw, 6)
+
+    # model -> (starting points, boxes, size, height, LM steps, clamp, starts per object)
     specs = {
-        "cuboid": (_cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), lambda p: p[:, 5], np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp_cuboid, n_yaw),
-        "revolved": (_revolved_boxes, lambda p: 2 * np.abs(p[:, 2:5]).max(1), lambda p: p[:, 5], np.full(6, 0.2), clamp_rev, 1),
-        "sphere": (_sphere_boxes, lambda p: 2 * np.abs(p[:, 2]), lambda p: 2 * np.abs(p[:, 2]), np.full(3, 0.2), clamp_sphere, 1),
-        "bowl": (_bowl_boxes, lambda p: 2 * np.abs(p[:, 2:4]).max(1), lambda p: p[:, 4], np.full(5, 0.2), clamp_bowl, 1),
+        "cuboid": (cuboid_start, _cuboid_boxes, lambda p: np.hypot(p[:, 2], p[:, 3]), lambda p: p[:, 5],
+                   np.array([0.2, 0.2, 0.2, 0.2, 0.005, 0.2]), clamp_cuboid, n_yaw),
+        "revolved": (lambda: np.stack([start[:, 0], start[:, 1], a0 / 2, a0 / 2, a0 / 2, h0], axis=1), _revolved_boxes,
+                     lambda p: 2 * np.abs(p[:, 2:5]).max(1), lambda p: p[:, 5], np.full(6, 0.2), clamp_rev, 1),
+        "sphere": (lambda: np.stack([start[:, 0], start[:, 1], a0 / 2], axis=1), _sphere_boxes,
+                   lambda p: 2 * np.abs(p[:, 2]), lambda p: 2 * np.abs(p[:, 2]), np.full(3, 0.2), clamp_sphere, 1),
+        "bowl": (lambda: np.stack([start[:, 0], start[:, 1], a0 / 4, a0 / 2, h0], axis=1), _bowl_boxes,
+                 lambda p: 2 * np.abs(p[:, 2:4]).max(1), lambda p: p[:, 4], np.full(5, 0.2), clamp_bowl, 1),
     }
     models = [m for m in specs if m in REFINE_MODELS]
     if not models:
         raise ValueError(f"REFINE_MODELS names no known shape model: {REFINE_MODELS!r} (known: {sorted(specs)})")
     fits = {}
     for m in models:
-        boxes_fn, size_of, height_of, steps, clamp, rep = specs[m]
-        params, cost = run(boxes_fn, size_of, height_of, starts[m], steps, clamp, rep)
+        start_fn, boxes_fn, size_of, height_of, steps, clamp, rep = specs[m]
+        params, cost = run(boxes_fn, size_of, height_of, start_fn(), steps, clamp, rep)
         fits[m] = (params, cost, size_of(params), height_of(params))
-    scores = np.stack([fits[m][1] + starts[m].shape[1] * REFINE_PARAM_PENALTY for m in models], axis=1)
+    scores = np.stack([fits[m][1] + fits[m][0].shape[1] * REFINE_PARAM_PENALTY for m in models], axis=1)
     choice = np.argmin(scores, axis=1)
     for k, g in enumerate(usable):
         m = models[choice[k]]
