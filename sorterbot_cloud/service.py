@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
-from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError
+from sorterbot_cloud.errors import BadRequest, InvalidImage, ServiceUnavailable, SorterBotError
 from sorterbot_cloud.imaging import decode_image
 from sorterbot_cloud.structures import (
     CLASS_NAMES,
@@ -211,6 +211,51 @@ class Service:
         for row, index in enumerate(item_index):
             out[int(index)] = embeddings[row]
         return out
+
+    def reembed_session(self, arm_id: Any, session_id: Any) -> int:
+        """Embed a stored session's items again with the loaded embedder, from the archived frames.
+
+        Embeddings of different embedder weights are not comparable, so after the
+        embedder changes, sessions stored before must be re-embedded before their trigger
+        (``sorterbot-cloud db reembed``). The stored boxes are kept (the detector is not
+        run); each item is cut from its archived original frame exactly as at ingest
+        (:meth:`embed_items`). Every new embedding is computed first and then written in
+        one transaction, so a failure leaves the session's old embeddings whole.
+
+        Parameters
+        ----------
+        arm_id, session_id : str
+
+        Returns
+        -------
+        int
+            How many item detections were re-embedded (0 for a session without items).
+
+        Raises
+        ------
+        BadRequest
+            On a malformed id.
+        UnknownSession
+            If the session has no stored frame.
+        ServiceUnavailable
+            If a frame with items was stored without an archived image, or its archived
+            image is missing (nothing is changed).
+        """
+        arm_id = validate_id("arm_id", arm_id)
+        session_id = validate_id("session_id", session_id)
+        new: dict[int, np.ndarray] = {}
+        for frame in self.repository.embedded_detections(arm_id, session_id):
+            if not frame["image_uri"]:
+                raise ServiceUnavailable(f"frame {frame['frame_id']} of session {session_id!r} has no archived image to embed from")
+            try:
+                image = decode_image(self.archive.get(frame["image_uri"]))
+            except FileNotFoundError as exc:
+                raise ServiceUnavailable(f"the archived image of frame {frame['frame_id']} is missing: {frame['image_uri']}") from exc
+            boxes = frame["boxes_xyxy"]
+            items = Detections(boxes, np.ones(len(boxes), np.float32), np.full(len(boxes), ITEM_CLASS_ID, np.int64))
+            for det_id, embedding in zip(frame["detection_ids"], self.embed_items(image, items), strict=True):
+                new[det_id] = embedding
+        return self.repository.replace_embeddings(new) if new else 0
 
     def process_frame(self, arm_id: Any, session_id: Any, image_name: Any, data: bytes) -> dict:
         """Ingest one frame: validate, decode, detect, embed items, store, archive.

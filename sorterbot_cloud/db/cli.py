@@ -85,3 +85,37 @@ def bench_command(pg_conn, frames, detections, repeats) -> None:
 
     args = ["--frames", str(frames), "--detections", str(detections), "--repeats", str(repeats)]
     main(args + (["--pg-conn", pg_conn] if pg_conn else []))
+
+
+@db.command("reembed")
+@config_option
+@click.option("--arm-id", required=True, help="The arm whose sessions are re-embedded.")
+@click.option("--session-id", "session_ids", multiple=True,
+              help="Only this session (repeatable); default: every session of the arm.")
+def reembed_command(config_file, arm_id, session_ids) -> None:
+    """Embed stored sessions' items again with the configured embedder (after its weights change).
+
+    The stored boxes are kept; each item is cut from its archived frame as at ingest.
+    Each session is rewritten in one transaction; one line per session says how many
+    items were re-embedded.
+    """
+    from sorterbot_cloud.db import Database, Repository
+    from sorterbot_cloud.errors import SorterBotError
+    from sorterbot_cloud.service import Service
+    from sorterbot_cloud.storage import DiskArchive
+    from vectorizer import load_embedder
+
+    settings = _settings(config_file)
+    embedder = load_embedder(settings)
+    with Database.from_settings(settings) as database:
+        repository = Repository(database.pool)
+        service = Service(settings, detector=None, embedder=embedder, repository=repository,
+                          archive=DiskArchive.from_settings(settings))
+        try:
+            if not session_ids:
+                # newest first from list_sessions; every session of the arm
+                session_ids = [r["session_id"] for r in repository.list_sessions(arm_id=arm_id, limit=1_000_000)]
+            for session_id in session_ids:
+                click.echo(f"{arm_id}/{session_id}: {service.reembed_session(arm_id, session_id)} items re-embedded")
+        except SorterBotError as exc:
+            raise click.ClickException(exc.detail) from exc

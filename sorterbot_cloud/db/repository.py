@@ -273,6 +273,84 @@ class Repository:
         keys = ("frame_id", "image_name", "pw0", "width_px", "height_px", "image_uri", "n_detections", "updated_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def embedded_detections(self, arm_id: str, session_id: str) -> list[dict]:
+        """Return the session's detections that carry an embedding (its items), frame by frame.
+
+        Returns
+        -------
+        list of dict
+            One per frame that has such detections, ordered like :meth:`session_frames`:
+            ``frame_id``, ``image_uri`` (str or None), ``detection_ids`` (list of int) and
+            ``boxes_xyxy`` (ndarray of shape (N, 4), float32, pixels), in detection order.
+
+        Raises
+        ------
+        BadRequest
+            If an id is malformed.
+        UnknownSession
+            If the session has no stored frame.
+        """
+        frames = self.session_frames(arm_id, session_id)
+        with self._connection() as conn:
+            rows = conn.execute(
+                """
+                SELECT d.frame_id, d.id, d.x_min, d.y_min, d.x_max, d.y_max
+                FROM detections d JOIN frames f ON f.id = d.frame_id
+                WHERE f.arm_id = %s AND f.session_id = %s AND d.embedding IS NOT NULL
+                ORDER BY d.frame_id, d.det_index
+                """,
+                (arm_id, session_id),
+            ).fetchall()
+        by_frame: dict[int, list[tuple]] = {}
+        for frame_id, det_id, *box in rows:
+            by_frame.setdefault(int(frame_id), []).append((int(det_id), box))
+        out = []
+        for frame in frames:
+            dets = by_frame.get(int(frame["frame_id"]))
+            if dets:
+                out.append({
+                    "frame_id": int(frame["frame_id"]),
+                    "image_uri": frame["image_uri"],
+                    "detection_ids": [d for d, _ in dets],
+                    "boxes_xyxy": np.array([b for _, b in dets], dtype=np.float32).reshape(-1, 4),
+                })
+        return out
+
+    def replace_embeddings(self, embeddings: dict[int, np.ndarray]) -> int:
+        """Overwrite the embeddings of stored detections, all in one transaction.
+
+        For re-embedding stored sessions after the embedder's weights change
+        (:meth:`Service.reembed_session <sorterbot_cloud.service.Service.reembed_session>`):
+        embeddings of two different models are not comparable, so a session must not mix them.
+
+        Parameters
+        ----------
+        embeddings : dict of int to ndarray of shape (512,), float32
+            Detection id -> its new L2-normalised embedding. Only detections that already
+            carry an embedding (items) are updated.
+
+        Returns
+        -------
+        int
+            How many detections were updated.
+
+        Raises
+        ------
+        ValueError
+            If a vector is not a finite (512,) vector, or an id names no embedded detection
+            (then nothing is changed).
+        """
+        params = [(_embedding_param(vector, int(det_id)), int(det_id)) for det_id, vector in embeddings.items()]
+        with self._connection() as conn, conn.transaction():
+            updated = 0
+            with conn.cursor() as cur:
+                for vector, det_id in params:
+                    cur.execute("UPDATE detections SET embedding = %b WHERE id = %s AND embedding IS NOT NULL", (vector, det_id))
+                    if cur.rowcount != 1:
+                        raise ValueError(f"detection {det_id} does not exist or has no embedding")
+                    updated += 1
+        return updated
+
     # ---------------------------------------------------------------- sessions
 
     def arm_ids_of_session(self, session_id: str) -> list[str]:

@@ -1,0 +1,122 @@
+"""Re-embedding stored sessions after the embedder changes (``Service.reembed_session``, ``db reembed``).
+
+Real PostgreSQL and a real disk archive. Frames are ingested with the fake detector and a
+fake embedder (stand-ins for the models, which are not under test here); the session is
+then re-embedded with a second, different fake embedder (and, for the CLI, with the
+shipped embedder), and the stored vectors must be exactly the new model's embeddings
+of the same crops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from sorterbot_cloud.db.cli import db as db_cli
+from sorterbot_cloud.errors import ServiceUnavailable, UnknownSession
+from sorterbot_cloud.imaging import decode_image
+from sorterbot_cloud.service import Service
+from sorterbot_cloud.structures import ITEM_CLASS_ID
+from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
+from vectorizer import crop_items
+
+FRAMES = {
+    "1200.png": [Rect("red", (10, 10, 40, 40)), Rect("blue", (60, 20, 90, 50)), Rect("green", (150, 100, 250, 200))],
+    "1300.png": [Rect("yellow", (200, 20, 230, 50)), Rect("green", (20, 120, 120, 220))],
+}
+
+
+class FakeEmbedderB(FakeEmbedder):
+    """A second fake embedder whose vectors differ from :class:`FakeEmbedder`'s (a 'new model')."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._basis = np.random.default_rng(1).choice([-1.0, 1.0], size=self._basis.shape).astype(np.float32)
+
+
+@pytest.fixture
+def service(settings, repository, archive):
+    service = Service(settings, detector=FakeDetector(), embedder=FakeEmbedder(), repository=repository, archive=archive)
+    for name, rects in FRAMES.items():
+        service.process_frame("ARM001", "s1", name, frame_bytes(rects))
+    return service
+
+
+def expected_embeddings(embedder, repository, arm="ARM001", session="s1"):
+    """What ``embedder`` answers for each stored item box, cut from the posted frames."""
+    out = {}
+    for d in repository.load_session(arm, session):
+        if d.class_id == ITEM_CLASS_ID:
+            image = decode_image(frame_bytes(FRAMES[d.image_name]))
+            out[d.detection_id] = embedder.embed(crop_items(image, d.box_xyxy[None]))[0]
+    return out
+
+
+def stored(repository, arm="ARM001", session="s1"):
+    return {d.detection_id: d for d in repository.load_session(arm, session)}
+
+
+def test_reembed_replaces_item_embeddings_with_the_new_models_and_keeps_the_rest(service, repository):
+    before = stored(repository)
+    service.embedder = FakeEmbedderB()
+    assert service.reembed_session("ARM001", "s1") == 3
+    after = stored(repository)
+    assert after.keys() == before.keys()
+    expected = expected_embeddings(FakeEmbedderB(), repository)
+    assert sorted(expected) == sorted(i for i, d in before.items() if d.class_id == ITEM_CLASS_ID)
+    for det_id, d in after.items():
+        np.testing.assert_array_equal(d.box_xyxy, before[det_id].box_xyxy)
+        assert (d.class_id, d.score, d.image_name) == (before[det_id].class_id, before[det_id].score, before[det_id].image_name)
+        if d.class_id == ITEM_CLASS_ID:
+            np.testing.assert_allclose(d.embedding, expected[det_id], atol=1e-6)
+            assert not np.allclose(d.embedding, before[det_id].embedding, atol=1e-3)  # the model did change
+        else:
+            assert d.embedding is None and before[det_id].embedding is None
+
+
+def test_reembed_with_the_same_model_reproduces_the_ingested_embeddings(service, repository):
+    before = stored(repository)
+    service.reembed_session("ARM001", "s1")
+    for det_id, d in stored(repository).items():
+        if d.class_id == ITEM_CLASS_ID:
+            np.testing.assert_allclose(d.embedding, before[det_id].embedding, atol=1e-6)
+
+
+def test_reembed_with_a_missing_archived_frame_changes_nothing(service, repository, archive):
+    before = {i: (None if d.embedding is None else d.embedding.tobytes()) for i, d in stored(repository).items()}
+    archive.path_of("ARM001", "s1", "1300.png").unlink()
+    service.embedder = FakeEmbedderB()
+    with pytest.raises(ServiceUnavailable, match="missing"):
+        service.reembed_session("ARM001", "s1")
+    after = {i: (None if d.embedding is None else d.embedding.tobytes()) for i, d in stored(repository).items()}
+    assert after == before
+
+
+def test_reembed_of_an_unknown_session_raises(service):
+    with pytest.raises(UnknownSession):
+        service.reembed_session("ARM001", "nope")
+
+
+def test_replace_embeddings_refuses_a_container_and_rolls_back(service, repository):
+    dets = stored(repository)
+    item_id = next(i for i, d in dets.items() if d.class_id == ITEM_CLASS_ID)
+    container_id = next(i for i, d in dets.items() if d.class_id != ITEM_CLASS_ID)
+    vector = np.zeros(512, np.float32)
+    vector[0] = 1.0
+    with pytest.raises(ValueError, match=str(container_id)):
+        repository.replace_embeddings({item_id: vector, container_id: vector})
+    np.testing.assert_array_equal(stored(repository)[item_id].embedding, dets[item_id].embedding)
+
+
+def test_db_reembed_cli_writes_the_configured_embedders_vectors(service, repository, settings, monkeypatch):
+    from vectorizer import load_embedder
+
+    monkeypatch.setenv("PG_CONN", settings.pg_conn)
+    monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(db_cli, ["reembed", "--arm-id", "ARM001"])
+    assert result.exit_code == 0, result.output
+    assert "ARM001/s1: 3 items re-embedded" in result.output
+    expected = expected_embeddings(load_embedder(settings), repository)
+    for det_id, vector in expected.items():
+        np.testing.assert_allclose(stored(repository)[det_id].embedding, vector, atol=1e-5)
