@@ -163,6 +163,11 @@ def export_coco_dataset(
     return path
 
 
+#: :func:`export_item_crops` draws another scene when one cannot be laid out (items that do
+#: not fit on the table together); after this many such draws it gives up.
+MAX_SKIPPED_SCENES = 1000
+
+
 def export_item_crops(
     out_dir: str | Path,
     n_per_type: int,
@@ -205,7 +210,8 @@ def export_item_crops(
     Raises
     ------
     BadRequest
-        On an unknown type or ``n_per_type < 1``.
+        On an unknown type or ``n_per_type < 1``, or when more than
+        :data:`MAX_SKIPPED_SCENES` drawn scenes could not be laid out.
     """
     types = [str(t) for t in types]
     for t in types:
@@ -223,7 +229,7 @@ def export_item_crops(
     renderer = SceneRenderer(width_px, height_px, base)
     bar = tqdm(total=n_per_type * len(types), desc="crops", unit="crop", disable=not progress)
     try:
-        k = 0
+        k = skipped = 0
         while any(c < n_per_type for c in counts.values()):
             rng = _scene_seed_rng(seed, k)
             needed = [t for t in types if counts[t] < n_per_type]
@@ -232,7 +238,15 @@ def export_item_crops(
             group = train if train and (not heldout or k % 2 == 0) else heldout
             textures = TRAIN_TEXTURES if group is train else HELDOUT_TEXTURES
             scene_types = [str(t) for t in rng.choice(group, size=items_per_scene)]
-            scene = generate_scene(rng, scene_types, int(rng.integers(0, 3)), n_distractors=int(rng.integers(0, 2)), textures=textures)
+            try:
+                scene = generate_scene(rng, scene_types, int(rng.integers(0, 3)), n_distractors=int(rng.integers(0, 2)),
+                                       textures=textures)
+            except BadRequest:  # large items drawn together may not fit on the table: draw the next scene
+                k += 1
+                skipped += 1
+                if skipped > MAX_SKIPPED_SCENES:
+                    raise
+                continue
             renderer.set_scene(scene)
             for _ in range(2):
                 pw = float(rng.uniform(*PW_RANGE))

@@ -59,6 +59,33 @@ def test_item_crops_are_deterministic_and_per_type(tmp_path):
         assert (tmp_path / "a" / crop["path"]).read_bytes() == (tmp_path / "b" / crop["path"]).read_bytes()
 
 
+def test_item_crops_draw_another_scene_when_one_cannot_be_laid_out(tmp_path, monkeypatch):
+    """A scene whose items do not fit on the table is skipped, not fatal; endless failure still raises."""
+    from sorterbot_cloud.sim import datasets
+
+    real, calls = datasets.generate_scene, []
+
+    def fails_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise BadRequest("could not place item 'coin' without overlap (fake failure)")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datasets, "generate_scene", fails_first)
+    index = json.loads(export_item_crops(tmp_path / "a", 1, seed=5, types=["coin"], width_px=640, height_px=480,
+                                         progress=False).read_text())
+    assert [c["path"] for c in index["crops"]] == ["coin/0.png"]
+    assert index["crops"][0]["scene"] >= 1 and len(calls) >= 2
+
+    def always_fails(*args, **kwargs):
+        raise BadRequest("could not place (fake failure)")
+
+    monkeypatch.setattr(datasets, "generate_scene", always_fails)
+    monkeypatch.setattr(datasets, "MAX_SKIPPED_SCENES", 3)
+    with pytest.raises(BadRequest, match="fake failure"):
+        export_item_crops(tmp_path / "b", 1, seed=5, types=["coin"], width_px=640, height_px=480, progress=False)
+
+
 @pytest.mark.parametrize("call,match", [
     (lambda out: export_coco_dataset(out, 1, 0, split="test", progress=False), "unknown split"),
     (lambda out: export_item_crops(out, 1, 0, types=["spoon"], progress=False), "unknown item type"),
