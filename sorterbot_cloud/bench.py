@@ -727,8 +727,12 @@ def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: l
 @click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True)
 @click.option("--json-out", default=Path("out/bench/tune_grouping.json"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Keep the database and frames here (as evaluate-sessions --data-dir): sessions stored "
+                   "already are not ingested again. After changing the embedder's weights, run "
+                   "`sorterbot-cloud db reembed --arm-id TUNE` with DATA_DIR set to this folder first.")
 def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str, height_weights: str, group_distances: str | None,
-                  cache: Path, detector_kind: str, json_out: Path, threads: int | None) -> None:
+                  cache: Path, detector_kind: str, json_out: Path, threads: int | None, data_dir: Path | None = None) -> None:
     """Choose the grouping's shape weights and distance (Settings.grouping_size_weight, grouping_height_weight, grouping_distance).
 
     Simulated sessions with tuning seeds (never the seeds of evaluate-sessions' figures)
@@ -742,9 +746,10 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     if not ws_grid or not wh_grid or any(v < 0 for v in ws_grid + wh_grid):
         raise click.BadParameter("weights must be non-empty lists of numbers >= 0")
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
+    arm_id = "TUNE" if detector_kind == "model" else "TUNE_GT"  # one database may keep both kinds of detections
     table: dict[str, list[dict]] = {}
     seeds_used: dict[str, list[int]] = {}
-    with bench_context(detector=detector) as ctx:
+    with bench_context(data_dir=data_dir, detector=detector) as ctx:
         gd_grid = _floats(group_distances) if group_distances else [ctx.service.kinds_distance(shapes_appended=True)]
         for kinds in kind_sets:
             heldout = kinds == "heldout"
@@ -758,8 +763,9 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
                 click.echo(f"{kinds} session {len(sessions) + 1}/{n_sessions} seed {seed}", err=True)
                 gt = json.loads((folder / "ground_truth.json").read_text())
                 session_id = f"tune_{kinds}_{seed}"
-                ingest_session(ctx.service, folder, "TUNE", session_id)
-                sessions.append((gt, ctx.service.repository.load_session("TUNE", session_id), ctx.service.frame_views("TUNE", session_id)))
+                if stored_frame_count(ctx.service, arm_id, session_id) != len(_frames(folder)):
+                    ingest_session(ctx.service, folder, arm_id, session_id)
+                sessions.append((gt, ctx.service.repository.load_session(arm_id, session_id), ctx.service.frame_views(arm_id, session_id)))
                 seeds_used.setdefault(kinds, []).append(seed)
             table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid)
     header = f"{'size w':>6} {'height w':>8} {'distance':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"

@@ -152,7 +152,8 @@ def test_pool_sessions_refuses_a_file_that_is_not_an_evaluate_sessions_report(tm
 def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
     """``tune-grouping`` replays only the grouping of ingested sessions: at the settings'
     own weights it scores what the full trigger (``evaluate-sessions``) scores on the same
-    sessions in calibrated mode, and it writes one row per grid point."""
+    sessions in calibrated mode, and it writes one row per grid point; with ``--data-dir`` a
+    second run reuses the stored sessions and scores them the same."""
     import json
 
     import torch
@@ -165,11 +166,16 @@ def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
     settings = Settings.load()
     cache, threads = str(tmp_path / "sessions"), torch.get_num_threads()
     try:
-        tuned = CliRunner().invoke(bench.tune_grouping, [
+        tune_args = [
             "--n", "2", "--kinds", "known", "--detector", "ground-truth", "--threads", "1", "--cache", cache,
             "--size-weights", f"0,{settings.grouping_size_weight}", "--height-weights", f"{settings.grouping_height_weight}",
-            "--json-out", str(tmp_path / "tune.json"),
-        ])
+            "--data-dir", str(tmp_path / "db"),
+        ]
+        tuned = CliRunner().invoke(bench.tune_grouping, [*tune_args, "--json-out", str(tmp_path / "tune.json")])
+        # a second run on the kept database replays the stored sessions without ingesting them
+        with monkeypatch.context() as m:
+            m.setattr(bench, "ingest_session", lambda *a, **k: pytest.fail("a stored session was ingested again"))
+            again = CliRunner().invoke(bench.tune_grouping, [*tune_args, "--json-out", str(tmp_path / "tune2.json")])
         evaluated = CliRunner().invoke(bench.evaluate_sessions, [
             "--n", "2", "--kinds", "known", "--seed-start", str(bench.TUNING_SEED_START["known"]), "--detector", "ground-truth",
             "--threads", "1", "--cache", cache, "--json-out", str(tmp_path / "eval.json"),
@@ -178,8 +184,10 @@ def test_tune_grouping_replays_the_trigger(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert tuned.exit_code == 0, tuned.output + repr(tuned.exception)
     assert evaluated.exit_code == 0, evaluated.output + repr(evaluated.exception)
+    assert again.exit_code == 0, again.output + repr(again.exception)
     tune_report = json.loads((tmp_path / "tune.json").read_text())
     rows = tune_report["rows"]
+    assert json.loads((tmp_path / "tune2.json").read_text())["rows"] == rows
     assert [(r["size_weight"], r["height_weight"]) for r in rows] == [(0.0, settings.grouping_height_weight),
                                                                       (settings.grouping_size_weight, settings.grouping_height_weight)]
     assert all(0.0 <= r["known_sorted"] <= 1.0 for r in rows)

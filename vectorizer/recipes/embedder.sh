@@ -92,3 +92,27 @@ $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/
 # 15. The distance between kinds for these weights (planner.choose_n_clusters), on the choosing sets:
 $SC calibrate-grouping --weights weights/embedder.pt \
     --crops-dir data/embedder/val --crops-dir data/embedder/select_heldout_coco --update-sidecar
+
+# --- Session 10 ------------------------------------------------------------------------
+# 16. 1000 procedural types (two renders of 500 in parallel, one per core), 16 crops each.
+$SC simulate crops --out data/embedder/proc_a --split none --procedural 500 --per-type 16 --seed 505 &
+$SC simulate crops --out data/embedder/proc_b --split none --procedural 500 --procedural-start 500 --per-type 16 --seed 606 &
+wait
+# 17. Catalogue training types cut from the detector's rendered frames that are still on disk
+#     (sim_train_a and the two crowded sets; at most 1200 per type): 6411 crops.
+$SC crops-from-coco --out data/embedder/train_coco --max-per-type 1200 \
+    --dataset data/det/sim_train_a/annotations.json:data/det/sim_train_a/images \
+    --dataset data/det/sim_crowded/annotations.json:data/det/sim_crowded \
+    --dataset data/det/sim_crowded2/annotations.json:data/det/sim_crowded2
+# 18. One folder of 1010 types.
+mkdir -p data/embedder/train_mix1010
+for d in data/embedder/train_coco/*/ data/embedder/proc_a/*/ data/embedder/proc_b/*/; do
+  ln -sfn "../$(basename "$(dirname "$d")")/$(basename "$d")" "data/embedder/train_mix1010/$(basename "$d")"
+done
+# 19. Stage 7: the shipped stage-6 weights fine-tuned on the 1010 types, 12 types per batch
+#     (more negatives per step), 3600 s budget.
+$SC train-embedder --train-dir data/embedder/train_mix1010 --val-dir data/embedder/val \
+    --out-dir runs/embedder_stage7 --export runs/embedder_stage7/embedder.pt --init-from weights/embedder.pt \
+    --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 3600 --warmup-steps 50 \
+    --input-size 64 --types-per-batch 12 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
+    --seed 7 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
