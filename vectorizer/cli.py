@@ -110,7 +110,12 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
                       seed=seed, threads=threads, checkpoint_every=checkpoint_every, eval_every=eval_every)
     train = load_crop_folder(train_dir)
     counts = {name: int(np.sum(train.type_ids == i)) for i, name in enumerate(train.type_names)}
-    log.info("training crops: %d of %d types %s", len(train), len(train.type_names), counts)
+    if len(counts) <= 20:
+        log.info("training crops: %d of %d types %s", len(train), len(train.type_names), counts)
+    else:  # hundreds of procedural types: the spread, not the list (the sidecar keeps every count)
+        per_type = np.array(list(counts.values()))
+        log.info("training crops: %d of %d types, %d..%d per type (median %d)", len(train), len(train.type_names),
+                 per_type.min(), per_type.max(), int(np.median(per_type)))
     if export_only:
         ckpt = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=False)
         history = ckpt["history"]
