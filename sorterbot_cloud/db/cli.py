@@ -113,8 +113,7 @@ def reembed_command(config_file, arm_id, session_ids) -> None:
                           archive=DiskArchive.from_settings(settings))
         try:
             if not session_ids:
-                # newest first from list_sessions; every session of the arm
-                session_ids = [r["session_id"] for r in repository.list_sessions(arm_id=arm_id, limit=1_000_000)]
+                session_ids = [r["session_id"] for r in repository.list_sessions(arm_id=arm_id, limit=None)]
             for session_id in session_ids:
                 click.echo(f"{arm_id}/{session_id}: {service.reembed_session(arm_id, session_id)} items re-embedded")
         except SorterBotError as exc:

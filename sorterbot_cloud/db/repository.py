@@ -377,15 +377,15 @@ class Repository:
             ).fetchall()
         return [row[0] for row in rows]
 
-    def list_sessions(self, arm_id: str | None = None, *, limit: int = 100) -> list[dict]:
+    def list_sessions(self, arm_id: str | None = None, *, limit: int | None = 100) -> list[dict]:
         """Return the most recently created sessions, newest first.
 
         Parameters
         ----------
         arm_id : str, optional
             Only this arm's sessions.
-        limit : int
-            At most this many.
+        limit : int or None
+            At most this many; None: all of them.
 
         Returns
         -------
@@ -400,7 +400,7 @@ class Repository:
         """
         if arm_id is not None:
             _check_ids(arm_id=arm_id)
-        if int(limit) <= 0:
+        if limit is not None and int(limit) <= 0:
             raise BadRequest(f"limit must be positive, got {limit}")
         with self._connection() as conn:
             rows = conn.execute(
@@ -414,7 +414,7 @@ class Repository:
                 ORDER BY s.created_at DESC, s.arm_id, s.session_id
                 LIMIT %(limit)s
                 """,
-                {"arm_id": arm_id, "limit": int(limit)},
+                {"arm_id": arm_id, "limit": None if limit is None else int(limit)},  # LIMIT NULL: no limit
             ).fetchall()
         keys = ("arm_id", "session_id", "n_frames", "n_detections", "created_at", "updated_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]

@@ -137,6 +137,8 @@ def test_sessions_are_scoped_by_arm(repository):
         ("ARM_A", "sess_1", 1, 3)
     ]
     assert {s["arm_id"] for s in repository.list_sessions()} == {"ARM_A", "ARM_B"}
+    assert len(repository.list_sessions(limit=1)) == 1
+    assert len(repository.list_sessions(limit=None)) == 2  # no limit
 
 
 def test_four_arms_posting_at_once_lose_and_duplicate_nothing(repository, database):
