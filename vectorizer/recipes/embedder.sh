@@ -110,7 +110,8 @@ for d in data/embedder/train_coco/*/ data/embedder/proc_a/*/ data/embedder/proc_
   ln -sfn "../$(basename "$(dirname "$d")")/$(basename "$d")" "data/embedder/train_mix1010/$(basename "$d")"
 done
 # 19. Stage 7: the shipped stage-6 weights fine-tuned on the 1010 types, 12 types per batch
-#     (more negatives per step), 3600 s budget.
+#     (more negatives per step), 3600 s budget. NOT shipped: equal to the shipped weights on the
+#     160 tuning sessions (README, session 10); weights/embedder.pt is still stage 6.
 $SC train-embedder --train-dir data/embedder/train_mix1010 --val-dir data/embedder/val \
     --out-dir runs/embedder_stage7 --export runs/embedder_stage7/embedder.pt --init-from weights/embedder.pt \
     --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 3600 --warmup-steps 50 \
