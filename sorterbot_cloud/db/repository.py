@@ -290,30 +290,30 @@ class Repository:
         UnknownSession
             If the session has no stored frame.
         """
-        frames = self.session_frames(arm_id, session_id)
+        _check_ids(arm_id=arm_id, session_id=session_id)
         with self._connection() as conn:
             rows = conn.execute(
                 """
-                SELECT d.frame_id, d.id, d.x_min, d.y_min, d.x_max, d.y_max
-                FROM detections d JOIN frames f ON f.id = d.frame_id
-                WHERE f.arm_id = %s AND f.session_id = %s AND d.embedding IS NOT NULL
-                ORDER BY d.frame_id, d.det_index
+                SELECT f.id, f.image_uri, d.id, d.x_min, d.y_min, d.x_max, d.y_max
+                FROM frames f
+                LEFT JOIN detections d ON d.frame_id = f.id AND d.embedding IS NOT NULL
+                WHERE f.arm_id = %s AND f.session_id = %s
+                ORDER BY f.pw0, f.image_name, d.det_index
                 """,
                 (arm_id, session_id),
             ).fetchall()
-        by_frame: dict[int, list[tuple]] = {}
-        for frame_id, det_id, *box in rows:
-            by_frame.setdefault(int(frame_id), []).append((int(det_id), box))
-        out = []
-        for frame in frames:
-            dets = by_frame.get(int(frame["frame_id"]))
-            if dets:
-                out.append({
-                    "frame_id": int(frame["frame_id"]),
-                    "image_uri": frame["image_uri"],
-                    "detection_ids": [d for d, _ in dets],
-                    "boxes_xyxy": np.array([b for _, b in dets], dtype=np.float32).reshape(-1, 4),
-                })
+        if not rows:
+            raise UnknownSession(f"no frame stored for arm_id={arm_id!r}, session_id={session_id!r}")
+        out: list[dict] = []
+        for frame_id, image_uri, det_id, *box in rows:
+            if det_id is None:  # a frame without items
+                continue
+            if not out or out[-1]["frame_id"] != frame_id:
+                out.append({"frame_id": int(frame_id), "image_uri": image_uri, "detection_ids": [], "boxes_xyxy": []})
+            out[-1]["detection_ids"].append(int(det_id))
+            out[-1]["boxes_xyxy"].append(box)
+        for frame in out:
+            frame["boxes_xyxy"] = np.array(frame["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)
         return out
 
     def replace_embeddings(self, embeddings: dict[int, np.ndarray]) -> int:
