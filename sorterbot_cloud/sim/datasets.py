@@ -67,6 +67,7 @@ def export_coco_dataset(
     distractors_range: tuple[int, int] = (0, 3),
     camera_jitter: bool = True,
     progress: bool = True,
+    procedural_types: Sequence[str] = (),
 ) -> Path:
     """Write a COCO detection dataset of single frames at random arm poses.
 
@@ -87,6 +88,11 @@ def export_coco_dataset(
     camera_jitter : bool
         Jitter camera height (+-15 mm), pitch (+-4 deg) and offset (+-5 mm) per frame.
     progress : bool
+    procedural_types : sequence of str
+        Procedural item types (``proc_NNNN``, :func:`~sorterbot_cloud.sim.catalog.procedural_type_names`)
+        drawn together with the split's catalogue types, each type equally likely: many
+        shapes and colours beyond the catalogue, for models that must work on kinds they
+        never saw. Never held-out types.
 
     Returns
     -------
@@ -98,8 +104,8 @@ def export_coco_dataset(
     Raises
     ------
     BadRequest
-        If ``split`` is unknown or a count is out of range, or more than
-        :data:`MAX_SKIPPED_SCENES` scenes in a row cannot be laid out (a scene whose
+        If ``split`` is unknown, a count is out of range, a procedural type name is not
+        one, or more than :data:`MAX_SKIPPED_SCENES` scenes in a row cannot be laid out (a scene whose
         objects do not fit on the table without overlap is skipped for the next seed).
     """
     if split not in SPLITS:
@@ -109,7 +115,11 @@ def export_coco_dataset(
     for name, (low, high) in (("items_range", items_range), ("containers_range", containers_range), ("distractors_range", distractors_range)):
         if not 0 <= int(low) <= int(high):
             raise BadRequest(f"{name} must be (min, max) with 0 <= min <= max, got ({low}, {high})")
+    bad = [t for t in procedural_types if not is_procedural(t)]
+    if bad:
+        raise BadRequest(f"procedural_types must be procedural type names (proc_NNNN), got {bad[:3]}")
     pool, textures = SPLITS[split]
+    pool = tuple(pool) + tuple(procedural_types)
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     base = CameraModel.reference()
@@ -165,7 +175,7 @@ def export_coco_dataset(
 
 #: :func:`export_item_crops` draws another scene when one cannot be laid out (items that do
 #: not fit on the table together); after this many such draws it gives up.
-MAX_SKIPPED_SCENES = 1000
+MAX_SKIPPED_CROP_SCENES = 1000
 
 
 def export_item_crops(
@@ -211,7 +221,7 @@ def export_item_crops(
     ------
     BadRequest
         On an unknown type or ``n_per_type < 1``, or when more than
-        :data:`MAX_SKIPPED_SCENES` drawn scenes could not be laid out.
+        :data:`MAX_SKIPPED_CROP_SCENES` drawn scenes could not be laid out.
     """
     types = [str(t) for t in types]
     for t in types:
@@ -244,7 +254,7 @@ def export_item_crops(
             except BadRequest:  # large items drawn together may not fit on the table: draw the next scene
                 k += 1
                 skipped += 1
-                if skipped > MAX_SKIPPED_SCENES:
+                if skipped > MAX_SKIPPED_CROP_SCENES:
                     raise
                 continue
             renderer.set_scene(scene)

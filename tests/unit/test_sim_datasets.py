@@ -47,6 +47,21 @@ def test_heldout_coco_split_only_has_heldout_types(tmp_path):
     assert {a["type"] for a in anns if a["category_id"] == 1} <= set(HELDOUT_ITEM_TYPES)
 
 
+def test_coco_export_draws_procedural_types_beside_the_split(tmp_path):
+    procedural = [f"proc_{i:04d}" for i in range(40)]
+    path = export_coco_dataset(tmp_path, 2, seed=4, split="train", width_px=256, height_px=192, items_range=(6, 6),
+                               procedural_types=procedural, progress=False)
+    types = {a["type"] for a in json.loads(path.read_text())["annotations"] if a["category_id"] == 1}
+    # 50 equally likely types, 6 items a scene: procedural ones are drawn, held-out ones never
+    assert types & set(procedural)
+    assert types <= set(procedural) | set(TRAIN_ITEM_TYPES)
+
+
+def test_coco_export_rejects_a_catalogue_type_as_procedural(tmp_path):
+    with pytest.raises(BadRequest, match="procedural type names"):
+        export_coco_dataset(tmp_path, 1, 0, procedural_types=["die"], progress=False)
+
+
 def test_item_crops_are_deterministic_and_per_type(tmp_path):
     types = ["coin", "die"]
     first = export_item_crops(tmp_path / "a", 2, seed=5, types=types, width_px=640, height_px=480, progress=False)
@@ -81,7 +96,7 @@ def test_item_crops_draw_another_scene_when_one_cannot_be_laid_out(tmp_path, mon
         raise BadRequest("could not place (fake failure)")
 
     monkeypatch.setattr(datasets, "generate_scene", always_fails)
-    monkeypatch.setattr(datasets, "MAX_SKIPPED_SCENES", 3)
+    monkeypatch.setattr(datasets, "MAX_SKIPPED_CROP_SCENES", 3)
     with pytest.raises(BadRequest, match="fake failure"):
         export_item_crops(tmp_path / "b", 1, seed=5, types=["coin"], width_px=640, height_px=480, progress=False)
 
