@@ -91,7 +91,9 @@ def parse_class_map(pairs: Sequence[str]) -> dict[str, str]:
 class Record:
     """One image and its boxes.
 
-    ``boxes_xyxy`` : ndarray of shape (N, 4), float32, pixels; ``class_ids`` : (N,) int64.
+    ``boxes_xyxy`` : ndarray of shape (N, 4), float32, pixels; ``class_ids`` : (N,) int64;
+    ``object_types`` : N object type names (the simulator's annotation field ``type``, e.g.
+    ``"die"``; None where a box has none), or empty when the file names no type at all.
     """
 
     path: Path
@@ -100,6 +102,7 @@ class Record:
     height_px: int
     boxes_xyxy: np.ndarray
     class_ids: np.ndarray
+    object_types: tuple = ()
 
 
 def load_coco(annotations: str | Path, images_dir: str | Path, class_map: Mapping[str, str] | None = None,
@@ -136,12 +139,16 @@ def load_coco(annotations: str | Path, images_dir: str | Path, class_map: Mappin
         x, y, w, h = (float(v) for v in ann["bbox"])
         if w <= 0 or h <= 0:
             continue
-        per_image.setdefault(int(ann["image_id"]), []).append((x, y, x + w, y + h, cat_to_class[int(ann["category_id"])]))
+        per_image.setdefault(int(ann["image_id"]), []).append(
+            ((x, y, x + w, y + h, cat_to_class[int(ann["category_id"])]), ann.get("type")))
+    any_type = any(t is not None for anns in per_image.values() for _, t in anns)
     records = []
     for img in data["images"]:
-        rows = np.asarray(per_image.get(int(img["id"]), []), dtype=np.float32).reshape(-1, 5)
+        anns = per_image.get(int(img["id"]), [])
+        rows = np.asarray([a for a, _ in anns], dtype=np.float32).reshape(-1, 5)
+        types = tuple(None if t is None else str(t) for _, t in anns) if any_type else ()
         records.append(Record(Path(images_dir) / img["file_name"], int(img["id"]), int(img["width"]),
-                              int(img["height"]), rows[:, :4].copy(), rows[:, 4].astype(np.int64)))
+                              int(img["height"]), rows[:, :4].copy(), rows[:, 4].astype(np.int64), types))
     return records
 
 

@@ -220,6 +220,70 @@ def box_side_errors(records: Sequence[Record], predictions: Sequence[Detections]
     return out
 
 
+def box_errors_by_type(records: Sequence[Record], predictions: Sequence[Detections], score_threshold: float,
+                       iou_threshold: float = 0.5, border_px: float = 3.0) -> dict:
+    """How well each object type is boxed: IoU and box extent of matched detections, per type.
+
+    A detector can box one kind of object too short (the top face of a cube cut off, say)
+    while its average side error looks fine; the session trigger reads an item's height
+    and size from its boxes, so such a bias moves items of one kind towards another.
+    Matching is that of :func:`box_side_errors` (the same-class detection at or above
+    ``score_threshold`` overlapping the true box most, IoU >= ``iou_threshold``).
+
+    Parameters
+    ----------
+    records : sequence of Record
+        With ``object_types`` (records without are skipped).
+    predictions : sequence of Detections
+        In the records' pixels, one per record.
+    score_threshold, iou_threshold, border_px : float
+        A box with a side within ``border_px`` of the image border counts for IoU and
+        recall but not for the extent ratios (the border cut it, not the detector).
+
+    Returns
+    -------
+    dict
+        Per type name, sorted: ``n`` true boxes, ``matched``, ``iou_median``,
+        ``height_ratio_median`` and ``height_ratio_p10`` (detected over true box height),
+        ``width_ratio_median``, and ``n_inner`` boxes those ratios are taken over; None
+        where nothing was matched.
+    """
+    rows: dict[str, list] = {}
+    for rec, det in zip(records, predictions, strict=True):
+        if not rec.object_types:
+            continue
+        keep = det.scores >= score_threshold
+        boxes, class_ids = det.boxes_xyxy[keep], det.class_ids[keep]
+        for gt, c, name in zip(rec.boxes_xyxy, rec.class_ids, rec.object_types, strict=True):
+            if name is None:
+                continue
+            entry = rows.setdefault(name, [])
+            cand = np.flatnonzero(class_ids == c)
+            iou = box_iou(gt, boxes[cand]) if len(cand) else np.zeros(1)
+            if iou.max() < iou_threshold:
+                entry.append((np.nan, np.nan, np.nan))
+                continue
+            box = boxes[cand[int(np.argmax(iou))]]
+            inner = (gt[0] > border_px and gt[1] > border_px and gt[2] < rec.width_px - border_px
+                     and gt[3] < rec.height_px - border_px)
+            h = (box[3] - box[1]) / max(gt[3] - gt[1], 1.0) if inner else np.nan
+            w = (box[2] - box[0]) / max(gt[2] - gt[0], 1.0) if inner else np.nan
+            entry.append((float(iou.max()), float(h), float(w)))
+    out = {}
+    for name in sorted(rows):
+        a = np.asarray(rows[name], dtype=np.float64).reshape(-1, 3)
+        iou, h, w = a[~np.isnan(a[:, 0])].T if (~np.isnan(a[:, 0])).any() else (np.empty(0),) * 3
+        inner_h, inner_w = h[~np.isnan(h)], w[~np.isnan(w)]
+        out[name] = {
+            "n": int(len(a)), "matched": int(len(iou)), "n_inner": int(len(inner_h)),
+            "iou_median": float(np.median(iou)) if len(iou) else None,
+            "height_ratio_median": float(np.median(inner_h)) if len(inner_h) else None,
+            "height_ratio_p10": float(np.percentile(inner_h, 10)) if len(inner_h) else None,
+            "width_ratio_median": float(np.median(inner_w)) if len(inner_w) else None,
+        }
+    return out
+
+
 def predict_records(detector, records: Sequence[Record], progress: bool = False) -> list[Detections]:
     """Run ``detector.detect`` on the image of every record (boxes rescaled if the file's size differs)."""
     from tqdm import tqdm
@@ -243,13 +307,15 @@ def evaluate_records(detector, records: Sequence[Record], class_names: Sequence[
     -------
     dict
         :func:`coco_ap` keys plus ``operating_point`` (:func:`confusion_at_threshold`),
-        ``box_side_errors`` (:func:`box_side_errors`) and ``images``.
+        ``box_side_errors`` (:func:`box_side_errors`), ``box_errors_by_type``
+        (:func:`box_errors_by_type`; empty when the dataset names no object types) and ``images``.
     """
     predictions = predict_records(detector, records, progress=progress)
     metrics = coco_ap(records, predictions, class_names)
     metrics["operating_point"] = confusion_at_threshold(records, predictions, score_threshold,
                                                         class_names=class_names)
     metrics["box_side_errors"] = box_side_errors(records, predictions, score_threshold, class_names)
+    metrics["box_errors_by_type"] = box_errors_by_type(records, predictions, score_threshold)
     metrics["images"] = len(records)
     metrics["objects"] = {n: int(sum(int((r.class_ids == k).sum()) for r in records))
                           for k, n in enumerate(class_names)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from locator.data import Record
-from locator.evaluate import box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
+from locator.evaluate import box_errors_by_type, box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
 from sorterbot_cloud.structures import Detections
 
 
@@ -117,3 +117,38 @@ def test_box_side_errors_measure_matched_sides_and_skip_border_sides():
     assert out["container"]["mean_abs_px"] == pytest.approx(4 / 3)
     low = box_side_errors([rec], [det], score_threshold=0.85)
     assert low["container"]["n"] == 0 and low["container"]["mean_abs_px"] is None
+
+
+def test_box_errors_by_type_show_a_type_boxed_short():
+    """Two dice whose tops are cut by 4 px (true height 20, detected 16), one die missed,
+    a washer boxed exactly, and a die on the frame's bottom border (IoU counts, ratios do not)."""
+    rec = Record(Path("0.jpg"), 0, 200, 100,
+                 np.float32([[10, 10, 30, 30], [50, 10, 70, 30], [90, 10, 110, 30], [130, 10, 150, 30], [160, 80, 180, 100]]),
+                 np.int64([0, 0, 0, 0, 0]), ("die", "die", "die", "washer", "die"))
+    det = Detections(np.float32([[10, 14, 30, 30], [50, 14, 70, 30], [130, 10, 150, 30], [160, 84, 180, 100]]),
+                     np.float32([0.9, 0.9, 0.9, 0.9]), np.int64([0, 0, 0, 0]))
+    out = box_errors_by_type([rec], [det], score_threshold=0.5)
+    assert list(out) == ["die", "washer"]
+    die = out["die"]
+    assert (die["n"], die["matched"], die["n_inner"]) == (4, 3, 2)
+    assert die["iou_median"] == pytest.approx(0.8)
+    assert die["height_ratio_median"] == pytest.approx(0.8)
+    assert die["width_ratio_median"] == pytest.approx(1.0)
+    assert out["washer"]["height_ratio_median"] == pytest.approx(1.0) and out["washer"]["iou_median"] == pytest.approx(1.0)
+    # records without types (real photos) give nothing
+    assert box_errors_by_type([record(1, [[10, 10, 30, 30]], [0])], [det], score_threshold=0.5) == {}
+
+
+def test_load_coco_reads_object_types(tmp_path):
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
+            "categories": [{"id": 1, "name": "item"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "type": "die"},
+                            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 2, 10, 10]}]}
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    from locator.data import load_coco
+
+    (rec,) = load_coco(tmp_path / "a.json", tmp_path)
+    assert rec.object_types == ("die", None)
+    coco["annotations"][0].pop("type")
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    assert load_coco(tmp_path / "a.json", tmp_path)[0].object_types == ()
