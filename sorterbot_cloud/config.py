@@ -6,6 +6,7 @@ Precedence: keyword overrides > environment variables > config file > defaults.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -49,6 +50,10 @@ class Settings:
     dedup_min_view_support_item, dedup_min_view_support_container : float
         An object detected on too few of the frames that should show it is dropped
         (:func:`sorterbot_cloud.dedup.view_support`); 0 keeps every object.
+    crop_margin : float
+        Context margin of the item crops that are embedded, as a fraction of the box's
+        width and height added on each side (:func:`vectorizer.crop_items`). Default 0.1,
+        the margin the shipped embedder was trained with.
     kmeans_n_init, random_state : int
         K-Means restarts and seed.
     grouping_size_weight, grouping_height_weight : float
@@ -106,6 +111,7 @@ class Settings:
     dedup_distance_factor: float = 0.6
     dedup_min_view_support_item: float = 0.25
     dedup_min_view_support_container: float = 0.6
+    crop_margin: float = 0.1
     kmeans_n_init: int = 10
     grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.0
@@ -151,6 +157,8 @@ class Settings:
             raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
+        if not (math.isfinite(self.crop_margin) and 0.0 <= self.crop_margin <= 1.0):
+            raise ValueError(f"crop_margin must be in [0, 1], got {self.crop_margin}")
         if self.detector_box_refine_steps not in (0, 1):
             raise ValueError(f"detector_box_refine_steps must be 0 or 1, got {self.detector_box_refine_steps}")
         if self.grouping_distance is not None and not 0.0 < self.grouping_distance <= 2.0:

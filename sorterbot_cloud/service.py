@@ -201,7 +201,7 @@ class Service:
         out: list[np.ndarray | None] = [None] * len(detections)
         if len(item_index) == 0:
             return out
-        crops = crop_items(image, detections.boxes_xyxy[item_index])
+        crops = crop_items(image, detections.boxes_xyxy[item_index], margin=self.settings.crop_margin)
         with self.model_lock:
             embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
         if embeddings.ndim != 2 or embeddings.shape[0] != len(item_index):

@@ -120,3 +120,34 @@ def test_db_reembed_cli_writes_the_configured_embedders_vectors(service, reposit
     expected = expected_embeddings(load_embedder(settings), repository)
     for det_id, vector in expected.items():
         np.testing.assert_allclose(stored(repository)[det_id].embedding, vector, atol=1e-5)
+
+
+def test_reembed_cuts_crops_with_the_configured_margin(service, repository, settings):
+    import dataclasses
+
+    wide = Service(dataclasses.replace(settings, crop_margin=0.3), detector=None, embedder=FakeEmbedderB(),
+                   repository=repository, archive=service.archive)
+    wide.reembed_session("ARM001", "s1")
+    for d in repository.load_session("ARM001", "s1"):
+        if d.class_id == ITEM_CLASS_ID:
+            image = decode_image(frame_bytes(FRAMES[d.image_name]))
+            expected = wide.embedder.embed(crop_items(image, d.box_xyxy[None], margin=0.3))[0]
+            default_margin = wide.embedder.embed(crop_items(image, d.box_xyxy[None]))[0]
+            assert not np.allclose(expected, default_margin)  # the margin changes what the fake embedder sees
+            np.testing.assert_allclose(d.embedding, expected, atol=1e-6)
+
+
+def test_db_reembed_cli_uses_the_configured_torch_threads(service, settings, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("PG_CONN", settings.pg_conn)
+    monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("TORCH_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = CliRunner().invoke(db_cli, ["reembed", "--arm-id", "ARM001"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

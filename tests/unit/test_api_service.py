@@ -157,3 +157,36 @@ def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tm
     if expected_groups == 2:
         tall = [o.height_mm > 15 for o in measured]
         assert all((labels[i] == labels[j]) == (tall[i] == tall[j]) for i in range(4) for j in range(4))
+
+
+class CropRecordingEmbedder:
+    """Fake embedder: records the crops it is given, answers unit vectors."""
+
+    def __init__(self):
+        self.crops = []
+
+    def embed(self, crops):
+        self.crops.extend(crops)
+        out = np.zeros((len(crops), 8), np.float32)
+        out[:, 0] = 1.0
+        return out
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.1, 0.3])
+def test_crop_margin_setting_widens_the_embedded_crop(tmp_path, margin):
+    recorder = CropRecordingEmbedder()
+    service = Service(Settings.load(environ={}, data_dir=tmp_path, crop_margin=margin), detector=FakeDetector(),
+                      embedder=recorder, repository=FakeRepository(), archive=FakeArchive())
+    image = draw_frame([Rect("red", (100, 60, 140, 100))])  # a 40 x 40 px item, far from the frame's edges
+    detections = service.detector.detect(image)
+    service.embed_items(image, detections)
+    x0, y0, x1, y1 = detections.boxes_xyxy[0]
+    (crop,) = recorder.crops
+    # the box widened by the margin on each side, its edges rounded outwards to whole pixels
+    for side_px, box_side_px in zip(crop.shape[:2], (y1 - y0, x1 - x0), strict=True):
+        assert box_side_px * (1 + 2 * margin) <= side_px <= box_side_px * (1 + 2 * margin) + 2
+
+
+def test_crop_margin_out_of_range_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="crop_margin"):
+        Settings.load(environ={}, data_dir=tmp_path, crop_margin=-0.1)
