@@ -483,8 +483,12 @@ def session_spec(seed: int) -> dict:
                    "folder. A session whose frames are all stored there already is not ingested again: a rerun "
                    "replays the trigger on the stored detections (e.g. other trigger settings through "
                    "SORTERBOT_CONFIG) in a fraction of the time. Empty the folder after changing the detector.")
+@click.option("--groups", "groups", type=click.Choice(["chosen", "true-kinds"]), default="chosen", show_default=True,
+              help="true-kinds (a diagnostic, not the service's behaviour): group each session's items into its true "
+                   "number of item kinds (at most one group per container) instead of the number the grouping "
+                   "chooses: how well the features group once the number is right.")
 def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache: Path, detector_kind: str,
-                      json_out: Path | None, threads: int | None, data_dir: Path | None = None) -> None:
+                      json_out: Path | None, threads: int | None, data_dir: Path | None = None, groups: str = "chosen") -> None:
     """Score the service on simulated sessions in both geometry modes."""
     from sorterbot_cloud import evaluation
 
@@ -493,7 +497,8 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
     if seed_start is None:
         seed_start = 1000 if heldout else 7000
     json_out = json_out or Path("out/bench") / (
-        "evaluate_sessions" + ("" if heldout else "_known") + ("" if detector_kind == "model" else "_gt_boxes") + ".json"
+        "evaluate_sessions" + ("" if heldout else "_known") + ("" if detector_kind == "model" else "_gt_boxes")
+        + ("" if groups == "chosen" else "_true_kinds") + ".json"
     )
     rows, scores = [], {"calibrated": [], "legacy": []}
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
@@ -519,7 +524,10 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
             else:
                 ingest_session(ctx.service, folder, arm_id, session_id)
             for mode, constants in (("calibrated", gt["arm_constants"]), ("legacy", legacy_constants_of(gt["arm_constants"]))):
-                result = ctx.service.commands_for_session(arm_id, session_id, constants)
+                n_groups = None
+                if groups == "true-kinds":
+                    n_groups = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
+                result = ctx.service.commands_for_session(arm_id, session_id, constants, n_groups=n_groups)
                 score = evaluation.score_session(gt, result)
                 scores[mode].append(score)
                 rows.append({"seed": seed, "mode": mode, **spec, "score": score.to_dict()})
@@ -531,7 +539,7 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
     if replayed:
         click.echo(f"{replayed} of {n_sessions} sessions were stored under {data_dir} already: trigger replayed on their detections")
     _write_json(json_out, {"n_sessions": n_sessions, "seed_start": seed_start, "seeds_skipped": skipped,
-                           "kinds": kinds, "detector": detector_kind,
+                           "kinds": kinds, "detector": detector_kind, "groups": groups,
                            "targets": TARGETS, "summary": summary, "sessions": rows})
 
 

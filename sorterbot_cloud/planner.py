@@ -103,7 +103,8 @@ def choose_n_clusters(
 
 
 def group_items(
-    n_containers: int, embeddings: np.ndarray, random_state: int = 0, n_init: int = 10, group_distance: float | None = None
+    n_containers: int, embeddings: np.ndarray, random_state: int = 0, n_init: int = 10, group_distance: float | None = None,
+    n_groups: int | None = None,
 ) -> np.ndarray:
     """Item groups: :func:`choose_n_clusters` groups, found by K-Means (one K-Means run).
 
@@ -121,6 +122,11 @@ def group_items(
         K-Means seed and restarts.
     group_distance : float, optional
         See :func:`choose_n_clusters`.
+    n_groups : int, optional
+        Diagnostics: K-Means into this many groups (clipped to ``1 .. min(n_items,
+        n_containers)``) instead of the number :func:`choose_n_clusters` chooses; with the
+        true number of kinds this measures how well the features group once the number is
+        right (``sorterbot-cloud evaluate-sessions --groups true-kinds``).
 
     Returns
     -------
@@ -130,11 +136,23 @@ def group_items(
     Raises
     ------
     BadRequest
-        If ``n_containers`` is negative, ``embeddings`` is not 2-D or ``group_distance`` is not in (0, 2].
+        If ``n_containers`` is negative, ``embeddings`` is not 2-D, ``group_distance`` is
+        not in (0, 2] or ``n_groups`` is < 1.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
         raise BadRequest(f"embeddings must have shape (N, D), got {x.shape}")
+    if n_groups is not None:
+        if int(n_containers) < 0:
+            raise BadRequest(f"n_containers must be >= 0, got {n_containers}")
+        if int(n_groups) < 1:
+            raise BadRequest(f"n_groups must be >= 1, got {n_groups}")
+        k = int(min(int(n_groups), len(x), int(n_containers)))
+        if k <= 1:
+            return np.zeros(len(x), np.int64)
+        from vectorizer import cluster_embeddings
+
+        return cluster_embeddings(x, k, random_state=random_state, n_init=n_init)
     k, labels = _choose(len(x), n_containers, x, random_state, n_init, group_distance)
     if labels is not None:
         return labels

@@ -345,7 +345,8 @@ class Service:
         }
 
     # ------------------------------------------------------------------ trigger
-    def commands_for_session(self, arm_id: Any, session_id: Any, constants: Mapping[str, Any]) -> dict:
+    def commands_for_session(self, arm_id: Any, session_id: Any, constants: Mapping[str, Any], *,
+                             n_groups: int | None = None) -> dict:
         """Compute, store and return the pick-and-place commands of a session.
 
         Steps (DESIGN.md, Data flow): load the session's detections, locate them in arm
@@ -359,6 +360,10 @@ class Service:
         arm_id, session_id : str
         constants : mapping
             Trigger body: the original ``arm_config.yaml`` keys, optionally a ``camera`` block.
+        n_groups : int, optional
+            Diagnostics only (never set by the routes): group the items into this many
+            groups (at most one per container) instead of the number the grouping
+            chooses (:func:`planner.group_items`).
 
         Returns
         -------
@@ -403,7 +408,8 @@ class Service:
             with timer.stage("cluster"):
                 if not arm_constants.calibrated and self.settings.legacy_camera == "reference":
                     items = _with_nominal_shapes(items, stored, arm_constants)
-                cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_camera == "reference")
+                cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_camera == "reference",
+                                         n_groups=n_groups)
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
             with timer.stage("plan"):
                 commands = list(planner.plan(items, containers, cluster_ids))
@@ -499,7 +505,8 @@ class Service:
         return getattr(self.embedder, "group_distance", None)
 
     def group(self, items: list[ArmObject], n_containers: int, metric_shapes: bool, *, size_weight: float | None = None,
-              height_weight: float | None = None, group_distance: float | None = None) -> np.ndarray:
+              height_weight: float | None = None, group_distance: float | None = None,
+              n_groups: int | None = None) -> np.ndarray:
         """Group labels of a session's items (the trigger's clustering stage).
 
         The items' embeddings, with their fitted size and height where they are metric
@@ -520,6 +527,8 @@ class Service:
         size_weight, height_weight, group_distance : float, optional
             Override the settings' weights and the distance (for tuning,
             ``sorterbot-cloud tune-grouping``).
+        n_groups : int, optional
+            Diagnostics: this many groups instead of the chosen number (:func:`planner.group_items`).
 
         Returns
         -------
@@ -538,7 +547,7 @@ class Service:
         distance = self.kinds_distance(shapes_appended)
         return planner.group_items(
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
-            group_distance=distance if group_distance is None else group_distance,
+            group_distance=distance if group_distance is None else group_distance, n_groups=n_groups,
         )
 
 

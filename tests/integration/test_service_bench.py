@@ -132,6 +132,27 @@ def test_evaluate_sessions_replays_sessions_kept_in_its_data_dir(tmp_path, monke
     assert [r["score"] for r in rows[0]] == [r["score"] for r in rows[1]]
     assert rows[0][0]["score"]["counts_exact"] is True
 
+    # --groups true-kinds hands each trigger the session's true number of item kinds
+    from sorterbot_cloud.service import Service
+
+    asked = []
+    real_trigger = Service.commands_for_session
+
+    def spy(self, arm_id, session_id, constants, **kwargs):
+        asked.append(kwargs.get("n_groups"))
+        return real_trigger(self, arm_id, session_id, constants, **kwargs)
+
+    monkeypatch.setattr(Service, "commands_for_session", spy)
+    try:
+        third = CliRunner().invoke(bench.evaluate_sessions, [*args, "--groups", "true-kinds", "--json-out", str(tmp_path / "third.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert third.exit_code == 0, third.output + repr(third.exception)
+    gt = json.loads(next((tmp_path / "sessions").rglob("ground_truth.json")).read_text())
+    n_kinds = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
+    assert asked == [n_kinds, n_kinds]  # calibrated and legacy
+    assert json.loads((tmp_path / "third.json").read_text())["groups"] == "true-kinds"
+
 
 def test_pool_sessions_refuses_a_file_that_is_not_an_evaluate_sessions_report(tmp_path):
     from click.testing import CliRunner

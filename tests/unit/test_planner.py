@@ -303,3 +303,23 @@ def test_grouping_distance_of_unit_rows_is_the_cosine_distance():
 
     x = _typed_embeddings(np.random.default_rng(6), (3, 3), spread=0.3)
     np.testing.assert_allclose(pdist(x, "sqeuclidean") / 2, pdist(x, "cosine"), atol=1e-12)
+
+
+@pytest.mark.parametrize("n_groups, n_containers, expected", [(2, 4, 2), (1, 4, 1), (4, 4, 4), (9, 2, 2)],
+                         ids=["fewer", "one", "more", "clipped-to-containers"])
+def test_group_items_with_a_forced_number_of_groups(n_groups, n_containers, expected):
+    """``n_groups`` (the diagnostic) replaces the chosen number: K-Means into that many
+    groups, clipped to the containers; the distance rule alone finds the 3 kinds here."""
+    from vectorizer import cluster_embeddings
+
+    x = _typed_embeddings(np.random.default_rng(5), (2, 2, 2), spread=0.02)
+    assert planner.choose_n_clusters(len(x), 4, x, group_distance=0.15) == 3
+    labels = planner.group_items(n_containers, x, random_state=0, n_init=5, group_distance=0.15, n_groups=n_groups)
+    assert labels.dtype == np.int64 and len(set(labels.tolist())) == expected
+    if expected > 1:
+        assert labels.tolist() == cluster_embeddings(x, expected, random_state=0, n_init=5).tolist()
+
+
+def test_group_items_rejects_a_number_of_groups_below_one():
+    with pytest.raises(BadRequest, match="n_groups must be >= 1"):
+        planner.group_items(2, np.eye(3), n_groups=0)
