@@ -524,13 +524,14 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
             else:
                 ingest_session(ctx.service, folder, arm_id, session_id)
             for mode, constants in (("calibrated", gt["arm_constants"]), ("legacy", legacy_constants_of(gt["arm_constants"]))):
-                n_groups = None
-                if groups == "true-kinds":
-                    n_groups = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
+                n_item_kinds = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
+                n_groups = n_item_kinds if groups == "true-kinds" else None
                 result = ctx.service.commands_for_session(arm_id, session_id, constants, n_groups=n_groups)
                 score = evaluation.score_session(gt, result)
                 scores[mode].append(score)
-                rows.append({"seed": seed, "mode": mode, **spec, "score": score.to_dict()})
+                rows.append({"seed": seed, "mode": mode, **spec, "score": score.to_dict(), "n_item_kinds": n_item_kinds,
+                             "n_item_groups": len({o["cluster_id"] for o in result["objects"]
+                                                   if o["class"] == "item" and o["cluster_id"] is not None})})
     _print_evaluation(rows, scores)
     summary = {mode: evaluation.aggregate(s).to_dict() for mode, s in scores.items()}
     summary["all"] = evaluation.aggregate(scores["calibrated"] + scores["legacy"]).to_dict()
@@ -610,6 +611,23 @@ def pool_sessions(reports: tuple[Path, ...]) -> None:
     _echo_p95_by_class(cal)
 
 
+def _echo_group_counts(rows: list[dict]) -> None:
+    """Print, per geometry mode, how often the trigger formed the right number of item groups.
+
+    Right means one group per true item kind, or one per true container when there are
+    fewer containers (DESIGN.md, Sorting semantics); rows without the counts (reports
+    written before they were kept) are left out.
+    """
+    parts = []
+    for mode in ("calibrated", "legacy"):
+        counted = [r for r in rows if r["mode"] == mode and "n_item_groups" in r]
+        if not counted:
+            return
+        right = sum(r["n_item_groups"] == min(r["n_item_kinds"], r["score"]["n_true"]["container"]) for r in counted)
+        parts.append(f"{mode} {right}/{len(counted)}")
+    click.echo("sessions with one item group per kind (at most one per container): " + ", ".join(parts))
+
+
 def _print_evaluation(rows: list[dict], scores: dict) -> None:
     from sorterbot_cloud import evaluation
 
@@ -633,6 +651,7 @@ def _print_evaluation(rows: list[dict], scores: dict) -> None:
     both = evaluation.aggregate(scores["calibrated"] + scores["legacy"])
     cal = evaluation.aggregate(scores["calibrated"])
     _echo_p95_by_class(cal)
+    _echo_group_counts(rows)
     click.echo("")
     click.echo(f"targets: counts exact >= {TARGETS['share_counts_exact']:.0%}: {both.share_counts_exact:.0%}; "
                f"calibrated position p95 <= {TARGETS['position_p95_mm']:.0f} mm: "

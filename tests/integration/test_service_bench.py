@@ -151,7 +151,13 @@ def test_evaluate_sessions_replays_sessions_kept_in_its_data_dir(tmp_path, monke
     gt = json.loads(next((tmp_path / "sessions").rglob("ground_truth.json")).read_text())
     n_kinds = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
     assert asked == [n_kinds, n_kinds]  # calibrated and legacy
-    assert json.loads((tmp_path / "third.json").read_text())["groups"] == "true-kinds"
+    report = json.loads((tmp_path / "third.json").read_text())
+    assert report["groups"] == "true-kinds"
+    for row in report["sessions"]:
+        found = row["score"]["n_found"]
+        assert row["n_item_kinds"] == n_kinds
+        assert row["n_item_groups"] == min(n_kinds, found["item"], found["container"])
+    assert "sessions with one item group per kind" in third.output
 
 
 def test_pool_sessions_refuses_a_file_that_is_not_an_evaluate_sessions_report(tmp_path):
@@ -254,3 +260,14 @@ def test_memory_figures_split_the_resident_set_and_track_its_peak():
     assert now >= rss + 200
     assert peak_rss_mb() >= now - 1.0  # the peak has seen the block
     del block
+
+
+def test_group_counts_compare_with_the_kinds_capped_by_the_containers(capsys):
+    from sorterbot_cloud import bench
+
+    def row(mode, groups, kinds, containers):
+        return {"mode": mode, "n_item_groups": groups, "n_item_kinds": kinds, "score": {"n_true": {"container": containers}}}
+
+    bench._echo_group_counts([row("calibrated", 2, 2, 3), row("calibrated", 1, 2, 1), row("calibrated", 3, 2, 4),
+                              row("legacy", 2, 3, 2)])
+    assert capsys.readouterr().out.strip().endswith("calibrated 2/3, legacy 1/1")
