@@ -523,9 +523,9 @@ def evaluate_sessions(n_sessions: int, seed_start: int | None, kinds: str, cache
                 replayed += 1
             else:
                 ingest_session(ctx.service, folder, arm_id, session_id)
+            n_item_kinds = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
+            n_groups = n_item_kinds if groups == "true-kinds" else None
             for mode, constants in (("calibrated", gt["arm_constants"]), ("legacy", legacy_constants_of(gt["arm_constants"]))):
-                n_item_kinds = len({o["type"] for o in gt["objects"] if o["class"] == "item"})
-                n_groups = n_item_kinds if groups == "true-kinds" else None
                 result = ctx.service.commands_for_session(arm_id, session_id, constants, n_groups=n_groups)
                 score = evaluation.score_session(gt, result)
                 scores[mode].append(score)

@@ -223,6 +223,17 @@ class Settings:
                 typed[name] = value
         return replace(cls(), **typed)
 
+    def apply_torch_threads(self) -> None:
+        """Set torch's intra-op threads to ``torch_threads`` (``TORCH_THREADS``) when it is set.
+
+        Called once by every entry point that loads the models (the app, ``db reembed``);
+        unset, torch keeps its default (one thread per core, or ``OMP_NUM_THREADS``).
+        """
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(int(self.torch_threads))
+
     @property
     def image_dir(self) -> Path:
         """Archive of original frames (local disk)."""

@@ -142,18 +142,14 @@ def group_items(
     x = np.asarray(embeddings, dtype=np.float64)
     if x.ndim != 2:
         raise BadRequest(f"embeddings must have shape (N, D), got {x.shape}")
-    if n_groups is not None:
+    if n_groups is None:
+        k, labels = _choose(len(x), n_containers, x, random_state, n_init, group_distance)
+    else:
         if int(n_containers) < 0:
             raise BadRequest(f"n_containers must be >= 0, got {n_containers}")
         if int(n_groups) < 1:
             raise BadRequest(f"n_groups must be >= 1, got {n_groups}")
-        k = int(min(int(n_groups), len(x), int(n_containers)))
-        if k <= 1:
-            return np.zeros(len(x), np.int64)
-        from vectorizer import cluster_embeddings
-
-        return cluster_embeddings(x, k, random_state=random_state, n_init=n_init)
-    k, labels = _choose(len(x), n_containers, x, random_state, n_init, group_distance)
+        k, labels = int(min(int(n_groups), len(x), int(n_containers))), None
     if labels is not None:
         return labels
     if k <= 1:

@@ -94,10 +94,7 @@ def create_app(
             st.ping = _ping_of(repository)
         if archive is None:
             archive = _default_archive(settings)
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(int(settings.torch_threads))
+        settings.apply_torch_threads()
         if detector is None:
             from locator import load_detector
 

@@ -106,10 +106,7 @@ def reembed_command(config_file, arm_id, session_ids) -> None:
     from vectorizer import load_embedder
 
     settings = _settings(config_file)
-    if settings.torch_threads:  # as the app does (TORCH_THREADS); unset, torch takes one thread per core
-        import torch
-
-        torch.set_num_threads(int(settings.torch_threads))
+    settings.apply_torch_threads()  # as the app does
     embedder = load_embedder(settings)
     with Database.from_settings(settings) as database:
         repository = Repository(database.pool)
