@@ -134,3 +134,25 @@ def test_scenes_that_cannot_be_laid_out_are_skipped_or_refused(tmp_path):
     with pytest.raises(BadRequest, match="could not be laid out"):
         export_coco_dataset(tmp_path / "impossible", 1, seed=0, width_px=128, height_px=96, items_range=(60, 60),
                             containers_range=(4, 4), progress=False)
+
+
+def test_cli_dataset_distractors_reach_the_scenes(tmp_path):
+    # the same seed with and without distractors: the frames differ (distractors are drawn
+    # in the scene, never boxed), and an inverted range is refused by name
+    from click.testing import CliRunner
+
+    from sorterbot_cloud.sim.cli import simulate
+
+    runner = CliRunner()
+    images = {}
+    for n in (0, 4):
+        out = tmp_path / f"d{n}"
+        result = runner.invoke(simulate, ["dataset", "--out", str(out), "--images", "1", "--seed", "7", "--width", "160", "--height", "120",
+                                          "--frames-per-scene", "1", "--items", "1", "1", "--containers", "0", "0", "--distractors", str(n), str(n)])
+        assert result.exit_code == 0, result.output
+        coco = json.loads((out / "annotations.json").read_text())
+        assert {a["category_id"] for a in coco["annotations"]} <= {1}  # distractors are never annotated
+        images[n] = (out / "images" / coco["images"][0]["file_name"]).read_bytes()
+    assert images[0] != images[4]
+    result = runner.invoke(simulate, ["dataset", "--out", str(tmp_path / "bad"), "--images", "1", "--distractors", "3", "1"])
+    assert result.exit_code != 0 and "distractors_range" in (result.output + repr(result.exception))
