@@ -65,18 +65,20 @@ def session_cmd(out_dir, seed, n_items, n_item_types, types, n_containers, n_dis
 @click.option("--distractors", "distractors_range", type=(int, int), default=(0, 3), show_default=True,
               help="Distractors (pencils, sticky notes, rulers: neither item nor container, never boxed) per scene, MIN MAX; "
                    "more of them teach the detector what not to box.")
+@click.option("--table-markings", "markings_range", type=(int, int), default=(0, 0), show_default=True,
+              help="Flat markings painted on the table (rings, loops, blobs, strokes; never boxed) per scene, MIN MAX.")
 @click.option("--procedural", "n_procedural", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also draw items from this many procedural types (proc_0000, ...), each as likely as a catalogue type.")
 @click.option("--procedural-start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first procedural type.")
 def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_scene, items_range, containers_range,
-                distractors_range, n_procedural, procedural_start):
+                distractors_range, markings_range, n_procedural, procedural_start):
     """Write a COCO detection dataset (images/ + annotations.json)."""
     from sorterbot_cloud.sim.catalog import procedural_type_names
     from sorterbot_cloud.sim.datasets import export_coco_dataset
 
     path = export_coco_dataset(out_dir, n_images, seed, split=split, width_px=width_px, height_px=height_px, frames_per_scene=frames_per_scene,
                                items_range=items_range, containers_range=containers_range, distractors_range=distractors_range,
-                               procedural_types=procedural_type_names(n_procedural, procedural_start))
+                               markings_range=markings_range, procedural_types=procedural_type_names(n_procedural, procedural_start))
     click.echo(f"wrote {path}")
 
 

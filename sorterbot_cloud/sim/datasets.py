@@ -68,6 +68,7 @@ def export_coco_dataset(
     camera_jitter: bool = True,
     progress: bool = True,
     procedural_types: Sequence[str] = (),
+    markings_range: tuple[int, int] = (0, 0),
 ) -> Path:
     """Write a COCO detection dataset of single frames at random arm poses.
 
@@ -93,6 +94,11 @@ def export_coco_dataset(
         drawn together with the split's catalogue types, each type equally likely: many
         shapes and colours beyond the catalogue, for models that must work on kinds they
         never saw. Never held-out types.
+    markings_range : (int, int)
+        Inclusive range of flat table markings per scene (rings, loops, blobs, strokes;
+        :func:`~sorterbot_cloud.sim.textures.paint_table_markings`), never annotated:
+        negatives for the detector. Drawn from a generator of their own, so ``(0, 0)``
+        renders exactly the frames of a dataset made without markings.
 
     Returns
     -------
@@ -112,7 +118,8 @@ def export_coco_dataset(
         raise BadRequest(f"unknown split {split!r}; expected one of {sorted(SPLITS)}")
     if n_images < 0 or frames_per_scene < 1:
         raise BadRequest("n_images must be >= 0 and frames_per_scene >= 1")
-    for name, (low, high) in (("items_range", items_range), ("containers_range", containers_range), ("distractors_range", distractors_range)):
+    for name, (low, high) in (("items_range", items_range), ("containers_range", containers_range), ("distractors_range", distractors_range),
+                              ("markings_range", markings_range)):
         if not 0 <= int(low) <= int(high):
             raise BadRequest(f"{name} must be (min, max) with 0 <= min <= max, got ({low}, {high})")
     bad = [t for t in procedural_types if not is_procedural(t)]
@@ -143,6 +150,8 @@ def export_coco_dataset(
                 k += 1
                 continue
             skipped = 0
+            if markings_range[1] > 0:
+                scene.table_markings = int(np.random.default_rng([seed, k, 7]).integers(markings_range[0], markings_range[1] + 1))
             renderer.set_scene(scene)
             for _ in range(min(frames_per_scene, n_images - len(images))):
                 pw = float(rng.uniform(*PW_RANGE))

@@ -23,7 +23,7 @@ import pyvista as pv
 from sorterbot_cloud.camera import CameraModel
 from sorterbot_cloud.sim.catalog import model_type
 from sorterbot_cloud.sim.scene import Scene
-from sorterbot_cloud.sim.textures import make_texture
+from sorterbot_cloud.sim.textures import make_texture, paint_table_markings
 
 #: Side of the square table plane (mm); covers everything the reference camera sees.
 TABLE_SIZE_MM = 1700.0
@@ -319,6 +319,9 @@ class SceneRenderer:
         lights = sample_lights(light_rng)
         tex_rng = np.random.default_rng(scene.texture_seed)
         image = make_texture(scene.texture, tex_rng, self.texture_size_px)
+        if scene.table_markings:
+            image = paint_table_markings(image, np.random.default_rng([scene.texture_seed, 1]), scene.table_markings,
+                                         self.texture_size_px / TABLE_SIZE_MM)
         image = bake_shadows(image, list(scene.objects) + list(scene.distractors), lights["key_direction"],
                              strength=lights["shadow_strength"], softness_mm=lights["shadow_softness_mm"])
         texture = pv.Texture(image)

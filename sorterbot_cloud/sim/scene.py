@@ -110,6 +110,8 @@ class Scene:
     texture_seed: int
     lighting_seed: int
     distractors: list[SceneObject] = field(default_factory=list)
+    #: Flat markings painted on the table (``textures.paint_table_markings``), never annotated.
+    table_markings: int = 0
 
     @property
     def items(self) -> list[SceneObject]:

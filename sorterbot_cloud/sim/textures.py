@@ -175,3 +175,88 @@ def make_texture(name: str, rng: np.random.Generator, size_px: int = 1024) -> np
     img = np.asarray(TEXTURES[name](rng, size_px), np.float32)
     # convertScaleAbs rounds and saturates to uint8 in one pass; clip negatives first
     return cv2.convertScaleAbs(np.maximum(img, 0.0, out=img), alpha=255.0)
+
+
+#: Shapes of flat table markings (:func:`paint_table_markings`).
+MARKING_SHAPES: tuple[str, ...] = ("ring", "loop", "blob", "stroke")
+
+
+def paint_table_markings(texture: np.ndarray, rng: np.random.Generator, n_markings: int, px_per_mm: float) -> np.ndarray:
+    """Paint flat markings (stains, printed rings, pen loops, strokes) onto a table texture.
+
+    Real tables carry marks that are neither items nor containers: a coffee ring, a pen
+    loop, a stain. A detector trained only on clean tables may box such a mark (a closed
+    grey loop looks like a flat washer); frames with markings teach it that a mark with
+    no height is table. The marks are flat (painted into the texture, so they never cast
+    a shadow) and are never annotated.
+
+    Parameters
+    ----------
+    texture : ndarray of shape (S, S, 3), uint8, RGB
+        The table texture (:func:`make_texture`); not modified.
+    rng : numpy.random.Generator
+        Draws each mark's shape (:data:`MARKING_SHAPES`), size (10 to 70 mm across), line
+        width (1 to 5 mm), colour (darker or lighter than the table, or a random hue),
+        opacity (0.3 to 0.9) and edge blur.
+    n_markings : int
+        How many marks, >= 0.
+    px_per_mm : float
+        Texture pixels per millimetre of table (> 0).
+
+    Returns
+    -------
+    ndarray of shape (S, S, 3), uint8, RGB
+        A new texture.
+
+    Raises
+    ------
+    BadRequest
+        If ``texture`` is not (S, S, 3) uint8, ``n_markings`` < 0 or ``px_per_mm`` <= 0.
+    """
+    if texture.ndim != 3 or texture.shape[2] != 3 or texture.dtype != np.uint8:
+        raise BadRequest(f"texture must be (S, S, 3) uint8, got {texture.shape} {texture.dtype}")
+    if n_markings < 0 or not px_per_mm > 0:
+        raise BadRequest(f"n_markings must be >= 0 and px_per_mm > 0, got {n_markings}, {px_per_mm}")
+    out = texture.astype(np.float32)
+    size = texture.shape[0]
+    table_colour = out.reshape(-1, 3).mean(0)
+    for _ in range(int(n_markings)):
+        shape = str(rng.choice(MARKING_SHAPES))
+        diameter_px = rng.uniform(10.0, 70.0) * px_per_mm
+        width_px = max(1, int(round(rng.uniform(1.0, 5.0) * px_per_mm)))
+        blur_px = float(rng.uniform(0.3, 1.5)) * px_per_mm
+        # each mark is drawn in a square window around it (not the whole texture): fast with many marks
+        half = int(np.ceil(diameter_px * 0.75 + width_px + 4 * blur_px)) + 2
+        cx, cy = (rng.uniform(0.05, 0.95, 2) * size).astype(int)
+        x0, y0, x1, y1 = max(cx - half, 0), max(cy - half, 0), min(cx + half, size), min(cy + half, size)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        centre = np.array([cx - x0, cy - y0], float)
+        if shape == "ring":
+            axes = (int(diameter_px / 2), int(diameter_px / 2 * rng.uniform(0.7, 1.0)))
+            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), axes, float(rng.uniform(0, 180)), 0, 360, 255, width_px, cv2.LINE_AA)
+        elif shape in ("loop", "blob"):
+            # a closed curve: a circle whose radius wobbles with two random harmonics
+            angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+            radius = diameter_px / 2 * (1 + 0.25 * np.sin(2 * angles + rng.uniform(0, 6.3)) + 0.15 * np.sin(3 * angles + rng.uniform(0, 6.3)))
+            points = np.stack([centre[0] + radius * np.cos(angles), centre[1] + radius * np.sin(angles)], 1).round().astype(np.int32)
+            if shape == "loop":
+                cv2.polylines(mask, [points], True, 255, width_px, cv2.LINE_AA)
+            else:
+                cv2.fillPoly(mask, [points], 255, cv2.LINE_AA)
+        else:  # stroke: an open arc
+            start = float(rng.uniform(0, 360))
+            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(diameter_px / 2), int(diameter_px / 4)), float(rng.uniform(0, 180)),
+                        start, start + float(rng.uniform(90, 270)), 255, width_px, cv2.LINE_AA)
+        alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), blur_px) * float(rng.uniform(0.3, 0.9))
+        kind = rng.uniform()
+        if kind < 0.45:
+            colour = table_colour * rng.uniform(0.3, 0.75)  # darker: a stain, pencil or pen
+        elif kind < 0.7:
+            colour = table_colour + (255.0 - table_colour) * rng.uniform(0.3, 0.8)  # lighter: chalk, a faded print
+        else:
+            colour = rng.uniform(0, 255, 3)  # a coloured print or marker
+        window = out[y0:y1, x0:x1]
+        out[y0:y1, x0:x1] = window * (1 - alpha[..., None]) + colour[None, None, :] * alpha[..., None]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)

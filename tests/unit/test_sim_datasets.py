@@ -156,3 +156,21 @@ def test_cli_dataset_distractors_reach_the_scenes(tmp_path):
     assert images[0] != images[4]
     result = runner.invoke(simulate, ["dataset", "--out", str(tmp_path / "bad"), "--images", "1", "--distractors", "3", "1"])
     assert result.exit_code != 0 and "distractors_range" in (result.output + repr(result.exception))
+
+
+def test_table_markings_change_only_the_table(tmp_path):
+    # the same seed with and without markings: the same objects and boxes (markings have a
+    # generator of their own and are never annotated), other pixels; (0, 0) is the default
+    plain = export_coco_dataset(tmp_path / "plain", 2, seed=11, width_px=200, height_px=150, frames_per_scene=2, progress=False)
+    zero = export_coco_dataset(tmp_path / "zero", 2, seed=11, width_px=200, height_px=150, frames_per_scene=2, progress=False,
+                               markings_range=(0, 0))
+    marked = export_coco_dataset(tmp_path / "marked", 2, seed=11, width_px=200, height_px=150, frames_per_scene=2, progress=False,
+                                 markings_range=(150, 150))
+    ann = {name: json.loads(p.read_text()) for name, p in (("plain", plain), ("zero", zero), ("marked", marked))}
+    boxes = {name: [(a["image_id"], a["category_id"], a["bbox"]) for a in d["annotations"]] for name, d in ann.items()}
+    assert boxes["plain"] == boxes["zero"] == boxes["marked"]
+    first = ann["plain"]["images"][0]["file_name"]
+    read = lambda name: (tmp_path / name / "images" / first).read_bytes()  # noqa: E731
+    assert read("plain") == read("zero") and read("plain") != read("marked")
+    with pytest.raises(BadRequest, match="markings_range"):
+        export_coco_dataset(tmp_path / "bad", 1, 0, progress=False, markings_range=(2, 1))

@@ -17,7 +17,7 @@ from sorterbot_cloud.sim.scene import (
     generate_scene,
     in_shadow,
 )
-from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture
+from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture, paint_table_markings
 
 
 def test_item_split_is_fixed_disjoint_and_large_enough():
@@ -103,6 +103,33 @@ def test_textures_are_seeded_rgb_images(name):
     assert a.shape == (128, 128, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     assert a.std() > 2.0  # a texture, not a flat colour
+
+
+def test_table_markings_are_seeded_local_marks():
+    table = np.full((400, 400, 3), 180, np.uint8)
+    a = paint_table_markings(table, np.random.default_rng(3), 12, px_per_mm=1.0)
+    b = paint_table_markings(table, np.random.default_rng(3), 12, px_per_mm=1.0)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == table.shape and a.dtype == np.uint8
+    assert (table == 180).all()  # the input is not modified
+    changed = np.abs(a.astype(int) - 180).max(axis=2) > 3
+    assert 0.005 < changed.mean() < 0.6  # marks, not a repaint of the whole table
+    np.testing.assert_array_equal(paint_table_markings(table, np.random.default_rng(3), 0, px_per_mm=1.0), table)
+    # marks are 10..70 mm across: at 1 px/mm a single mark stays within a 70 px (+ line and blur) window
+    one = np.abs(paint_table_markings(table, np.random.default_rng(8), 1, px_per_mm=1.0).astype(int) - 180).max(axis=2) > 3
+    ys, xs = np.nonzero(one)
+    assert len(ys) > 0 and np.ptp(ys) <= 90 and np.ptp(xs) <= 90
+
+
+@pytest.mark.parametrize("texture, n, px_per_mm, match", [
+    (np.zeros((8, 8), np.uint8), 1, 1.0, "texture must be"),
+    (np.zeros((8, 8, 3), np.float32), 1, 1.0, "texture must be"),
+    (np.zeros((8, 8, 3), np.uint8), -1, 1.0, "n_markings"),
+    (np.zeros((8, 8, 3), np.uint8), 1, 0.0, "px_per_mm"),
+], ids=["grey", "float", "negative-count", "zero-scale"])
+def test_bad_table_markings_raise(texture, n, px_per_mm, match):
+    with pytest.raises(BadRequest, match=match):
+        paint_table_markings(texture, np.random.default_rng(0), n, px_per_mm)
 
 
 @pytest.mark.parametrize("x, y, radius, expected", [
