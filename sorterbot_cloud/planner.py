@@ -145,11 +145,10 @@ def group_items(
     if n_groups is None:
         k, labels = _choose(len(x), n_containers, x, random_state, n_init, group_distance)
     else:
-        if int(n_containers) < 0:
-            raise BadRequest(f"n_containers must be >= 0, got {n_containers}")
         if int(n_groups) < 1:
             raise BadRequest(f"n_groups must be >= 1, got {n_groups}")
-        k, labels = int(min(int(n_groups), len(x), int(n_containers))), None
+        # choose_n_clusters without embeddings: the count checks and min(n_items, n_containers)
+        k, labels = min(int(n_groups), choose_n_clusters(len(x), n_containers)), None
     if labels is not None:
         return labels
     if k <= 1:
