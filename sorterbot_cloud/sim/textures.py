@@ -232,10 +232,10 @@ def paint_table_markings(texture: np.ndarray, rng: np.random.Generator, n_markin
         if x1 <= x0 or y1 <= y0:
             continue
         mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        centre = np.array([cx - x0, cy - y0], float)
+        centre = (int(cx - x0), int(cy - y0))  # the mark's centre in window pixels
         if shape == "ring":
             axes = (int(diameter_px / 2), int(diameter_px / 2 * rng.uniform(0.7, 1.0)))
-            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), axes, float(rng.uniform(0, 180)), 0, 360, 255, width_px, cv2.LINE_AA)
+            cv2.ellipse(mask, centre, axes, float(rng.uniform(0, 180)), 0, 360, 255, width_px, cv2.LINE_AA)
         elif shape in ("loop", "blob"):
             # a closed curve: a circle whose radius wobbles with two random harmonics
             angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
@@ -247,7 +247,7 @@ def paint_table_markings(texture: np.ndarray, rng: np.random.Generator, n_markin
                 cv2.fillPoly(mask, [points], 255, cv2.LINE_AA)
         else:  # stroke: an open arc
             start = float(rng.uniform(0, 360))
-            cv2.ellipse(mask, (int(centre[0]), int(centre[1])), (int(diameter_px / 2), int(diameter_px / 4)), float(rng.uniform(0, 180)),
+            cv2.ellipse(mask, centre, (int(diameter_px / 2), int(diameter_px / 4)), float(rng.uniform(0, 180)),
                         start, start + float(rng.uniform(90, 270)), 255, width_px, cv2.LINE_AA)
         alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), blur_px) * float(rng.uniform(0.3, 0.9))
         kind = rng.uniform()
