@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES
+
 
 def _pulse_widths(spec: str) -> list[float]:
     """Parse ``start:stop:step`` (inclusive stop) or a comma-separated list of pulse widths."""
@@ -70,15 +72,20 @@ def session_cmd(out_dir, seed, n_items, n_item_types, types, n_containers, n_dis
 @click.option("--procedural", "n_procedural", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also draw items from this many procedural types (proc_0000, ...), each as likely as a catalogue type.")
 @click.option("--procedural-start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first procedural type.")
+@click.option("--extra-textures", multiple=True, type=click.Choice(list(EXTRA_TRAIN_TEXTURES)),
+              help="Also draw tables from these training-only textures (repeatable; e.g. laminate: plain desks, half near-white).")
+@click.option("--split-textures/--only-extra-textures", default=True, show_default=True,
+              help="Draw the split's own table textures too, or only the --extra-textures.")
 def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_scene, items_range, containers_range,
-                distractors_range, markings_range, n_procedural, procedural_start):
+                distractors_range, markings_range, n_procedural, procedural_start, extra_textures, split_textures):
     """Write a COCO detection dataset (images/ + annotations.json)."""
     from sorterbot_cloud.sim.catalog import procedural_type_names
     from sorterbot_cloud.sim.datasets import export_coco_dataset
 
     path = export_coco_dataset(out_dir, n_images, seed, split=split, width_px=width_px, height_px=height_px, frames_per_scene=frames_per_scene,
                                items_range=items_range, containers_range=containers_range, distractors_range=distractors_range,
-                               markings_range=markings_range, procedural_types=procedural_type_names(n_procedural, procedural_start))
+                               markings_range=markings_range, procedural_types=procedural_type_names(n_procedural, procedural_start),
+                               extra_textures=extra_textures, split_textures=split_textures)
     click.echo(f"wrote {path}")
 
 
@@ -115,7 +122,8 @@ def types_cmd():
     for name, t in catalog.ALL_TYPES.items():
         split = "train" if name in catalog.TRAIN_ITEM_TYPES else "heldout" if name in catalog.HELDOUT_ITEM_TYPES else "-"
         click.echo(f"{t.kind:10s} {name:14s} {split:8s} {t.description}")
-    click.echo(f"textures train: {', '.join(textures.TRAIN_TEXTURES)}; heldout: {', '.join(textures.HELDOUT_TEXTURES)}")
+    click.echo(f"textures train: {', '.join(textures.TRAIN_TEXTURES)}; heldout: {', '.join(textures.HELDOUT_TEXTURES)}; "
+               f"training-only extras: {', '.join(textures.EXTRA_TRAIN_TEXTURES)}")
 
 
 @simulate.command("views")

@@ -21,7 +21,7 @@ from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_IT
 from sorterbot_cloud.sim.render import PhotoParams, SceneRenderer, encode_jpeg, photo_effects
 from sorterbot_cloud.sim.scene import generate_scene
 from sorterbot_cloud.sim.session import frame_boxes
-from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
+from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES, HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
 
 #: COCO categories (ids 1 and 2; the service's class ids are these minus one).
 COCO_CATEGORIES = [{"id": 1, "name": "item", "supercategory": "object"}, {"id": 2, "name": "container", "supercategory": "object"}]
@@ -69,6 +69,8 @@ def export_coco_dataset(
     progress: bool = True,
     procedural_types: Sequence[str] = (),
     markings_range: tuple[int, int] = (0, 0),
+    extra_textures: Sequence[str] = (),
+    split_textures: bool = True,
 ) -> Path:
     """Write a COCO detection dataset of single frames at random arm poses.
 
@@ -99,6 +101,14 @@ def export_coco_dataset(
         :func:`~sorterbot_cloud.sim.textures.paint_table_markings`), never annotated:
         negatives for the detector. Drawn from a generator of their own, so ``(0, 0)``
         renders exactly the frames of a dataset made without markings.
+    extra_textures : sequence of str
+        Table textures drawn together with the split's, each equally likely: names from
+        :data:`~sorterbot_cloud.sim.textures.EXTRA_TRAIN_TEXTURES` (such as ``laminate``,
+        plain desks including near-white ones), for detectors that must work on tables
+        they never saw. Never held-out textures, and not with the ``heldout`` split.
+    split_textures : bool
+        Draw the split's own textures too; False: only ``extra_textures`` (a dataset of
+        those tables alone, to mix with others by weight when training).
 
     Returns
     -------
@@ -125,8 +135,15 @@ def export_coco_dataset(
     bad = [t for t in procedural_types if not is_procedural(t)]
     if bad:
         raise BadRequest(f"procedural_types must be procedural type names (proc_NNNN), got {bad[:3]}")
+    bad = [t for t in extra_textures if t not in EXTRA_TRAIN_TEXTURES]
+    if bad or (extra_textures and split == "heldout"):
+        raise BadRequest(f"extra_textures must be names from {list(EXTRA_TRAIN_TEXTURES)} and the split not 'heldout', "
+                         f"got {list(extra_textures)} with split {split!r}")
     pool, textures = SPLITS[split]
     pool = tuple(pool) + tuple(procedural_types)
+    if not split_textures and not extra_textures:
+        raise BadRequest("split_textures=False needs extra_textures: there would be no table to draw")
+    textures = (tuple(textures) if split_textures else ()) + tuple(dict.fromkeys(extra_textures))
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     base = CameraModel.reference()

@@ -132,6 +132,26 @@ def _marble_stone(rng, s):
     return _mix(base, base * 0.45, t)
 
 
+def _laminate(rng, s):
+    """A plain desk top (melamine, laminate, painted wood): one colour, faint grain and mottle.
+
+    Half the draws are near-white (value 0.86..0.97, little saturation), the common office
+    desk, against which white and grey objects have hardly any contrast; the rest are any
+    hue at value 0.25..0.9. A domain-randomisation surface for detector training only
+    (:data:`EXTRA_TRAIN_TEXTURES`), not one of the fixed split's textures.
+    """
+    if rng.random() < 0.5:
+        hsv = (rng.uniform(0, 180), rng.uniform(0, 20), rng.uniform(219, 247))
+    else:
+        hsv = (rng.uniform(0, 180), rng.uniform(0, 140), rng.uniform(64, 230))
+    col = cv2.cvtColor(np.uint8([[hsv]]), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255.0
+    grain = smooth_noise(rng, s, (int(rng.integers(60, 200)), int(rng.integers(2, 6))), 2)
+    if rng.random() < 0.5:
+        grain = grain.T  # grain along x or y
+    mottle = smooth_noise(rng, s, 3, 3)
+    return col[None, None] * (0.97 + 0.04 * (grain - 0.5) + 0.05 * (mottle - 0.5))[..., None]
+
+
 TEXTURES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "wood": _wood,
     "fabric": _fabric,
@@ -142,12 +162,17 @@ TEXTURES: dict[str, Callable[[np.random.Generator, int], np.ndarray]] = {
     "paper": _paper,
     "cork_board": _cork_board,
     "marble_stone": _marble_stone,
+    "laminate": _laminate,
 }
 
 #: Table textures for training data (fixed split).
 TRAIN_TEXTURES: tuple[str, ...] = ("wood", "fabric", "concrete", "noise", "felt", "tiles")
 #: Table textures never used for training (fixed split).
 HELDOUT_TEXTURES: tuple[str, ...] = ("paper", "cork_board", "marble_stone")
+#: Table textures that detector-training datasets may add to the training split's
+#: (``simulate dataset --extra-textures``); never drawn by simulated sessions, so the
+#: fixed split and every evaluation session stay as they were.
+EXTRA_TRAIN_TEXTURES: tuple[str, ...] = ("laminate",)
 
 
 def make_texture(name: str, rng: np.random.Generator, size_px: int = 1024) -> np.ndarray:

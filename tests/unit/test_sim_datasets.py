@@ -10,6 +10,7 @@ from pycocotools.coco import COCO
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, TRAIN_ITEM_TYPES
 from sorterbot_cloud.sim.datasets import export_coco_dataset, export_item_crops
+from sorterbot_cloud.sim.textures import TRAIN_TEXTURES
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,27 @@ def test_coco_export_draws_procedural_types_beside_the_split(tmp_path):
     # 50 equally likely types, 6 items a scene: procedural ones are drawn, held-out ones never
     assert types & set(procedural)
     assert types <= set(procedural) | set(TRAIN_ITEM_TYPES)
+
+
+def test_coco_export_draws_extra_training_textures(tmp_path):
+    mixed = export_coco_dataset(tmp_path / "mixed", 24, seed=4, width_px=128, height_px=96, frames_per_scene=1,
+                                extra_textures=["laminate"], progress=False)
+    only = export_coco_dataset(tmp_path / "only", 3, seed=4, width_px=128, height_px=96, frames_per_scene=1,
+                               extra_textures=["laminate"], split_textures=False, progress=False)
+    mixed_textures = {i["texture"] for i in json.loads(mixed.read_text())["images"]}
+    # 7 equally likely tables over 24 scenes: the extra one and the split's are both drawn
+    assert "laminate" in mixed_textures and mixed_textures - {"laminate"} and mixed_textures <= set(TRAIN_TEXTURES) | {"laminate"}
+    assert {i["texture"] for i in json.loads(only.read_text())["images"]} == {"laminate"}
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"extra_textures": ["marble_stone"]},
+    {"extra_textures": ["laminate"], "split": "heldout"},
+    {"split_textures": False},
+], ids=["heldout-texture", "heldout-split", "no-table"])
+def test_coco_export_refuses_extra_textures_that_would_leak_or_leave_no_table(tmp_path, kwargs):
+    with pytest.raises(BadRequest, match="extra_textures"):
+        export_coco_dataset(tmp_path, 1, 0, progress=False, **kwargs)
 
 
 def test_coco_export_rejects_a_catalogue_type_as_procedural(tmp_path):

@@ -17,7 +17,7 @@ from sorterbot_cloud.sim.scene import (
     generate_scene,
     in_shadow,
 )
-from sorterbot_cloud.sim.textures import HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture, paint_table_markings
+from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES, HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture, paint_table_markings
 
 
 def test_item_split_is_fixed_disjoint_and_large_enough():
@@ -25,7 +25,8 @@ def test_item_split_is_fixed_disjoint_and_large_enough():
     assert not set(TRAIN_ITEM_TYPES) & set(HELDOUT_ITEM_TYPES)
     assert set(TRAIN_ITEM_TYPES) | set(HELDOUT_ITEM_TYPES) == set(ITEM_TYPES)
     assert len(CONTAINER_TYPES) >= 3
-    assert not set(TRAIN_TEXTURES) & set(HELDOUT_TEXTURES) and set(TRAIN_TEXTURES) | set(HELDOUT_TEXTURES) == set(TEXTURES)
+    assert not set(TRAIN_TEXTURES) & set(HELDOUT_TEXTURES) and not set(EXTRA_TRAIN_TEXTURES) & (set(TRAIN_TEXTURES) | set(HELDOUT_TEXTURES))
+    assert set(TRAIN_TEXTURES) | set(HELDOUT_TEXTURES) | set(EXTRA_TRAIN_TEXTURES) == set(TEXTURES)
 
 
 @pytest.mark.parametrize("name", sorted(ITEM_TYPES), ids=sorted(ITEM_TYPES))
