@@ -179,6 +179,8 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
                            "box_side_mean_abs_px": sides, "box_refine_steps": detector.config.box_refine_steps,
                            "box_errors_by_type": {t: {k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()}
                                                   for t, e in metrics["box_errors_by_type"].items()},
+                           "box_errors_by_texture": {t: {k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()}
+                                                     for t, e in metrics["box_errors_by_texture"].items()},
                            "recall": round(op["recall"], 4), "f1": round(op["f1"], 4),
                            "confusion_matrix": op["confusion_matrix"], "labels": op["labels"], "files": paths}))
     if name:

@@ -93,7 +93,9 @@ class Record:
 
     ``boxes_xyxy`` : ndarray of shape (N, 4), float32, pixels; ``class_ids`` : (N,) int64;
     ``object_types`` : N object type names (the simulator's annotation field ``type``, e.g.
-    ``"die"``; None where a box has none), or empty when the file names no type at all.
+    ``"die"``; None where a box has none), or empty when the file names no type at all;
+    ``texture`` : the table texture the simulator drew the frame on (the image field
+    ``texture``), None for photos.
     """
 
     path: Path
@@ -103,6 +105,7 @@ class Record:
     boxes_xyxy: np.ndarray
     class_ids: np.ndarray
     object_types: tuple = ()
+    texture: str | None = None
 
 
 def load_coco(annotations: str | Path, images_dir: str | Path, class_map: Mapping[str, str] | None = None,
@@ -148,7 +151,8 @@ def load_coco(annotations: str | Path, images_dir: str | Path, class_map: Mappin
         rows = np.asarray([a for a, _ in anns], dtype=np.float32).reshape(-1, 5)
         types = tuple(None if t is None else str(t) for _, t in anns) if any_type else ()
         records.append(Record(Path(images_dir) / img["file_name"], int(img["id"]), int(img["width"]),
-                              int(img["height"]), rows[:, :4].copy(), rows[:, 4].astype(np.int64), types))
+                              int(img["height"]), rows[:, :4].copy(), rows[:, 4].astype(np.int64), types,
+                              None if img.get("texture") is None else str(img["texture"])))
     return records
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from locator.data import Record
-from locator.evaluate import box_errors_by_type, box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
+from locator.evaluate import box_errors_by_texture, box_errors_by_type, box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
 from sorterbot_cloud.structures import Detections
 
 
@@ -139,7 +139,7 @@ def test_box_errors_by_type_show_a_type_boxed_short():
     assert box_errors_by_type([record(1, [[10, 10, 30, 30]], [0])], [det], score_threshold=0.5) == {}
 
 
-def test_load_coco_reads_object_types(tmp_path):
+def test_load_coco_reads_object_types_and_the_table_texture(tmp_path):
     coco = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 48}],
             "categories": [{"id": 1, "name": "item"}],
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "type": "die"},
@@ -148,7 +148,25 @@ def test_load_coco_reads_object_types(tmp_path):
     from locator.data import load_coco
 
     (rec,) = load_coco(tmp_path / "a.json", tmp_path)
-    assert rec.object_types == ("die", None)
+    assert rec.object_types == ("die", None) and rec.texture is None
     coco["annotations"][0].pop("type")
+    coco["images"][0]["texture"] = "paper"
     (tmp_path / "a.json").write_text(json.dumps(coco))
-    assert load_coco(tmp_path / "a.json", tmp_path)[0].object_types == ()
+    (rec,) = load_coco(tmp_path / "a.json", tmp_path)
+    assert rec.object_types == () and rec.texture == "paper"
+
+
+def test_box_errors_by_texture_separate_the_tables_a_type_is_boxed_short_on():
+    """The same die, top cut by 4 px on a paper table and boxed exactly on wood; a container
+    on paper keeps its own row; a photo (no texture) is skipped."""
+    boxes, types = np.float32([[10, 10, 30, 30], [60, 10, 160, 90]]), ("die", "tray")
+    paper = Record(Path("0.jpg"), 0, 200, 100, boxes, np.int64([0, 1]), types, "paper")
+    wood = Record(Path("1.jpg"), 1, 200, 100, boxes, np.int64([0, 1]), types, "wood")
+    photo = Record(Path("2.jpg"), 2, 200, 100, boxes, np.int64([0, 1]), types, None)
+    short = Detections(np.float32([[10, 14, 30, 30], [60, 10, 160, 90]]), np.float32([0.9, 0.9]), np.int64([0, 1]))
+    exact = Detections(boxes, np.float32([0.9, 0.9]), np.int64([0, 1]))
+    out = box_errors_by_texture([paper, wood, photo], [short, exact, short], score_threshold=0.5)
+    assert list(out) == ["paper/container", "paper/item", "wood/container", "wood/item"]
+    assert out["paper/item"]["height_ratio_median"] == pytest.approx(0.8) and out["paper/item"]["n"] == 1
+    assert out["wood/item"]["height_ratio_median"] == pytest.approx(1.0)
+    assert out["paper/container"]["iou_median"] == pytest.approx(1.0)
