@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from locator.data import Record
-from locator.evaluate import box_errors_by_texture, box_errors_by_type, box_iou, box_side_errors, coco_ap, confusion_at_threshold, write_report
+from locator.evaluate import (
+    box_errors_by_texture,
+    box_errors_by_type,
+    box_iou,
+    box_side_errors,
+    coco_ap,
+    confusion_at_threshold,
+    write_report,
+)
 from sorterbot_cloud.structures import Detections
 
 

@@ -17,7 +17,14 @@ from sorterbot_cloud.sim.scene import (
     generate_scene,
     in_shadow,
 )
-from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES, HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES, make_texture, paint_table_markings
+from sorterbot_cloud.sim.textures import (
+    EXTRA_TRAIN_TEXTURES,
+    HELDOUT_TEXTURES,
+    TEXTURES,
+    TRAIN_TEXTURES,
+    make_texture,
+    paint_table_markings,
+)
 
 
 def test_item_split_is_fixed_disjoint_and_large_enough():
