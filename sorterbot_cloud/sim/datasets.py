@@ -21,7 +21,7 @@ from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_IT
 from sorterbot_cloud.sim.render import PhotoParams, SceneRenderer, encode_jpeg, photo_effects
 from sorterbot_cloud.sim.scene import generate_scene
 from sorterbot_cloud.sim.session import frame_boxes
-from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES, HELDOUT_TEXTURES, TEXTURES, TRAIN_TEXTURES
+from sorterbot_cloud.sim.textures import EXTRA_TRAIN_TEXTURES, HELDOUT_TEXTURES, TRAIN_TEXTURES
 
 #: COCO categories (ids 1 and 2; the service's class ids are these minus one).
 COCO_CATEGORIES = [{"id": 1, "name": "item", "supercategory": "object"}, {"id": 2, "name": "container", "supercategory": "object"}]
@@ -30,7 +30,7 @@ SPLITS = {
     "train": (TRAIN_ITEM_TYPES, TRAIN_TEXTURES),
     "val": (TRAIN_ITEM_TYPES, TRAIN_TEXTURES),
     "heldout": (HELDOUT_ITEM_TYPES, HELDOUT_TEXTURES),
-    "all": (tuple(ITEM_TYPES), tuple(TEXTURES)),
+    "all": (tuple(ITEM_TYPES), TRAIN_TEXTURES + HELDOUT_TEXTURES),  # the fixed split's; extras only when asked
 }
 #: Pulse-width range (µs) of random arm poses.
 PW_RANGE = (1000.0, 1950.0)
