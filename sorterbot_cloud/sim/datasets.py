@@ -139,10 +139,10 @@ def export_coco_dataset(
     if bad or (extra_textures and split == "heldout"):
         raise BadRequest(f"extra_textures must be names from {list(EXTRA_TRAIN_TEXTURES)} and the split not 'heldout', "
                          f"got {list(extra_textures)} with split {split!r}")
-    pool, textures = SPLITS[split]
-    pool = tuple(pool) + tuple(procedural_types)
     if not split_textures and not extra_textures:
         raise BadRequest("split_textures=False needs extra_textures: there would be no table to draw")
+    pool, textures = SPLITS[split]
+    pool = tuple(pool) + tuple(procedural_types)
     textures = (tuple(textures) if split_textures else ()) + tuple(dict.fromkeys(extra_textures))
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
