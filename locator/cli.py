@@ -182,6 +182,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
                            "box_errors_by_texture": {t: {k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()}
                                                      for t, e in metrics["box_errors_by_texture"].items()},
                            "recall": round(op["recall"], 4), "f1": round(op["f1"], 4),
+                           "recall_margins": metrics["recall_margins"],
                            "confusion_matrix": op["confusion_matrix"], "labels": op["labels"], "files": paths}))
     if name:
         sidecar = weights.with_suffix(".json")

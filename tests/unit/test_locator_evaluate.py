@@ -16,6 +16,7 @@ from locator.evaluate import (
     box_side_errors,
     coco_ap,
     confusion_at_threshold,
+    recall_margins,
     write_report,
 )
 from sorterbot_cloud.structures import Detections
@@ -178,3 +179,27 @@ def test_box_errors_by_texture_separate_the_tables_a_type_is_boxed_short_on():
     assert out["paper/item"]["height_ratio_median"] == pytest.approx(0.8) and out["paper/item"]["n"] == 1
     assert out["wood/item"]["height_ratio_median"] == pytest.approx(1.0)
     assert out["paper/container"]["iou_median"] == pytest.approx(1.0)
+
+
+def test_recall_margins_give_each_true_box_its_best_same_class_score():
+    preds = [
+        # item 1: two boxes (0.55 and 0.4); item 2: only a box of the wrong class; container: shifted (IoU < 0.5)
+        Detections([[10, 10, 30, 30], [11, 10, 30, 31], [50, 10, 70, 40], [140, 20, 220, 90]],
+                   [0.55, 0.4, 0.95, 0.99], [0, 0, 1, 1]),
+        Detections([[20, 20, 40, 40], [110, 10, 190, 80]], [0.75, 0.92], [0, 1]),
+    ]
+    margins = recall_margins(GT, preds)
+    item, container = margins["item"], margins["container"]
+    assert item["n"] == 3 and container["n"] == 2
+    assert item["lowest_best_scores"] == [0.0, 0.55, 0.75]
+    assert item["found_at"] == {"0.3": 2, "0.5": 2, "0.7": 1, "0.9": 0}
+    assert container["lowest_best_scores"] == [0.0, 0.92]
+    assert container["found_at"]["0.9"] == 1
+
+
+def test_recall_margins_without_predictions_and_lengths_checked():
+    empty = [Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)) for _ in GT]
+    margins = recall_margins(GT, empty, n_lowest=2)
+    assert margins["item"]["found_at"]["0.3"] == 0 and margins["item"]["lowest_best_scores"] == [0.0, 0.0]
+    with pytest.raises(ValueError, match="records"):
+        recall_margins(GT, empty[:1])
