@@ -1,5 +1,5 @@
 """Click commands of the locator: ``train-detector``, ``train-refine-head``, ``evaluate-detector``, ``bench-detector``,
-``export-detector`` and ``convert-voc`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
+``export-detector``, ``convert-voc``, ``merge-coco`` and ``average-detectors`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
 
 from __future__ import annotations
 
@@ -50,11 +50,14 @@ def _recipe() -> str:
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_last.pt.")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Warm restart: model weights and detector config from this checkpoint, fresh optimiser and schedule.")
+@click.option("--train-only", "train_only", multiple=True,
+              help="Train only the parameters under this name prefix (e.g. 'roi_heads.box_predictor.'), "
+                   "repeatable; the rest is frozen, BatchNorm statistics included. Default: all.")
 @click.option("--no-progress", is_flag=True)
 def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, weight_decay, warmup,
                    checkpoint_every, log_every, val_dataset, val_every, val_max_images, time_budget_min, crop_px,
                    scale_jitter, backbone, fpn_channels, box_head_units, min_size_px, max_size_px, seed, device,
-                   threads, resume, init_from, no_progress):
+                   threads, resume, init_from, train_only, no_progress):
     """Train the Faster R-CNN detector from scratch on COCO dataset(s); writes OUT/detector.pt + .json."""
     from .data import AugmentConfig, DatasetSpec, parse_class_map
     from .torchvision_detector import DetectorConfig
@@ -71,7 +74,7 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
     tc = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      warmup_iterations=warmup, checkpoint_every=checkpoint_every, log_every=log_every,
                      val_every=val_every, time_budget_min=time_budget_min, seed=seed, device=device,
-                     threads=threads)
+                     threads=threads, train_only=tuple(train_only))
     ac = AugmentConfig(crop_px=crop_px, scale_jitter=tuple(scale_jitter))
     path = train(specs, out_dir, class_map=cmap, detector_config=dc, train_config=tc, augment_config=ac,
                  val_dataset=val, val_max_images=val_max_images, resume=resume, init_from=init_from, recipe=_recipe(),
@@ -343,6 +346,41 @@ def merge_coco_command(datasets, out_json):
     click.echo(f"wrote {out_json}: {len(merged['images'])} images, {len(merged['annotations'])} boxes")
 
 
+@click.command("average-detectors")
+@click.option("--input", "inputs", multiple=True, required=True,
+              help="'detector.pt[:weight]' (weight default 1), repeatable; weights are normalised.")
+@click.option("--only", "prefixes", multiple=True,
+              help="Average only the tensors under this name prefix (e.g. 'roi_heads.'), repeatable; "
+                   "the rest comes from the first input.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def average_detectors_command(inputs, prefixes, out_path):
+    """Write the weighted mean of detector files fine-tuned from one start (a model soup) + JSON sidecar."""
+    import torch
+
+    from .average import average_detector_files
+
+    parsed = []
+    for spec in inputs:
+        path, sep, weight = spec.rpartition(":")
+        try:
+            parsed.append((Path(path), float(weight)) if sep else (Path(spec), 1.0))
+        except ValueError:
+            raise click.BadParameter(f"--input {spec!r}: the weight after ':' must be a number") from None
+    try:
+        blob = average_detector_files(parsed, prefixes)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(blob, out_path)
+    first_sidecar = parsed[0][0].with_suffix(".json")
+    meta = json.loads(first_sidecar.read_text()) if first_sidecar.is_file() else {}
+    meta.pop("metrics", None)  # measured on the first file, not on the average
+    meta["averaged_from"] = {"inputs": [{"path": str(p), "weight": w} for p, w in parsed],
+                             "only": list(prefixes), "recipe": _recipe()}
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    click.echo(f"wrote {out_path} and {out_path.with_suffix('.json')}")
+
+
 #: the lead wires this one as ``bench-detector``.
 bench_detector_cmd = bench_detector_command
 
@@ -353,7 +391,7 @@ def locator_group():
 
 
 for _cmd in (train_detector, train_refine_head_command, evaluate_detector, bench_detector_command, export_detector, convert_voc,
-             merge_coco_command):
+             merge_coco_command, average_detectors_command):
     locator_group.add_command(_cmd)
 
 

@@ -10,6 +10,7 @@ and the final fp16 detector file + JSON sidecar.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import random
@@ -24,6 +25,8 @@ from tqdm import tqdm
 
 from .data import AugmentConfig, DatasetSpec, MixedSampler, load_coco
 from .torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector, build_model
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -57,6 +60,12 @@ class TrainConfig:
     device : str
     threads : int or None
         ``torch.set_num_threads`` (CPU).
+    train_only : tuple of str
+        When not empty, only the parameters whose names start with one of these prefixes
+        are trained (e.g. ``("roi_heads.box_predictor.",)``: last-layer retraining, Kirichenko
+        et al., "Last Layer Re-Training is Sufficient for Robustness to Spurious
+        Correlations", ICLR 2023); every other parameter is frozen, and a BatchNorm layer
+        with no trainable parameter keeps its running statistics (:func:`freeze_except`).
     """
 
     iterations: int = 2000
@@ -72,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
+    train_only: tuple[str, ...] = ()
 
 
 def lr_factor(progress: float, it: int, config: TrainConfig) -> float:
@@ -85,6 +95,49 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def freeze_except(model: torch.nn.Module, prefixes: Sequence[str]) -> int:
+    """Freeze every parameter whose name starts with none of ``prefixes``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    prefixes : sequence of str
+        Names as in ``model.named_parameters()``; empty: everything stays trainable.
+
+    Returns
+    -------
+    int
+        Number of trainable parameter values left.
+
+    Raises
+    ------
+    ValueError
+        If a prefix matches no parameter.
+    """
+    prefixes = tuple(prefixes)
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            raise ValueError(f"train_only prefix {prefix!r} matches no parameter of the detector")
+    for name, p in model.named_parameters():
+        p.requires_grad_(not prefixes or name.startswith(prefixes))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """``model.train()``, with BatchNorm layers whose parameters are all frozen left in eval mode.
+
+    A frozen layer must not change: in training mode a BatchNorm layer would still update
+    its running mean and variance from every batch.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
 
 
 def train(
@@ -177,6 +230,9 @@ def train(
 
     device = torch.device(tc.device)
     model = build_model(dc).to(device)
+    n_trainable = freeze_except(model, tc.train_only)
+    if tc.train_only:
+        log.info("training only %s: %d parameter values", ", ".join(tc.train_only), n_trainable)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -208,7 +264,7 @@ def train(
 
     log_path = out_dir / "log.jsonl"
     t_start = time.time()
-    model.train()
+    train_mode(model)
     batches = sampler.batches(tc.batch_size)
     bar = tqdm(total=tc.iterations, initial=start_it, disable=not progress, dynamic_ncols=True, mininterval=5)
     it = start_it
@@ -253,7 +309,7 @@ def train(
             window, t_window = {}, now
         if val_records is not None and it % tc.val_every == 0:
             metrics = _validate(model, dc, val_records, device)
-            model.train()
+            train_mode(model)
             row = {"iteration": it, "validation": metrics}
             with log_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")

@@ -29,6 +29,7 @@ COMMANDS = {
     "export-detector": "locator.cli:export_detector",
     "convert-voc": "locator.cli:convert_voc",
     "merge-coco": "locator.cli:merge_coco_command",
+    "average-detectors": "locator.cli:average_detectors_command",
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
     "crops-from-coco": "vectorizer.cli:crops_from_coco",

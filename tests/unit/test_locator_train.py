@@ -11,7 +11,7 @@ import torch
 from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
 from locator.torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector
 from locator.toydata import write_toy_coco
-from locator.train import TrainConfig, export_checkpoint, lr_factor, train
+from locator.train import TrainConfig, export_checkpoint, freeze_except, lr_factor, train, train_mode
 
 torch.set_num_threads(1)
 
@@ -202,3 +202,37 @@ def test_init_from_an_exported_detector_file(toy, tmp_path):
     for name in weights:
         assert state["model"][name].dtype == torch.float32
         torch.testing.assert_close(state["model"][name], exported["state_dict"][name].float(), rtol=0, atol=0, msg=name)
+
+
+def test_train_only_changes_the_named_layers_and_nothing_else(toy, tmp_path):
+    """--train-only: the named parameters move, every other tensor (BatchNorm running
+    statistics included) stays exactly as in the starting file."""
+    spec = DatasetSpec(toy, toy.parent)
+    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    first = tmp_path / "first"
+    train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
+    start = torch.load(first / "checkpoint_last.pt", weights_only=False)["model"]
+
+    prefix = "roi_heads.box_predictor."
+    tc_head = TrainConfig(iterations=3, batch_size=2, lr=1e-2, warmup_iterations=0, checkpoint_every=3, log_every=3,
+                          train_only=(prefix,))
+    second = tmp_path / "second"
+    train([spec], second, train_config=tc_head, augment_config=AugmentConfig(crop_px=128),
+          init_from=first / "checkpoint_last.pt", progress=False)
+    after = torch.load(second / "checkpoint_last.pt", weights_only=False)["model"]
+    moved = [name for name in start if not torch.equal(start[name], after[name])]
+    assert moved and all(name.startswith(prefix) for name in moved), moved
+    assert any("running_mean" in name for name in start)  # the backbone's BatchNorm statistics were there to move
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train([spec], tmp_path / "third", train_config=TrainConfig(iterations=1, batch_size=2, train_only=("nope.",)),
+              init_from=first / "checkpoint_last.pt", progress=False)
+
+
+def test_freeze_except_and_train_mode_keep_frozen_batchnorm_in_eval():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1),
+                                torch.nn.BatchNorm2d(2))
+    n = freeze_except(model, ["2.", "3."])
+    assert n == (4 * 2 + 2) + (2 + 2)
+    train_mode(model)
+    assert not model[1].training and model[3].training
+    assert freeze_except(model, []) == sum(p.numel() for p in model.parameters())
