@@ -65,7 +65,8 @@ class TrainConfig:
         are trained (e.g. ``("roi_heads.box_predictor.",)``: last-layer retraining, Kirichenko
         et al., "Last Layer Re-Training is Sufficient for Robustness to Spurious
         Correlations", ICLR 2023); every other parameter is frozen, and a BatchNorm layer
-        with no trainable parameter keeps its running statistics (:func:`freeze_except`).
+        with no trainable parameter keeps its running statistics (:func:`freeze_except`,
+        :func:`train_mode`).
     """
 
     iterations: int = 2000
