@@ -17,17 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .torchvision_detector import FORMAT
-
-
-def _load(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"detector weights not found: {path}")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} file")
-    return blob
+from .torchvision_detector import load_detector_file
 
 
 def average_detector_files(inputs: Sequence[tuple[str | Path, float]], prefixes: Sequence[str] = ()) -> dict:
@@ -68,7 +58,7 @@ def average_detector_files(inputs: Sequence[tuple[str | Path, float]], prefixes:
     if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not float(weights.sum()) > 0:
         raise ValueError(f"weights must be finite, >= 0 and not all 0, got {weights.tolist()}")
     weights = weights / weights.sum()
-    blobs = [_load(p) for p, _ in inputs]
+    blobs = [load_detector_file(p) for p, _ in inputs]
     first = blobs[0]
     for (path, _), blob in zip(inputs[1:], blobs[1:], strict=True):
         if blob["config"] != first["config"]:

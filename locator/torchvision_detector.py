@@ -281,6 +281,30 @@ def fp16_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
     )
 
 
+def load_detector_file(path: str | Path) -> dict:
+    """The contents of a detector file written by :meth:`TorchvisionDetector.save` (on the CPU).
+
+    Returns
+    -------
+    dict
+        ``{"format": FORMAT, "config": dict, "state_dict": {name: tensor}}`` (fp16 floats).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` does not exist.
+    ValueError
+        If the file is not a detector file of this format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights not found: {path}")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a {FORMAT} file")
+    return blob
+
+
 class TorchvisionDetector:
     """A trained :func:`build_model` network behind the :class:`~locator.base.Detector` interface.
 
@@ -341,11 +365,7 @@ class TorchvisionDetector:
             If the file is not a detector file of this format.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"detector weights not found: {path}")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a {FORMAT} file")
+        blob = load_detector_file(path)
         config = DetectorConfig.from_dict(blob["config"])
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if overrides:
