@@ -397,11 +397,7 @@ class TorchvisionDetector:
 
     @staticmethod
     def _peek_config(path: str | Path) -> DetectorConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"detector weights not found: {path}")
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return DetectorConfig.from_dict(blob["config"])
+        return DetectorConfig.from_dict(load_detector_file(path)["config"])
 
     def save(self, path: str | Path, metadata: dict | None = None) -> Path:
         """Write the config + fp16 ``state_dict`` to ``path`` and ``metadata`` to its ``.json`` sidecar.
