@@ -671,8 +671,9 @@ def _floats(text: str) -> list[float]:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
 
 
-def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_weights, height_weights, group_distances) -> list[dict]:
-    """Score the grouping of ingested sessions for every (size weight, height weight, distance).
+def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_weights, height_weights, group_distances,
+                         colour_weights=(0.0,)) -> list[dict]:
+    """Score the grouping of ingested sessions for every (size weight, height weight, distance, colour weight).
 
     Geometry and dedup run once per session (calibrated constants); only the grouping
     (:meth:`Service.group`) and the plan are redone per grid point, then each session is
@@ -683,12 +684,14 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
     service : Service
     sessions : list of (ground_truth, stored detections, frame views)
     size_weights, height_weights, group_distances : sequence of float
+    colour_weights : sequence of float, default (0.0,)
+        ``Settings.grouping_colour_weight`` values (:func:`sorterbot_cloud.planner.item_features`).
 
     Returns
     -------
     list of dict
         One per grid point: ``size_weight``, ``height_weight``, ``group_distance``,
-        ``share_sorted_correctly``, ``mean_ari``.
+        ``colour_weight``, ``share_sorted_correctly``, ``mean_ari``.
     """
     import itertools
 
@@ -703,38 +706,41 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
         objects = service.merge(geometry.locate(stored, constants), frames, constants)
         prepared.append((gt, {d.detection_id: d for d in stored}, objects))
     rows = []
-    for ws, wh, gd in itertools.product(size_weights, height_weights, group_distances):
+    for ws, wh, gd, wc in itertools.product(size_weights, height_weights, group_distances, colour_weights):
         scores = []
         for gt, by_id, objects in prepared:
             items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
             containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
             cluster_of_item, commands = {}, []
             if items and containers:
-                cluster_ids = service.group(items, len(containers), True, size_weight=ws, height_weight=wh, group_distance=gd)
+                cluster_ids = service.group(items, len(containers), True, size_weight=ws, height_weight=wh, group_distance=gd,
+                                            colour_weight=wc)
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
                 commands = planner.plan(items, containers, cluster_ids)
             result = {"mode": "calibrated", "objects": [_object_record(o, cluster_of_item.get(o.object_id), by_id) for o in objects],
                       "commands": [_command_record(c) for c in commands]}
             scores.append(evaluation.score_session(gt, result))
         agg = evaluation.aggregate(scores)
-        rows.append({"size_weight": ws, "height_weight": wh, "group_distance": gd,
+        rows.append({"size_weight": ws, "height_weight": wh, "group_distance": gd, "colour_weight": wc,
                      "share_sorted_correctly": agg.share_sorted_correctly, "mean_ari": agg.mean_ari})
     return rows
 
 
 def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: list[float],
-                  group_distances: list[float | None] | None = None) -> dict:
+                  group_distances: list[float | None] | None = None, colour_weights: list[float] | None = None) -> dict:
     """The row with the best ``mean_sorted`` (ties within 1e-9); among ties, the one whose
-    neighbours on the grid (one step either way on each axis: size weight, height weight
-    and group distance) score best on average, so the choice sits inside a plateau rather
-    than on its edge."""
+    neighbours on the grid (one step either way on each axis: size weight, height weight,
+    group distance and colour weight) score best on average, so the choice sits inside a
+    plateau rather than on its edge."""
     top = max(r["mean_sorted"] for r in rows)
     distances = group_distances or [None]
+    colours = colour_weights or [0.0]
 
     def position(row: dict) -> np.ndarray:
         gd = row["group_distance"]
+        wc = row.get("colour_weight", 0.0)
         return np.array([size_weights.index(row["size_weight"]), height_weights.index(row["height_weight"]),
-                         distances.index(gd) if gd in distances else 0])
+                         distances.index(gd) if gd in distances else 0, colours.index(wc) if wc in colours else 0])
 
     def neighbourhood(row: dict) -> float:
         here = position(row)
@@ -750,6 +756,7 @@ def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: l
 @click.option("--size-weights", default="0,0.5,1,1.5,2,3", show_default=True, help="Comma list.")
 @click.option("--height-weights", default="0,0.25,0.5,1", show_default=True, help="Comma list.")
 @click.option("--group-distances", default=None, help="Comma list (default: Settings.grouping_distance, else the embedder's calibrated distance).")
+@click.option("--colour-weights", default=None, help="Comma list (default: Settings.grouping_colour_weight).")
 @click.option("--cache", default=str(DEFAULT_CACHE), show_default=True, type=click.Path(path_type=Path))
 @click.option("--detector", "detector_kind", type=click.Choice(["model", "ground-truth"]), default="model", show_default=True)
 @click.option("--json-out", default=Path("out/bench/tune_grouping.json"), show_default=True, type=click.Path(path_type=Path))
@@ -759,18 +766,20 @@ def _plateau_best(rows: list[dict], size_weights: list[float], height_weights: l
                    "already are not ingested again. After changing the embedder's weights, run "
                    "`sorterbot-cloud db reembed --arm-id TUNE` with DATA_DIR set to this folder first.")
 def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str, height_weights: str, group_distances: str | None,
-                  cache: Path, detector_kind: str, json_out: Path, threads: int | None, data_dir: Path | None = None) -> None:
-    """Choose the grouping's shape weights and distance (Settings.grouping_size_weight, grouping_height_weight, grouping_distance).
+                  cache: Path, detector_kind: str, json_out: Path, threads: int | None, data_dir: Path | None = None,
+                  colour_weights: str | None = None) -> None:
+    """Choose the grouping's weights and distance (Settings.grouping_size_weight, grouping_height_weight, grouping_distance, grouping_colour_weight).
 
     Simulated sessions with tuning seeds (never the seeds of evaluate-sessions' figures)
     are ingested once; the calibrated grouping is then replayed for every combination of
     weights and group distances, and the share of sessions sorted correctly is printed
     per kind set and on average. Pick a row, set the settings (config.yaml: grouping_size_weight,
-    grouping_height_weight, grouping_distance).
+    grouping_height_weight, grouping_distance, grouping_colour_weight).
     """
     _set_threads(threads)
     ws_grid, wh_grid = _floats(size_weights), _floats(height_weights)
-    if not ws_grid or not wh_grid or any(v < 0 for v in ws_grid + wh_grid):
+    wc_grid = _floats(colour_weights) if colour_weights else None
+    if not ws_grid or not wh_grid or wc_grid == [] or any(v < 0 for v in ws_grid + wh_grid + (wc_grid or [])):
         raise click.BadParameter("weights must be non-empty lists of numbers >= 0")
     detector = GroundTruthDetector() if detector_kind == "ground-truth" else None
     arm_id = "TUNE" if detector_kind == "model" else "TUNE_GT"  # one database may keep both kinds of detections
@@ -778,6 +787,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     seeds_used: dict[str, list[int]] = {}
     with bench_context(data_dir=data_dir, detector=detector) as ctx:
         gd_grid = _floats(group_distances) if group_distances else [ctx.service.kinds_distance(shapes_appended=True)]
+        wc_grid = wc_grid or [ctx.service.settings.grouping_colour_weight]
         for kinds in kind_sets:
             heldout = kinds == "heldout"
             sessions, seed = [], TUNING_SEED_START[kinds] - 1
@@ -794,23 +804,23 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
                     ingest_session(ctx.service, folder, arm_id, session_id)
                 sessions.append((gt, ctx.service.repository.load_session(arm_id, session_id), ctx.service.frame_views(arm_id, session_id)))
                 seeds_used.setdefault(kinds, []).append(seed)
-            table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid)
-    header = f"{'size w':>6} {'height w':>8} {'distance':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"
+            table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid, wc_grid)
+    header = f"{'size w':>6} {'height w':>8} {'distance':>8} {'colour w':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"
     click.echo(header)
     combined = []
     for i, row in enumerate(table[kind_sets[0]]):
         shares = [table[k][i]["share_sorted_correctly"] for k in kind_sets]
         mean = float(np.mean(shares))
-        combined.append({**{k: row[k] for k in ("size_weight", "height_weight", "group_distance")},
+        combined.append({**{k: row[k] for k in ("size_weight", "height_weight", "group_distance", "colour_weight")},
                          **{f"{k}_sorted": table[k][i]["share_sorted_correctly"] for k in kind_sets},
                          **{f"{k}_mean_ari": table[k][i]["mean_ari"] for k in kind_sets}, "mean_sorted": mean})
         gd = row["group_distance"]
-        click.echo(f"{row['size_weight']:>6g} {row['height_weight']:>8g} {'gap' if gd is None else f'{gd:g}':>8} "
+        click.echo(f"{row['size_weight']:>6g} {row['height_weight']:>8g} {'gap' if gd is None else f'{gd:g}':>8} {row['colour_weight']:>8g} "
                    + " ".join(f"{v:>15.3f}" for v in shares) + f" {mean:>6.3f}")
-    best = _plateau_best(combined, ws_grid, wh_grid, gd_grid)
+    best = _plateau_best(combined, ws_grid, wh_grid, gd_grid, wc_grid)
     gd = best["group_distance"]
     click.echo(f"best mean share sorted: size weight {best['size_weight']:g}, height weight {best['height_weight']:g}, "
-               f"distance {'gap' if gd is None else f'{gd:g}'} ({best['mean_sorted']:.3f}); "
+               f"distance {'gap' if gd is None else f'{gd:g}'}, colour weight {best['colour_weight']:g} ({best['mean_sorted']:.3f}); "
                "ties go to the row whose grid neighbours score best")
     _write_json(json_out, {"n_sessions": n_sessions, "detector": detector_kind, "seeds": seeds_used,
                            "rows": combined, "best": best})

@@ -72,6 +72,12 @@ class Settings:
         weights above, among the best of 0.125..0.2 on the tuning sessions (40 + 40,
         ``sorterbot-cloud tune-grouping --n 40``) and no worse on 40 + 40 further ones
         (session 8, README); 0.15 was the choice for the detector without the head.
+    grouping_colour_weight : float
+        Weight of an item's median CIELab colour (per 100 units, :func:`vectorizer.colour.colour_lab`)
+        next to its embedding when items are grouped, in both modes
+        (:func:`sorterbot_cloud.planner.item_features`); 0 leaves colour out. Items stored
+        without a colour (before migration 0002) are grouped without it until
+        ``sorterbot-cloud db reembed`` measures it.
     legacy_camera : {'reference', 'none'}
         Legacy mode (no camera in the constants): with ``reference`` the reference arm's
         camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
@@ -116,6 +122,7 @@ class Settings:
     grouping_size_weight: float = 1.0
     grouping_height_weight: float = 0.0
     grouping_distance: float | None = 0.125
+    grouping_colour_weight: float = 0.0
     legacy_camera: str = "reference"
     random_state: int = 0
     api_token: str | None = None
@@ -157,6 +164,8 @@ class Settings:
             raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
+        if not (math.isfinite(self.grouping_colour_weight) and self.grouping_colour_weight >= 0):
+            raise ValueError(f"grouping_colour_weight must be a finite number >= 0, got {self.grouping_colour_weight}")
         if not (math.isfinite(self.crop_margin) and 0.0 <= self.crop_margin <= 1.0):
             raise ValueError(f"crop_margin must be in [0, 1], got {self.crop_margin}")
         if self.detector_box_refine_steps not in (0, 1):

@@ -536,7 +536,8 @@ def merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, sh
     boxes cut by the border), replaced by the fitted ``shape``'s when it lies within the
     object's size (or :data:`MIN_REFINE_SHIFT_MM`) of that mean; size and height likewise
     (calibrated mode; legacy: size in pixels, no height). Embedding: the weighted mean of
-    the detections' embeddings, re-normalised.
+    the detections' embeddings, re-normalised. Colour: the weighted mean of the detections'
+    CIELab colours, when every detection has one.
 
     Parameters
     ----------
@@ -585,6 +586,10 @@ def merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, sh
             mean = (ew[:, None] * stacked).sum(0)
             norm = np.linalg.norm(mean)
             embedding = (mean / norm if norm > 0 else mean).astype(np.float32)
+    colour_lab = None
+    colours = [d.detection.colour_lab for d in dets]
+    if colours and all(c is not None and np.size(c) == 3 for c in colours):
+        colour_lab = (weights @ np.stack([np.asarray(c, np.float64).reshape(3) for c in colours])).astype(np.float32)
     return ArmObject(
         object_id=-1,
         class_id=dets[0].class_id,
@@ -596,4 +601,5 @@ def merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, sh
         detection_ids=sorted(int(d.detection.detection_id) for d in dets),
         embedding=embedding,
         height_mm=height_mm,
+        colour_lab=colour_lab,
     )

@@ -200,6 +200,9 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
 #: a few mm, so ratios between heights below this floor carry no information.
 SHAPE_FLOOR_MM = 4.0
 
+#: CIELab units per unit of colour feature in :func:`item_features` (``L*`` spans 0..100).
+LAB_SCALE = 100.0
+
 
 def item_features(
     embeddings: np.ndarray,
@@ -207,8 +210,10 @@ def item_features(
     heights_mm: np.ndarray | None = None,
     size_weight: float = 0.0,
     height_weight: float = 0.0,
+    colours_lab: np.ndarray | None = None,
+    colour_weight: float = 0.0,
 ) -> np.ndarray:
-    """What the items are grouped on: their embeddings, plus their physical shape where known.
+    """What the items are grouped on: their embeddings, plus their physical shape and colour where known.
 
     The embedding of a crop sees colour, texture and silhouette, but not scale: a white
     die and a pale washer of similar size in pixels can embed close together while one
@@ -223,6 +228,13 @@ def item_features(
     alone (the trigger also leaves the shapes out in legacy mode when
     ``Settings.legacy_camera`` is ``none``: legacy box sizes are not metric).
 
+    The embedder is trained on the training kinds and can miss a plain difference of
+    colour between two unseen kinds (a white die and a black domino, README.md session 21).
+    With ``colour_weight > 0`` each item's median CIELab colour (:func:`vectorizer.colour.colour_lab`,
+    averaged over the item's detections) is appended as ``colour_weight * (L*, a*, b*) / 100``:
+    half the squared distance then gains ``colour_weight**2 * dE**2 / 2e4``, where ``dE``
+    is the CIE76 colour difference (a just-noticeable difference is about 2.3).
+
     Parameters
     ----------
     embeddings : ndarray of shape (N, D), float
@@ -233,11 +245,16 @@ def item_features(
         Non-negative weights (per unit of natural-log ratio), tuned together with the
         distance that splits kinds (``Settings.grouping_size_weight``, ``grouping_height_weight``,
         ``grouping_distance``).
+    colours_lab : ndarray of shape (N, 3), float, optional
+        CIELab colour of each item (``L*`` 0..100, ``a*``, ``b*``); required for a non-zero
+        ``colour_weight``.
+    colour_weight : float
+        Non-negative weight per 100 units of CIELab (``Settings.grouping_colour_weight``).
 
     Returns
     -------
     ndarray of shape (N, D + k), float64
-        ``k`` = number of non-zero weights (0..2).
+        ``k`` = number of non-zero shape weights (0..2), plus 3 with a non-zero colour weight.
 
     Raises
     ------
@@ -259,6 +276,15 @@ def item_features(
         if v.shape != (len(x),) or not np.all(np.isfinite(v)):
             raise BadRequest(f"{name} must be {len(x)} finite values, got shape {v.shape}")
         columns.append(float(weight) * np.log(np.maximum(v, SHAPE_FLOOR_MM))[:, None])
+    if not (np.isfinite(colour_weight) and colour_weight >= 0):
+        raise BadRequest(f"the weight of colours_lab must be a finite number >= 0, got {colour_weight}")
+    if colour_weight > 0:
+        if colours_lab is None:
+            raise BadRequest("colours_lab is required with a non-zero weight")
+        c = np.asarray(colours_lab, dtype=np.float64)
+        if c.shape != (len(x), 3) or not np.all(np.isfinite(c)):
+            raise BadRequest(f"colours_lab must be ({len(x)}, 3) finite values, got shape {c.shape}")
+        columns.append(float(colour_weight) * c / LAB_SCALE)
     return np.concatenate(columns, axis=1)
 
 

@@ -212,6 +212,28 @@ class Service:
             out[int(index)] = embeddings[row]
         return out
 
+    def item_colours(self, image: np.ndarray, detections: Detections) -> list[np.ndarray | None]:
+        """Measure the CIELab colour of the item boxes of one frame (:func:`vectorizer.colour.colour_lab`).
+
+        Parameters
+        ----------
+        image : ndarray of shape (H, W, 3), uint8, RGB
+        detections : Detections
+
+        Returns
+        -------
+        colours_lab : list of length N of (ndarray of shape (3,), float32, or None)
+            Aligned with ``detections``: ``(L*, a*, b*)`` of the item, None for a container.
+        """
+        from vectorizer.colour import colour_lab
+
+        item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
+        out: list[np.ndarray | None] = [None] * len(detections)
+        if len(item_index):
+            for index, colour in zip(item_index, colour_lab(image, detections.boxes_xyxy[item_index]), strict=True):
+                out[int(index)] = colour
+        return out
+
     def reembed_session(self, arm_id: Any, session_id: Any) -> int:
         """Embed a stored session's items again with the loaded embedder, from the archived frames.
 
@@ -219,8 +241,10 @@ class Service:
         embedder changes, sessions stored before must be re-embedded before their trigger
         (``sorterbot-cloud db reembed``). The stored boxes are kept (the detector is not
         run); each item is cut from its archived original frame exactly as at ingest
-        (:meth:`embed_items`). Every new embedding is computed first and then written in
-        one transaction, so a failure leaves the session's old embeddings whole.
+        (:meth:`embed_items`), and its colour measured again (:meth:`item_colours`; frames
+        stored before colours were kept get theirs here). Every new embedding is computed
+        first and then written in one transaction, so a failure leaves the session's old
+        embeddings whole.
 
         Parameters
         ----------
@@ -244,6 +268,7 @@ class Service:
         arm_id = validate_id("arm_id", arm_id)
         session_id = validate_id("session_id", session_id)
         new: dict[int, np.ndarray] = {}
+        colours: dict[int, np.ndarray] = {}
         for frame in self.repository.embedded_detections(arm_id, session_id):
             if not frame["image_uri"]:
                 raise ServiceUnavailable(f"frame {frame['frame_id']} of session {session_id!r} has no archived image to embed from")
@@ -253,9 +278,11 @@ class Service:
                 raise ServiceUnavailable(f"the archived image of frame {frame['frame_id']} is missing: {frame['image_uri']}") from exc
             boxes = frame["boxes_xyxy"]
             items = Detections(boxes, np.ones(len(boxes), np.float32), np.full(len(boxes), ITEM_CLASS_ID, np.int64))
-            for det_id, embedding in zip(frame["detection_ids"], self.embed_items(image, items), strict=True):
+            for det_id, embedding, colour in zip(frame["detection_ids"], self.embed_items(image, items),
+                                                 self.item_colours(image, items), strict=True):
                 new[det_id] = embedding
-        return self.repository.replace_embeddings(new) if new else 0
+                colours[det_id] = colour
+        return self.repository.replace_embeddings(new, colours) if new else 0
 
     def process_frame(self, arm_id: Any, session_id: Any, image_name: Any, data: bytes) -> dict:
         """Ingest one frame: validate, decode, detect, embed items, store, archive.
@@ -296,9 +323,10 @@ class Service:
         frame = Frame(arm_id, session_id, image_name, width_px, height_px)
         with timer.stage("embed"):
             embeddings = self.embed_items(image, detections)
+            colours_lab = self.item_colours(image, detections)
         with timer.stage("store"):
             image_uri = self.archive.put(arm_id, session_id, image_name, bytes(data))
-            frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri)
+            frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri, colours_lab)
         timings = timer.finish()
         _observe_stages(timings, {"decode": "decode", "detect": "detect", "embed": "embed", "store": "store"})
         n_items = int((detections.class_ids == ITEM_CLASS_ID).sum())
@@ -495,8 +523,8 @@ class Service:
     def kinds_distance(self, shapes_appended: bool) -> float | None:
         """The distance above which two groups of items are different kinds (:meth:`group`).
 
-        With the items' shapes appended, ``Settings.grouping_distance`` (the shape terms
-        lengthen the distances between kinds, so it is tuned with them) unless it is None;
+        With the items' shapes (or colours) appended, ``Settings.grouping_distance`` (the
+        extra terms lengthen the distances between kinds, so it is tuned with them) unless it is None;
         otherwise the embedder's ``group_distance``, calibrated on crops alone; None when
         neither is set (the planner then takes the largest gap).
         """
@@ -506,14 +534,15 @@ class Service:
 
     def group(self, items: list[ArmObject], n_containers: int, metric_shapes: bool, *, size_weight: float | None = None,
               height_weight: float | None = None, group_distance: float | None = None,
-              n_groups: int | None = None) -> np.ndarray:
+              n_groups: int | None = None, colour_weight: float | None = None) -> np.ndarray:
         """Group labels of a session's items (the trigger's clustering stage).
 
         The items' embeddings, with their fitted size and height where they are metric
         appended (:func:`planner.item_features`, weights ``Settings.grouping_size_weight``
-        and ``grouping_height_weight``), are grouped by :func:`planner.group_items`: as
+        and ``grouping_height_weight``) and their colour where every item has one
+        (``Settings.grouping_colour_weight``), are grouped by :func:`planner.group_items`: as
         many groups as the grouping distance finds kinds (``Settings.grouping_distance``
-        where shapes are appended, else the embedder's calibrated ``group_distance``; with
+        where shapes or colours are appended, else the embedder's calibrated ``group_distance``; with
         neither, the largest gap), at most one per container, so a kind is never split.
 
         Parameters
@@ -524,7 +553,7 @@ class Service:
         metric_shapes : bool
             Whether the items' ``size_mm`` and ``height_mm`` are millimetres (calibrated
             mode, or legacy items measured by :func:`_with_nominal_shapes`).
-        size_weight, height_weight, group_distance : float, optional
+        size_weight, height_weight, group_distance, colour_weight : float, optional
             Override the settings' weights and the distance (for tuning,
             ``sorterbot-cloud tune-grouping``).
         n_groups : int, optional
@@ -539,12 +568,22 @@ class Service:
         features = _item_embedding_matrix(items)
         size_weight = self.settings.grouping_size_weight if size_weight is None else size_weight
         height_weight = self.settings.grouping_height_weight if height_weight is None else height_weight
+        colour_weight = self.settings.grouping_colour_weight if colour_weight is None else colour_weight
         shapes_appended = metric_shapes and (size_weight > 0 or height_weight > 0)
-        if shapes_appended:
+        colours_appended = colour_weight > 0 and all(o.colour_lab is not None for o in items)
+        if colour_weight > 0 and not colours_appended:
+            logger.warning("items without a stored colour: grouped without colour (run `sorterbot-cloud db reembed`)")
+        if shapes_appended or colours_appended:
             features = planner.item_features(
-                features, np.array([o.size_mm for o in items]), np.array([o.height_mm or 0.0 for o in items]), size_weight, height_weight,
+                features,
+                np.array([o.size_mm for o in items]) if shapes_appended else None,
+                np.array([o.height_mm or 0.0 for o in items]) if shapes_appended else None,
+                size_weight if shapes_appended else 0.0,
+                height_weight if shapes_appended else 0.0,
+                np.array([o.colour_lab for o in items], dtype=np.float64) if colours_appended else None,
+                colour_weight if colours_appended else 0.0,
             )
-        distance = self.kinds_distance(shapes_appended)
+        distance = self.kinds_distance(shapes_appended or colours_appended)
         return planner.group_items(
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
             group_distance=distance if group_distance is None else group_distance, n_groups=n_groups,

@@ -213,6 +213,9 @@ class StoredDetection:
     class_id : int
     embedding : ndarray of shape (D,), float32, or None
         L2-normalised item embedding (None for containers).
+    colour_lab : ndarray of shape (3,), float32, or None
+        Median CIELab colour of the box's middle (:func:`vectorizer.colour.colour_lab`);
+        None for containers and for items stored before it was measured.
     """
 
     detection_id: int
@@ -224,6 +227,7 @@ class StoredDetection:
     score: float
     class_id: int
     embedding: np.ndarray | None = None
+    colour_lab: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +276,9 @@ class ArmObject:
         Estimated height above the table (calibrated mode: of the shape fitted to all the
         object's boxes, else the weighted mean of the single-frame fits); None in legacy
         mode, which has no metric scale.
+    colour_lab : ndarray of shape (3,), float32, or None
+        Weighted mean CIELab colour of the item's detections; None for containers, or when
+        one of its detections has no colour stored.
     """
 
     object_id: int
@@ -284,6 +291,7 @@ class ArmObject:
     detection_ids: list[int] = field(default_factory=list)
     embedding: np.ndarray | None = None
     height_mm: float | None = None
+    colour_lab: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

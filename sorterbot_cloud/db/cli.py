@@ -95,7 +95,8 @@ def bench_command(pg_conn, frames, detections, repeats) -> None:
 def reembed_command(config_file, arm_id, session_ids) -> None:
     """Embed stored sessions' items again with the configured embedder (after its weights change).
 
-    The stored boxes are kept; each item is cut from its archived frame as at ingest.
+    The stored boxes are kept; each item is cut from its archived frame as at ingest,
+    and its colour measured again (items stored before colours were kept get theirs).
     Each session is rewritten in one transaction; one line per session says how many
     items were re-embedded.
     """

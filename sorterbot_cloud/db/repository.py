@@ -34,13 +34,13 @@ RETURNING id
 """
 
 _INSERT_DETECTION = """
-INSERT INTO detections (frame_id, det_index, class_id, x_min, y_min, x_max, y_max, score, embedding)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %b)
+INSERT INTO detections (frame_id, det_index, class_id, x_min, y_min, x_max, y_max, score, embedding, colour_lab)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %b, %s)
 """
 
 _LOAD_SESSION = """
 SELECT d.id, f.image_name, f.pw0, f.width_px, f.height_px,
-       d.x_min, d.y_min, d.x_max, d.y_max, d.score, d.class_id, d.embedding
+       d.x_min, d.y_min, d.x_max, d.y_max, d.score, d.class_id, d.embedding, d.colour_lab
 FROM frames f
 LEFT JOIN detections d ON d.frame_id = f.id
 WHERE f.arm_id = %s AND f.session_id = %s
@@ -65,6 +65,17 @@ def _check_ids(**ids: str) -> None:
     for name, value in ids.items():
         if not isinstance(value, str) or not ID_PATTERN.match(value):
             raise BadRequest(f"{name} must be 1 to 64 of letters, digits, '_', '-', '.', got {value!r}")
+
+
+def _colour_param(colour: np.ndarray | None, index: int) -> list[float] | None:
+    if colour is None:
+        return None
+    values = np.asarray(colour, dtype=np.float64)
+    if values.shape != (3,):
+        raise ValueError(f"colours_lab[{index}] must have shape (3,), got {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"colours_lab[{index}] must be finite")
+    return [float(v) for v in values]
 
 
 def _embedding_param(embedding: np.ndarray | None, index: int) -> np.ndarray | None:
@@ -122,6 +133,7 @@ class Repository:
         detections: Detections,
         embeddings: Sequence[np.ndarray | None] | None,
         image_uri: str | None,
+        colours_lab: Sequence[np.ndarray | None] | None = None,
     ) -> int:
         """Store a frame and its detections, replacing any earlier post of the same frame.
 
@@ -141,6 +153,9 @@ class Repository:
             containers (or for every detection when ``embeddings`` is None).
         image_uri : str or None
             Where the original image is archived.
+        colours_lab : sequence of length N of (ndarray of shape (3,), float, or None), or None
+            CIELab colour of each item (:func:`vectorizer.colour.colour_lab`), aligned with
+            ``detections``; None for containers (or for every detection when None).
 
         Returns
         -------
@@ -150,7 +165,8 @@ class Repository:
         Raises
         ------
         ValueError
-            If ``embeddings`` does not have N entries or one is not a finite (512,) vector.
+            If ``embeddings`` or ``colours_lab`` does not have N entries, or one entry is
+            not a finite (512,) (respectively (3,)) vector.
         ServiceUnavailable
             If the database cannot be reached.
         """
@@ -159,6 +175,10 @@ class Repository:
             embeddings = [None] * n
         if len(embeddings) != n:
             raise ValueError(f"embeddings must have one entry per detection ({n}), got {len(embeddings)}")
+        if colours_lab is None:
+            colours_lab = [None] * n
+        if len(colours_lab) != n:
+            raise ValueError(f"colours_lab must have one entry per detection ({n}), got {len(colours_lab)}")
         rows = [
             (
                 int(i),
@@ -166,6 +186,7 @@ class Repository:
                 *(float(v) for v in detections.boxes_xyxy[i]),
                 float(detections.scores[i]),
                 _embedding_param(embeddings[i], i),
+                _colour_param(colours_lab[i], i),
             )
             for i in range(n)
         ]
@@ -203,7 +224,8 @@ class Repository:
         Returns
         -------
         list of StoredDetection
-            ``box_xyxy`` (4,) float32 pixels; ``embedding`` (512,) float32 or None. Empty
+            ``box_xyxy`` (4,) float32 pixels; ``embedding`` (512,) float32 or None;
+            ``colour_lab`` (3,) float32 or None. Empty
             when the session's frames hold no detection.
 
         Raises
@@ -221,7 +243,7 @@ class Repository:
         if not rows:
             raise UnknownSession(f"no frame stored for arm_id={arm_id!r}, session_id={session_id!r}")
         result = []
-        for det_id, image_name, pw0, width_px, height_px, x0, y0, x1, y1, score, class_id, embedding in rows:
+        for det_id, image_name, pw0, width_px, height_px, x0, y0, x1, y1, score, class_id, embedding, colour in rows:
             if det_id is None:  # a frame without detections
                 continue
             result.append(
@@ -235,6 +257,7 @@ class Repository:
                     score=float(score),
                     class_id=int(class_id),
                     embedding=None if embedding is None else np.array(embedding.to_numpy(), dtype=np.float32),
+                    colour_lab=None if colour is None else np.array(colour, dtype=np.float32),
                 )
             )
         return result
@@ -316,8 +339,8 @@ class Repository:
             frame["boxes_xyxy"] = np.array(frame["boxes_xyxy"], dtype=np.float32).reshape(-1, 4)
         return out
 
-    def replace_embeddings(self, embeddings: dict[int, np.ndarray]) -> int:
-        """Overwrite the embeddings of stored detections, all in one transaction.
+    def replace_embeddings(self, embeddings: dict[int, np.ndarray], colours_lab: dict[int, np.ndarray] | None = None) -> int:
+        """Overwrite the embeddings (and colours) of stored detections, all in one transaction.
 
         For re-embedding stored sessions after the embedder's weights change
         (:meth:`Service.reembed_session <sorterbot_cloud.service.Service.reembed_session>`):
@@ -328,6 +351,9 @@ class Repository:
         embeddings : dict of int to ndarray of shape (512,), float32
             Detection id -> its new L2-normalised embedding. Only detections that already
             carry an embedding (items) are updated.
+        colours_lab : dict of int to ndarray of shape (3,), float, optional
+            Detection id -> its CIELab colour (:func:`vectorizer.colour.colour_lab`), for
+            the same ids as ``embeddings``; without it the stored colours are kept.
 
         Returns
         -------
@@ -337,15 +363,23 @@ class Repository:
         Raises
         ------
         ValueError
-            If a vector is not a finite (512,) vector, or an id names no embedded detection
-            (then nothing is changed).
+            If a vector is not a finite (512,) vector, a colour not a finite (3,) vector,
+            ``colours_lab`` has other ids than ``embeddings``, or an id names no embedded
+            detection (then nothing is changed).
         """
+        if colours_lab is not None and set(colours_lab) != set(embeddings):
+            raise ValueError("colours_lab must have the same detection ids as embeddings")
         params = [(_embedding_param(vector, int(det_id)), int(det_id)) for det_id, vector in embeddings.items()]
+        colours = {int(det_id): _colour_param(c, int(det_id)) for det_id, c in (colours_lab or {}).items()}
         with self._connection() as conn, conn.transaction():
             updated = 0
             with conn.cursor() as cur:
                 for vector, det_id in params:
-                    cur.execute("UPDATE detections SET embedding = %b WHERE id = %s AND embedding IS NOT NULL", (vector, det_id))
+                    if colours_lab is None:
+                        cur.execute("UPDATE detections SET embedding = %b WHERE id = %s AND embedding IS NOT NULL", (vector, det_id))
+                    else:
+                        cur.execute("UPDATE detections SET embedding = %b, colour_lab = %s WHERE id = %s AND embedding IS NOT NULL",
+                                    (vector, colours[det_id], det_id))
                     if cur.rowcount != 1:
                         raise ValueError(f"detection {det_id} does not exist or has no embedding")
                     updated += 1

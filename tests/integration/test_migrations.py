@@ -59,8 +59,23 @@ def test_migrate_builds_the_schema(empty_pg_conn):
         (embedding_type,) = conn.execute(
             "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'detections'::regclass AND attname = 'embedding'"
         ).fetchone()
+        (colour_type,) = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'detections'::regclass AND attname = 'colour_lab'"
+        ).fetchone()
+        # 0002's CHECK: three values or NULL
+        conn.execute("INSERT INTO arms VALUES ('A')")
+        conn.execute("INSERT INTO sessions (arm_id, session_id) VALUES ('A', 's')")
+        (frame_id,) = conn.execute("INSERT INTO frames (arm_id, session_id, image_name, pw0, width_px, height_px) "
+                                   "VALUES ('A', 's', '1200.jpg', 1200, 10, 10) RETURNING id").fetchone()
+        insert = ("INSERT INTO detections (frame_id, det_index, class_id, x_min, y_min, x_max, y_max, score, colour_lab) "
+                  "VALUES (%s, %s, 0, 0, 0, 1, 1, 0.9, %s)")
+        conn.execute(insert, (frame_id, 0, [50.0, 1.0, -2.0]))
+        conn.execute(insert, (frame_id, 1, None))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(insert, (frame_id, 2, [50.0, 1.0]))
     assert TABLES <= tables
     assert embedding_type == "vector(512)"
+    assert colour_type == "real[]"
 
 
 def test_migrate_twice_is_a_no_op(empty_pg_conn):

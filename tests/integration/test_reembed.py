@@ -151,3 +151,57 @@ def test_db_reembed_cli_uses_the_configured_torch_threads(service, settings, mon
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def expected_colours(repository, arm="ARM001", session="s1"):
+    """The CIELab colour of each stored item box, measured on the posted frames."""
+    from vectorizer.colour import colour_lab
+
+    return {d.detection_id: colour_lab(decode_image(frame_bytes(FRAMES[d.image_name])), d.box_xyxy[None])[0]
+            for d in repository.load_session(arm, session) if d.class_id == ITEM_CLASS_ID}
+
+
+def test_ingest_stores_each_items_colour_and_none_for_containers(service, repository):
+    expected = expected_colours(repository)
+    for det_id, d in stored(repository).items():
+        if d.class_id == ITEM_CLASS_ID:
+            assert d.colour_lab.shape == (3,) and d.colour_lab.dtype == np.float32
+            np.testing.assert_allclose(d.colour_lab, expected[det_id], atol=1e-4)
+        else:
+            assert d.colour_lab is None
+    by_colour = {tuple(np.round(d.colour_lab[1:] / 20)) for d in stored(repository).values() if d.colour_lab is not None}
+    assert len(by_colour) == 3  # red, blue and yellow differ in a*, b*
+
+
+def test_reembed_measures_the_colours_of_items_stored_before_colours_were_kept(service, repository, settings):
+    import psycopg
+
+    expected = expected_colours(repository)
+    with psycopg.connect(settings.pg_conn) as conn:  # as frames stored before migration 0002
+        conn.execute("UPDATE detections SET colour_lab = NULL")
+    assert all(d.colour_lab is None for d in stored(repository).values())
+    assert service.reembed_session("ARM001", "s1") == 3
+    for det_id, d in stored(repository).items():
+        if d.class_id == ITEM_CLASS_ID:
+            np.testing.assert_allclose(d.colour_lab, expected[det_id], atol=1e-4)
+        else:
+            assert d.colour_lab is None
+
+
+@pytest.mark.parametrize("colours, match", [
+    ("other-ids", "same detection ids"),
+    ("wrong-shape", r"shape \(3,\)"),
+    ("nan", "finite"),
+])
+def test_replace_embeddings_rejects_bad_colours_and_changes_nothing(service, repository, colours, match):
+    before = stored(repository)
+    item_id = next(i for i, d in before.items() if d.class_id == ITEM_CLASS_ID)
+    vector = np.zeros(512, np.float32)
+    vector[0] = 1.0
+    given = {"other-ids": {item_id + 1000: np.zeros(3)}, "wrong-shape": {item_id: np.zeros(2)},
+             "nan": {item_id: np.array([50.0, np.nan, 0.0])}}[colours]
+    with pytest.raises(ValueError, match=match):
+        repository.replace_embeddings({item_id: vector}, given)
+    after = stored(repository)[item_id]
+    np.testing.assert_array_equal(after.embedding, before[item_id].embedding)
+    np.testing.assert_array_equal(after.colour_lab, before[item_id].colour_lab)

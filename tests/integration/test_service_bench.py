@@ -249,6 +249,20 @@ def test_tune_grouping_ties_count_float_noise_and_the_distance_axis():
     assert _plateau_best(rows, ws, wh, gd)["group_distance"] == 0.25  # neighbours 0.9 and 0.95, not 0.5 and 0.9
 
 
+def test_tune_grouping_neighbourhood_spans_the_colour_axis():
+    """Of two tied colour weights, the one whose neighbouring colour weights also score well wins."""
+    from sorterbot_cloud.bench import _plateau_best
+
+    ws, wh, gd, wc = [1.0], [0.0], [0.125], [0.0, 0.5, 1.0, 2.0]
+    share = {0.0: 0.5, 0.5: 0.95, 1.0: 0.9, 2.0: 0.95}
+    rows = [{"size_weight": 1.0, "height_weight": 0.0, "group_distance": 0.125, "colour_weight": c, "mean_sorted": share[c]}
+            for c in wc]
+    assert _plateau_best(rows, ws, wh, gd, wc)["colour_weight"] == 2.0  # neighbour 0.9, not 0.5 and 0.9
+    share[0.0] = 0.95
+    rows = [{**r, "mean_sorted": share[r["colour_weight"]]} for r in rows]
+    assert _plateau_best(rows, ws, wh, gd, wc)["colour_weight"] == 0.0  # neighbours 0.95 and itself
+
+
 def test_memory_figures_split_the_resident_set_and_track_its_peak():
     from sorterbot_cloud.bench import peak_rss_mb, rss_file_mb, rss_mb
 

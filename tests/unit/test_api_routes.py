@@ -32,15 +32,17 @@ class FakeRepository:
 
     def __init__(self, ping_ok: bool = True) -> None:
         self.frames: dict[tuple[str, str, str], tuple] = {}
+        self.colours: dict[tuple[str, str, str], list | None] = {}
         self.writes = 0
         self.ping_ok = ping_ok
 
     def ping(self) -> bool:
         return self.ping_ok
 
-    def save_frame(self, frame, detections, embeddings, image_uri) -> int:
+    def save_frame(self, frame, detections, embeddings, image_uri, colours_lab=None) -> int:
         self.writes += 1
         self.frames[(frame.arm_id, frame.session_id, frame.image_name)] = (frame, detections, embeddings)
+        self.colours[(frame.arm_id, frame.session_id, frame.image_name)] = colours_lab
         return len(self.frames)
 
     def arm_ids_of_session(self, session_id):

@@ -69,6 +69,51 @@ def test_embeddings_are_aligned_with_detections(service):
     assert red.shape == (512,) and float(red @ blue) < 0.9
 
 
+def test_item_colours_are_measured_for_items_only_and_stored_with_the_frame(service):
+    from vectorizer.colour import colour_lab
+
+    rects = [Rect("green", (10, 10, 80, 80)), Rect("red", (100, 10, 130, 40)), Rect("blue", (150, 100, 180, 130))]
+    image = draw_frame(rects)
+    detections = service.detector.detect(image)
+    colours = service.item_colours(image, detections)
+    assert len(colours) == 3
+    for i, (class_id, colour) in enumerate(zip(detections.class_ids, colours, strict=True)):
+        if class_id == 1:
+            assert colour is None
+        else:
+            np.testing.assert_allclose(colour, colour_lab(image, detections.boxes_xyxy[i:i + 1])[0])
+    red, blue = [c for c in colours if c is not None]
+    assert red[1] > 40 and blue[2] < -40  # a* of red, b* of blue
+    service.process_frame("ARM001", "s1", "1200.png", frame_bytes(rects))
+    stored = service.repository.colours[("ARM001", "s1", "1200.png")]
+    assert [c is None for c in stored] == [c is None for c in colours]
+
+
+def _same_embedding_items(colours):
+    from sorterbot_cloud.structures import ArmObject, PolarPoint
+
+    same = np.zeros(512, np.float32)
+    same[0] = 1.0
+    return [ArmObject(object_id=i, class_id=0, position=PolarPoint(200.0, 10.0 * i, 1200.0, 1500.0), x_mm=200.0,
+                      y_mm=10.0 * i, size_mm=25.0, score=0.9, detection_ids=[i], embedding=same, height_mm=20.0,
+                      colour_lab=None if c is None else np.asarray(c, np.float32))
+            for i, c in enumerate(colours)]
+
+
+@pytest.mark.parametrize("weight, colours, expected_groups", [
+    (0.0, [(95, 0, 0), (94, 1, 1), (15, 0, 0), (14, 1, 0)], 1),
+    (1.0, [(95, 0, 0), (94, 1, 1), (15, 0, 0), (14, 1, 0)], 2),
+    (1.0, [(95, 0, 0), (94, 1, 1), (15, 0, 0), None], 1),
+], ids=["weight-0", "white-and-black", "one-colour-missing"])
+def test_group_tells_same_embedding_items_apart_by_colour_only_when_weighted(tmp_path, weight, colours, expected_groups):
+    svc = Service(Settings.load(environ={}, data_dir=tmp_path, grouping_colour_weight=weight, grouping_distance=0.125),
+                  detector=FakeDetector(), embedder=FakeEmbedder(), repository=FakeRepository(), archive=FakeArchive())
+    labels = svc.group(_same_embedding_items(colours), 4, True)
+    assert len(set(labels.tolist())) == expected_groups
+    if expected_groups == 2:
+        assert labels[0] == labels[1] != labels[2] == labels[3]
+
+
 def test_no_item_means_no_embedder_call(service):
     image = draw_frame([Rect("green", (10, 10, 80, 80))])
     assert service.embed_items(image, service.detector.detect(image)) == [None]

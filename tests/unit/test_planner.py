@@ -272,6 +272,35 @@ def test_item_features_append_weighted_log_shape_floored():
     assert only_height.shape == (3, x.shape[1] + 1)
 
 
+def test_item_features_append_scaled_colour_so_distance_follows_cie76():
+    x = _typed_embeddings(np.random.default_rng(6), (2,))
+    colours = np.array([[90.0, 0.0, 0.0], [20.0, 5.0, -5.0]])
+    f = planner.item_features(x, colours_lab=colours, colour_weight=2.0)
+    assert f.shape == (2, x.shape[1] + 3)
+    np.testing.assert_allclose(f[:, -3:], 2.0 * colours / planner.LAB_SCALE)
+    # half the squared distance = cosine distance + w**2 * dE**2 / 2e4
+    cosine = 1.0 - float(x[0] @ x[1])
+    d_e = float(np.linalg.norm(colours[0] - colours[1]))
+    np.testing.assert_allclose(0.5 * np.sum((f[0] - f[1]) ** 2), cosine + 4.0 * d_e**2 / 2e4, rtol=1e-6)
+    # colour after the shape columns; a zero weight leaves it out even when given
+    both = planner.item_features(x, np.array([20.0, 40.0]), None, 1.0, 0.0, colours, 1.0)
+    assert both.shape == (2, x.shape[1] + 4)
+    np.testing.assert_allclose(both[:, -4], np.log([20.0, 40.0]))
+    np.testing.assert_array_equal(planner.item_features(x, colours_lab=colours, colour_weight=0.0), x)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"colour_weight": 1.0}, "colours_lab is required"),
+    ({"colour_weight": -0.5, "colours_lab": np.zeros((4, 3))}, "weight of colours_lab"),
+    ({"colour_weight": 1.0, "colours_lab": np.zeros((4, 2))}, r"colours_lab must be \(4, 3\)"),
+    ({"colour_weight": 1.0, "colours_lab": np.full((4, 3), np.nan)}, "finite"),
+], ids=["missing", "negative", "wrong-shape", "nan"])
+def test_item_features_reject_bad_colours(kwargs, match):
+    x = _typed_embeddings(np.random.default_rng(7), (2, 2))
+    with pytest.raises(BadRequest, match=match):
+        planner.item_features(x, **kwargs)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"size_weight": -1.0, "sizes_mm": np.ones(4)}, "weight of sizes_mm"),
     ({"height_weight": float("nan"), "heights_mm": np.ones(4)}, "weight of heights_mm"),
