@@ -14,8 +14,9 @@
   held-out seeds, item types and textures (3 to 8 items of 2 to 4 types, 1 to 4
   containers), each ingested once and triggered in both geometry modes, scored with
   :func:`sorterbot_cloud.evaluation.score_session`; prints a table, writes JSON.
-- ``sorterbot-cloud tune-grouping``: the grouping's shape weights and distance
-  (``Settings.grouping_size_weight``, ``grouping_height_weight``, ``grouping_distance``) on tuning sessions
+- ``sorterbot-cloud tune-grouping``: the grouping's weights and distance
+  (``Settings.grouping_size_weight``, ``grouping_height_weight``, ``grouping_distance``,
+  ``grouping_colour_weight``) on tuning sessions
   (seeds from :data:`TUNING_SEED_START`, never those of the reported figures): each
   session is ingested once, then only its calibrated grouping is replayed per grid point.
 

@@ -5,8 +5,9 @@ about HTTP: it takes plain values, raises the project's errors
 (:mod:`sorterbot_cloud.errors`) and returns JSON-ready dicts. The Flask layer in
 :mod:`sorterbot_cloud.api` and the command line both drive it.
 
-Ingest (``process_frame``) does all the per-frame work (decode, detect, crop, embed)
-while the arm is still moving, stores the frame, its detections and item embeddings in
+Ingest (``process_frame``) does all the per-frame work (decode, detect, crop, embed,
+measure item colours) while the arm is still moving, stores the frame, its detections,
+item embeddings and colours in
 one transaction and archives the original bytes. The trigger
 (``commands_for_session``) only reads the database and runs geometry, deduplication,
 clustering and planning, so any replica answers it in milliseconds.
@@ -285,7 +286,7 @@ class Service:
         return self.repository.replace_embeddings(new, colours) if new else 0
 
     def process_frame(self, arm_id: Any, session_id: Any, image_name: Any, data: bytes) -> dict:
-        """Ingest one frame: validate, decode, detect, embed items, store, archive.
+        """Ingest one frame: validate, decode, detect, embed items and measure their colour, store, archive.
 
         Idempotent per ``(arm_id, session_id, image_name)``: posting the same frame again
         replaces its detections (the repository does it in one transaction).
@@ -305,7 +306,8 @@ class Service:
             ``arm_id``, ``session_id``, ``image_name``, ``frame_id``, ``width_px``,
             ``height_px``, ``detections`` (``class``, ``class_id``, ``box_xyxy``,
             ``score`` each), ``n_items``, ``n_containers``, ``image_uri`` and
-            ``timings_ms`` (``decode``, ``detect``, ``embed``, ``store``, ``total``).
+            ``timings_ms`` (``decode``, ``detect``, ``embed`` (the item crops' embeddings
+            and colours), ``store``, ``total``).
 
         Raises
         ------
