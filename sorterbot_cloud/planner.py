@@ -229,7 +229,7 @@ def item_features(
     ``Settings.legacy_camera`` is ``none``: legacy box sizes are not metric).
 
     The embedder is trained on the training kinds and can miss a plain difference of
-    colour between two unseen kinds (a white die and a black domino, README.md session 21).
+    colour between two unseen kinds (a white die and a black domino).
     With ``colour_weight > 0`` each item's median CIELab colour (:func:`vectorizer.colour.colour_lab`,
     averaged over the item's detections) is appended as ``colour_weight * (L*, a*, b*) / 100``:
     half the squared distance then gains ``colour_weight**2 * dE**2 / 2e4``, where ``dE``

@@ -1,11 +1,14 @@
 """Item colour: the median CIELab colour of the middle of each item box.
 
 The ResNet18 embedding sees colour, but is trained to tell the *training* kinds apart and
-weighs shape and texture as much: on held-out kinds two items of one colour and shape can
-embed closer than a die and a domino that differ only in being white or black (README.md,
-session 21). A plain colour measurement is cheap and does not depend on the kinds the
-embedder was trained on, so the trigger can append it to the grouping features
-(:func:`sorterbot_cloud.planner.item_features`, ``Settings.grouping_colour_weight``).
+weighs shape and texture as much: on held-out kinds the white dice and black dominoes of
+one session embed only 0.09..0.14 apart. A plain colour measurement is cheap and does not
+depend on the kinds the embedder was trained on, so the trigger can append it to the
+grouping features (:func:`sorterbot_cloud.planner.item_features`,
+``Settings.grouping_colour_weight``). On the simulator's tuning sessions it did not sort
+more sessions (two-tone items and shaded cubes split; README.md, session 22), so the
+default weight is 0: a site whose kinds differ mainly in colour can tune it on its own
+recorded sessions (``sorterbot-cloud tune-grouping --colour-weights``).
 
 The descriptor is the per-channel median of CIELab over the box's inner part: the box
 shrunk by ``inner_margin`` of its width and height on every side, which drops the table
