@@ -27,7 +27,7 @@ import numpy as np
 
 from sorterbot_cloud.errors import BadRequest
 
-from .crops import check_image
+from .crops import check_boxes, check_image
 
 #: Fraction of the box's width and height cut off each side before the median is taken.
 DEFAULT_INNER_MARGIN = 0.25
@@ -66,15 +66,7 @@ def colour_lab(image: np.ndarray, boxes_xyxy: np.ndarray, inner_margin: float = 
     check_image(image)
     if not (isinstance(inner_margin, (int, float)) and math.isfinite(inner_margin) and 0 <= inner_margin < 0.5):
         raise BadRequest(f"inner_margin must be a number in [0, 0.5), got {inner_margin!r}")
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-    if boxes.size == 0:
-        boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise BadRequest(f"boxes_xyxy must have shape (N, 4), got {boxes.shape}")
-    if not np.all(np.isfinite(boxes)):
-        raise BadRequest("boxes_xyxy must be finite")
-    if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
-        raise BadRequest("boxes_xyxy must satisfy x_max >= x_min and y_max >= y_min")
+    boxes = check_boxes(boxes_xyxy)
     height_px, width_px = image.shape[:2]
     out = np.zeros((len(boxes), COLOUR_DIM), dtype=np.float32)
     for i, (x0, y0, x1, y1) in enumerate(boxes):

@@ -45,6 +45,35 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def check_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """Check item boxes and return them as float64.
+
+    Parameters
+    ----------
+    boxes_xyxy : array-like of shape (N, 4), pixels
+        ``x_min, y_min, x_max, y_max``; an empty array stands for no box.
+
+    Returns
+    -------
+    ndarray of shape (N, 4), float64
+
+    Raises
+    ------
+    BadRequest
+        If the boxes are not (N, 4), not finite, or have ``x_max < x_min`` or ``y_max < y_min``.
+    """
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise BadRequest(f"boxes_xyxy must have shape (N, 4), got {boxes.shape}")
+    if not np.all(np.isfinite(boxes)):
+        raise BadRequest("boxes_xyxy must be finite")
+    if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
+        raise BadRequest("boxes_xyxy must satisfy x_max >= x_min and y_max >= y_min")
+    return boxes
+
+
 def crop_items(image: np.ndarray, boxes_xyxy: np.ndarray, margin: float = DEFAULT_MARGIN) -> list[np.ndarray]:
     """Cut one crop per box, widened by a context margin and clipped to the image.
 
@@ -78,15 +107,7 @@ def crop_items(image: np.ndarray, boxes_xyxy: np.ndarray, margin: float = DEFAUL
     check_image(image)
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
         raise BadRequest(f"margin must be a finite number >= 0, got {margin!r}")
-    boxes = np.asarray(boxes_xyxy, dtype=np.float64)
-    if boxes.size == 0:
-        boxes = boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise BadRequest(f"boxes_xyxy must have shape (N, 4), got {boxes.shape}")
-    if not np.all(np.isfinite(boxes)):
-        raise BadRequest("boxes_xyxy must be finite")
-    if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
-        raise BadRequest("boxes_xyxy must satisfy x_max >= x_min and y_max >= y_min")
+    boxes = check_boxes(boxes_xyxy)
     height_px, width_px = image.shape[:2]
     crops = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
