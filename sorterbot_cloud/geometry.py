@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -285,26 +286,23 @@ def _legacy_angle_scale(frame_theta_deg, gamma_deg, d_px, size_px, class_ids, pw
     from each detection to the nearest detection of the same class on the next frame.
     ``k = 1`` when fewer than two frames hold detections.
     """
-    frames = np.unique(pws)
+    frames, frame_index = np.unique(pws, return_inverse=True)
     if len(frames) < 2:
         return 1.0
-    pairs = [(np.nonzero(pws == a)[0], np.nonzero(pws == b)[0]) for a, b in zip(frames[:-1], frames[1:], strict=True)]
+    # every (detection, detection of the same class on the next frame) pair, grouped by the first
+    rows, cols = np.nonzero((frame_index[None, :] == frame_index[:, None] + 1) & (class_ids[:, None] == class_ids[None, :]))
+    if len(rows) == 0:
+        return 1.0
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])  # rows come sorted from np.nonzero
+    scales = np.asarray(LEGACY_ANGLE_SCALES, float)
+    t = np.radians(frame_theta_deg[None, :] + scales[:, None] * gamma_deg[None, :])  # (K, N)
+    x, y = d_px * np.cos(t), d_px * np.sin(t)
+    dist = np.hypot(x[:, rows] - x[:, cols], y[:, rows] - y[:, cols])  # (K, pairs)
+    costs = np.median(np.minimum.reduceat(dist, starts, axis=1) / size_px[rows[starts]], axis=1)  # (K,)
     best, best_cost = 1.0, np.inf
-    for k in LEGACY_ANGLE_SCALES:
-        t = np.radians(frame_theta_deg + k * gamma_deg)
-        xy = np.stack([d_px * np.cos(t), d_px * np.sin(t)], axis=1)
-        costs = []
-        for ia, ib in pairs:
-            if len(ia) == 0 or len(ib) == 0:
-                continue
-            dist = np.linalg.norm(xy[ia, None] - xy[None, ib], axis=2)
-            dist = np.where(class_ids[ia, None] == class_ids[None, ib], dist, np.inf)
-            nearest = dist.min(axis=1) / size_px[ia]
-            costs.extend(nearest[np.isfinite(nearest)])
-        if costs:
-            cost = float(np.median(costs))
-            if cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and abs(k - 1) < abs(best - 1)):
-                best, best_cost = float(k), cost
+    for k, cost in zip(LEGACY_ANGLE_SCALES, costs, strict=True):
+        if cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and abs(k - 1) < abs(best - 1)):
+            best, best_cost = float(k), float(cost)
     return best
 
 
@@ -389,7 +387,13 @@ def prism_boxes(params: np.ndarray, camera: CameraModel, thetas: np.ndarray, siz
         (:func:`_ring_boxes`).
     """
     terms = _frame_terms(np.asarray(thetas, float).reshape(-1, 1), np.asarray(sizes, float).reshape(-1, 1, 2), camera)
-    center = terms[3][:, 0, :]
+    return _prism_boxes(params, terms, camera.height_mm * 0.8)
+
+
+def _prism_boxes(params: np.ndarray, terms: _FrameTerms, max_height_mm: float) -> np.ndarray:
+    """:func:`prism_boxes` on precomputed single-frame terms (N, 1, ...); heights clipped to
+    ``[0, max_height_mm]``."""
+    center = terms.center[:, 0, :]
     view = params[:, :2] - center[:, :2]
     view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-6)
     n = len(params)
@@ -399,7 +403,7 @@ def prism_boxes(params: np.ndarray, camera: CameraModel, thetas: np.ndarray, siz
     along[:, :2] = view
     u_vec = lateral * (np.maximum(params[:, 2], 0.5) / 2)[:, None]
     v_vec = along * (np.maximum(params[:, 3], 0.5) / 2)[:, None]
-    height = np.clip(params[:, 4], 0.0, camera.height_mm * 0.8)
+    height = np.clip(params[:, 4], 0.0, max_height_mm)
     centre = np.stack([np.stack([params[:, 0], params[:, 1], np.zeros(n)], axis=1), np.stack([params[:, 0], params[:, 1], height], axis=1)])
     rings = _ring_boxes(centre, u_vec[None], v_vec[None], terms)[:, :, 0]  # (2, N, 4): bottom, top
     return np.concatenate([rings[:, :, :2].min(0), rings[:, :, 2:].max(0)], axis=1)
@@ -487,11 +491,16 @@ def fit_prisms(
     priors = np.array([FIT_PRIORS[int(c)] for c in class_ids])  # (N, 5)
     params = _initial_guess(boxes, sizes, thetas, camera, class_ids)
 
+    terms = _frame_terms(thetas.reshape(-1, 1), sizes.reshape(-1, 1, 2), camera)  # once per fit
+    tiles: dict[int, tuple] = {}
+
     def residuals(p: np.ndarray) -> np.ndarray:
         k = len(p) // len(boxes)  # k stacked copies of the batch (see _batched_lm)
-        tile = lambda x: np.concatenate([x] * k, axis=0) if k > 1 else x  # noqa: E731
-        r_box = (prism_boxes(p, camera, tile(thetas), tile(sizes)) - tile(boxes)) * tile(mask)
-        pr = tile(priors)
+        if k not in tiles:
+            tile = lambda x: np.concatenate([x] * k, axis=0) if k > 1 else x  # noqa: E731
+            tiles[k] = (terms.tiled(k), tile(boxes), tile(mask), tile(priors))
+        terms_k, boxes_k, mask_k, pr = tiles[k]
+        r_box = (_prism_boxes(p, terms_k, camera.height_mm * 0.8) - boxes_k) * mask_k
         a = np.maximum(p[:, 2], 0.5)
         b = np.maximum(p[:, 3], 0.5)
         r_a = np.log(a / pr[:, 0]) / pr[:, 1]
@@ -615,40 +624,93 @@ BOWL_RING_FRACTIONS: tuple[float, ...] = tuple(float(1 - math.cos(k * math.pi / 
 REFINE_MODELS: tuple[str, ...] = ("cuboid", "bowl", "sphere")
 
 
-def _cuboid_points(p: np.ndarray) -> np.ndarray:
-    """Vertices (B, 8, 3) of cuboids ``x, y, L, W, yaw_rad, h``."""
-    corners = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (0.0, 1.0)])
-    local = corners[None] * np.stack([np.abs(p[:, 2]), np.abs(p[:, 3]), p[:, 5]], axis=1)[:, None, :]
-    c, s = np.cos(p[:, 4])[:, None], np.sin(p[:, 4])[:, None]
-    x = p[:, 0:1] + c * local[:, :, 0] - s * local[:, :, 1]
-    y = p[:, 1:2] + s * local[:, :, 0] + c * local[:, :, 1]
-    return np.stack([x, y, local[:, :, 2]], axis=2)
+class _FrameTerms(NamedTuple):
+    """Per-frame camera terms of a batch of fits, each shaped (B, F, ...) (:func:`_frame_terms`).
+
+    ``g_u``, ``g_v`` and ``forward`` are the linear maps of the pinhole projection: a world
+    point ``X`` (mm) lands on ``u = (X . g_u - o_u) / (X . forward - o_f)`` (likewise ``v``)
+    while it is in front of the camera, with ``g_u = fx right + cx forward`` and ``o_u =
+    center . g_u``. They are computed once per fit so that the box functions need no
+    matrix products per evaluation.
+    """
+
+    forward: np.ndarray  # (B, F, 3) optical axis
+    right: np.ndarray  # (B, F, 3) image +u
+    down: np.ndarray  # (B, F, 3) image +v
+    center: np.ndarray  # (B, F, 3) camera centre, mm
+    fx: np.ndarray  # (B, F) focal lengths and principal point scaled to each frame's size, px
+    fy: np.ndarray
+    cx: np.ndarray
+    cy: np.ndarray
+    g_u: np.ndarray  # (B, F, 3)
+    g_v: np.ndarray  # (B, F, 3)
+    o_u: np.ndarray  # (B, F) center . g_u
+    o_v: np.ndarray  # (B, F) center . g_v
+    o_f: np.ndarray  # (B, F) center . forward
+    o_r: np.ndarray  # (B, F) center . right
+    o_d: np.ndarray  # (B, F) center . down
+
+    def tiled(self, k: int) -> _FrameTerms:
+        """``k`` copies of the batch stacked along the first axis (for stacked evaluations)."""
+        return _FrameTerms(*(np.concatenate([t] * k, axis=0) for t in self)) if k > 1 else self
 
 
-def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel):
-    """Per-frame camera terms, each shaped (B, F, ...): axes, centre, scaled intrinsics, and
-    the axes as the columns of one (B, F, 3, 3) matrix (world -> camera, computed once per fit)."""
+def _dot3(vectors: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``vectors (..., B, 3) . g (B, F, 3)`` -> (..., B, F), written out (no matrix product)."""
+    return vectors[..., None, 0] * g[..., 0] + vectors[..., None, 1] * g[..., 1] + vectors[..., None, 2] * g[..., 2]
+
+
+def _frame_terms(thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel) -> _FrameTerms:
+    """Per-frame camera terms (:class:`_FrameTerms`) of base angles ``thetas`` (B, F), degrees,
+    and frame sizes ``sizes`` (B, F, 2), pixels."""
     b, f = thetas.shape
     forward, right, down, center = (a.reshape(b, f, 3) for a in _camera_axes(camera, thetas.reshape(-1)))
     sx = sizes[:, :, 0] / camera.calib_width
     sy = sizes[:, :, 1] / camera.calib_height
-    axes = np.stack([right, down, forward], axis=-1)  # (B, F, 3, 3): columns right, down, forward
-    return forward, right, down, center, camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy, axes
+    fx, fy, cx, cy = camera.fx * sx, camera.fy * sy, camera.cx * sx, camera.cy * sy
+    g_u = fx[..., None] * right + cx[..., None] * forward
+    g_v = fy[..., None] * down + cy[..., None] * forward
+    dot = lambda a, g: (a * g).sum(-1)  # noqa: E731
+    return _FrameTerms(forward, right, down, center, fx, fy, cx, cy, g_u, g_v,
+                       dot(center, g_u), dot(center, g_v), dot(center, forward), dot(center, right), dot(center, down))
 
 
-def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray | None, terms, radius: np.ndarray | None = None) -> np.ndarray:
+def _ellipse_extremes(a0, a1, a2, b0, b1, b2) -> tuple[np.ndarray, np.ndarray]:
+    """Extremes over ``phi`` of ``(a0 + a1 cos phi + a2 sin phi) / (b0 + b1 cos phi + b2 sin phi)``.
+
+    ``u' = 0`` reduces to ``A sin phi + B cos phi + C = 0`` with ``A = a0 b1 - a1 b0``,
+    ``B = a2 b0 - a0 b2``, ``C = a2 b1 - a1 b2``, solved in closed form: ``phi = psi +- delta``
+    with ``cos psi = B / n``, ``sin psi = A / n``, ``cos delta = -C / n``. The denominator
+    (the depth) is floored at 1 mm. All arguments broadcast; returns (minimum, maximum).
+    """
+    big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
+    norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
+    cos_psi, sin_psi = big_b / norm, big_a / norm
+    cos_delta = np.clip(-big_c / norm, -1.0, 1.0)
+    sin_delta = np.sqrt(1.0 - cos_delta**2)
+    # cos(psi -+ delta) = cc +- ss, sin(psi +- delta) = sc +- cs: shared products of both roots
+    cc, ss, sc, cs = cos_psi * cos_delta, sin_psi * sin_delta, sin_psi * cos_delta, cos_psi * sin_delta
+    num0, num1 = a0 + a1 * cc + a2 * sc, a2 * cs - a1 * ss
+    den0, den1 = b0 + b1 * cc + b2 * sc, b2 * cs - b1 * ss
+    first = (num0 + num1) / np.maximum(den0 + den1, 1.0)
+    second = (num0 - num1) / np.maximum(den0 - den1, 1.0)
+    return np.minimum(first, second), np.maximum(first, second)
+
+
+def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray | None, terms: _FrameTerms,
+                radius: np.ndarray | None = None) -> np.ndarray:
     """Exact image boxes (B, F, 4) of ellipses ``centre + cos(phi) U + sin(phi) V``.
 
     The ellipse projects to ``u(phi) = N(phi) / D(phi)`` with ``N, D`` affine in
-    ``cos phi, sin phi``; ``u' = 0`` reduces to ``A sin phi + B cos phi + C = 0`` with
-    ``A = a0 b1 - a1 b0``, ``B = a2 b0 - a0 b2``, ``C = a2 b1 - a1 b2``, solved in closed
-    form (likewise for ``v``). Horizontal circles have ``U = r e_x``, ``V = r e_y``.
+    ``cos phi, sin phi`` (coefficients from the linear maps of :class:`_FrameTerms`);
+    its extremes are found in closed form (:func:`_ellipse_extremes`). Horizontal circles
+    have ``U = r e_x``, ``V = r e_y``.
 
     Parameters
     ----------
     centre, u_vec, v_vec : ndarray of shape (..., B, 3), mm
         Leading axes (several ellipses per batch row) broadcast against ``terms``.
-    terms : tuple
+    terms : _FrameTerms
         From :func:`_frame_terms`.
     radius : ndarray of shape (..., B), mm, optional
         Horizontal circles of this radius instead of ``u_vec, v_vec`` (faster).
@@ -657,37 +719,23 @@ def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray 
     -------
     ndarray of shape (..., B, F, 4), pixels
     """
-    forward, right, down, center, fx, fy, cx, cy, axes = terms
-    pc = np.matmul((centre[..., None, :] - center)[..., None, :], axes)[..., 0, :]  # (..., B, F, 3)
-    if radius is not None:  # horizontal circle: U = r e_x, V = r e_y pick rows of the axes
-        pu = radius[..., None, None] * axes[..., 0, :]
-        pv = radius[..., None, None] * axes[..., 1, :]
+    t = terms
+    b0 = _dot3(centre, t.forward) - t.o_f
+    if radius is not None:  # horizontal circle: U = r e_x, V = r e_y pick the maps' x and y
+        r = radius[..., None]
+        coef = lambda g: (r * g[..., 0], r * g[..., 1])  # noqa: E731
     else:
-        pu = np.matmul(u_vec[..., None, None, :], axes)[..., 0, :]
-        pv = np.matmul(v_vec[..., None, None, :], axes)[..., 0, :]
-    b0, b1, b2 = pc[..., 2], pu[..., 2], pv[..., 2]
+        coef = lambda g: (_dot3(u_vec, g), _dot3(v_vec, g))  # noqa: E731
+    b1, b2 = coef(t.forward)
     out = []
-    for k, f, c in ((0, fx, cx), (1, fy, cy)):
-        a0 = f * pc[..., k] + c * b0
-        a1 = f * pu[..., k] + c * b1
-        a2 = f * pv[..., k] + c * b2
-        big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
-        # phi = psi +- delta with cos psi = B / n, sin psi = A / n, cos delta = -C / n
-        norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
-        cos_psi, sin_psi = big_b / norm, big_a / norm
-        cos_delta = np.clip(-big_c / norm, -1.0, 1.0)
-        sin_delta = np.sqrt(1.0 - cos_delta**2)
-        values = []
-        for sign in (1.0, -1.0):
-            cos_p = cos_psi * cos_delta - sign * sin_psi * sin_delta
-            sin_p = sin_psi * cos_delta + sign * cos_psi * sin_delta
-            values.append((a0 + a1 * cos_p + a2 * sin_p) / np.maximum(b0 + b1 * cos_p + b2 * sin_p, 1.0))
-        out.append((np.minimum(*values), np.maximum(*values)))
+    for g, o in ((t.g_u, t.o_u), (t.g_v, t.o_v)):
+        a1, a2 = coef(g)
+        out.append(_ellipse_extremes(_dot3(centre, g) - o, a1, a2, b0, b1, b2))
     (u0, u1), (v0, v1) = out
     return np.stack([u0, v0, u1, v1], axis=-1)
 
 
-def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms) -> np.ndarray:
+def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms: _FrameTerms) -> np.ndarray:
     """Box (B, F, 4) of the union of horizontal rings stacked on one vertical axis.
 
     Parameters
@@ -696,24 +744,32 @@ def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms)
         Axis position of each solid.
     radii, z : ndarray of shape (R, B), mm
         Radius and height of each ring.
-    terms : tuple
+    terms : _FrameTerms
         From :func:`_frame_terms`.
 
     Returns
     -------
     ndarray of shape (B, F, 4), pixels
-        The union of the rings' exact boxes (:func:`_ring_boxes`): the box of the solid
-        whose profile joins consecutive rings by frustums (a frustum's silhouette is
-        spanned by its two end rings).
+        The union of the rings' exact boxes (:func:`_ring_boxes`, written out for rings on
+        one axis: the axis's terms are computed once): the box of the solid whose profile
+        joins consecutive rings by frustums (a frustum's silhouette is spanned by its two
+        end rings).
     """
-    centre = np.zeros((*radii.shape, 3))
-    centre[:, :, :2] = xy[None]
-    centre[:, :, 2] = z
-    stacked = _ring_boxes(centre, None, None, terms, radius=radii)  # (R, B, F, 4)
-    return np.concatenate([stacked[:, :, :, :2].min(0), stacked[:, :, :, 2:].max(0)], axis=2)
+    t = terms
+    x, y = xy[:, 0, None], xy[:, 1, None]  # (B, 1)
+    zr, r = z[..., None], radii[..., None]  # (R, B, 1)
+    b0 = (x * t.forward[..., 0] + y * t.forward[..., 1] - t.o_f) + zr * t.forward[..., 2]  # (R, B, F)
+    b1, b2 = r * t.forward[..., 0], r * t.forward[..., 1]
+    lo, hi = [], []
+    for g, o in ((t.g_u, t.o_u), (t.g_v, t.o_v)):
+        a0 = (x * g[..., 0] + y * g[..., 1] - o) + zr * g[..., 2]
+        low, high = _ellipse_extremes(a0, r * g[..., 0], r * g[..., 1], b0, b1, b2)
+        lo.append(low.min(0))
+        hi.append(high.max(0))
+    return np.stack([lo[0], lo[1], hi[0], hi[1]], axis=-1)
 
 
-def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
+def _revolved_boxes(p: np.ndarray, terms: _FrameTerms) -> np.ndarray:
     """Boxes (B, F, 4) of solids of revolution ``x, y, r_bottom, r_middle, r_top, h``.
 
     The profile is piecewise linear through three rings (z = 0, h/2, h)
@@ -723,7 +779,7 @@ def _revolved_boxes(p: np.ndarray, terms) -> np.ndarray:
     return _stacked_ring_boxes(p[:, :2], np.abs(p[:, 2:5]).T, z, terms)
 
 
-def _bowl_boxes(p: np.ndarray, terms) -> np.ndarray:
+def _bowl_boxes(p: np.ndarray, terms: _FrameTerms) -> np.ndarray:
     """Boxes (B, F, 4) of rounded bowls ``x, y, r_base, r_rim, h``.
 
     The wall's profile is a quarter ellipse from the flat base (radius ``r_base`` at z = 0)
@@ -737,41 +793,54 @@ def _bowl_boxes(p: np.ndarray, terms) -> np.ndarray:
     return _stacked_ring_boxes(p[:, :2], radii, s * p[None, :, 4], terms)
 
 
-def _sphere_boxes(p: np.ndarray, terms) -> np.ndarray:
+def _sphere_boxes(p: np.ndarray, terms: _FrameTerms) -> np.ndarray:
     """Exact boxes (B, F, 4) of spheres ``x, y, R`` resting on the table.
 
     The planes through the camera centre tangent to a sphere of radius ``r`` centred at
     camera coordinates ``(X, Y, Z)`` have ``u' = x / z`` solving
     ``u'^2 (Z^2 - r^2) - 2 X Z u' + X^2 - r^2 = 0`` (likewise ``v'`` with ``Y``).
     """
-    forward, right, down, center, fx, fy, cx, cy, _ = terms
+    t = terms
     r = np.abs(p[:, 2])
-    c0 = np.stack([p[:, 0], p[:, 1], r], axis=1)[:, None, :] - center
-    zc = (c0 * forward).sum(2)
+    centre = np.stack([p[:, 0], p[:, 1], r], axis=1)  # (B, 3)
+    zc = _dot3(centre, t.forward) - t.o_f  # (B, F) camera coordinates of the centre
     r2 = (r**2)[:, None]
     denom = np.maximum(zc**2 - r2, 1e-6)
     out = []
-    for axis, f, c in ((right, fx, cx), (down, fy, cy)):
-        xc = (c0 * axis).sum(2)
+    for axis, o, f, c in ((t.right, t.o_r, t.fx, t.cx), (t.down, t.o_d, t.fy, t.cy)):
+        xc = _dot3(centre, axis) - o
         root = np.sqrt(np.maximum(r2 * (xc**2 + zc**2 - r2), 0.0))
         out.append((f * (xc * zc - root) / denom + c, f * (xc * zc + root) / denom + c))
     (u0, u1), (v0, v1) = out
     return np.stack([u0, v0, u1, v1], axis=2)
 
 
-def _project_boxes(points: np.ndarray, terms) -> np.ndarray:
-    """Boxes (B, F, 4) of world points (B, P, 3) on the frames of ``terms`` (:func:`_frame_terms`)."""
-    forward, right, down, center, fx, fy, cx, cy, axes = terms
-    cam = np.matmul(points[:, None, :, :] - center[:, :, None, :], axes)  # (B, F, P, 3)
-    zc = np.maximum(cam[..., 2], 1.0)
-    u = fx[:, :, None] * cam[..., 0] / zc + cx[:, :, None]
-    v = fy[:, :, None] * cam[..., 1] / zc + cy[:, :, None]
+def _cuboid_boxes(p: np.ndarray, terms: _FrameTerms) -> np.ndarray:
+    """Boxes (B, F, 4) of upright cuboids ``x, y, L, W, yaw_rad, h``.
+
+    The box of the 8 projected vertices (depths floored at 1 mm), written out without
+    matrix products: each camera coordinate of a vertex is the footprint centre's plus
+    ``+-L/2`` times the length axis's, ``+-W/2`` times the width axis's and ``0`` or ``h``
+    times the vertical's (the linear maps of :class:`_FrameTerms`).
+    """
+    t = terms
+    c, s = np.cos(p[:, 4])[:, None], np.sin(p[:, 4])[:, None]  # (B, 1)
+    x, y, half_l, half_w, h = p[:, 0, None], p[:, 1, None], np.abs(p[:, 2, None]) / 2, np.abs(p[:, 3, None]) / 2, p[:, 5, None]
+    signs_l = np.array([-1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0])
+    signs_w = np.array([-1.0, -1.0, 1.0, 1.0, -1.0, -1.0, 1.0, 1.0])
+    top = np.array([0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+
+    def cam(g, o):
+        base = x * g[..., 0] + y * g[..., 1] - o  # (B, F)
+        along = half_l * (c * g[..., 0] + s * g[..., 1])
+        across = half_w * (c * g[..., 1] - s * g[..., 0])
+        up = h * g[..., 2]
+        return base[..., None] + along[..., None] * signs_l + across[..., None] * signs_w + up[..., None] * top
+
+    xc, yc, zc = cam(t.right, t.o_r), cam(t.down, t.o_d), np.maximum(cam(t.forward, t.o_f), 1.0)  # (B, F, 8)
+    u = t.fx[:, :, None] * xc / zc + t.cx[:, :, None]
+    v = t.fy[:, :, None] * yc / zc + t.cy[:, :, None]
     return np.stack([u.min(2), v.min(2), u.max(2), v.max(2)], axis=2)
-
-
-def _cuboid_boxes(p: np.ndarray, terms) -> np.ndarray:
-    """Boxes (B, F, 4) of upright cuboids ``x, y, L, W, yaw_rad, h``."""
-    return _project_boxes(_cuboid_points(p), terms)
 
 
 def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, iterations: int) -> tuple[np.ndarray, np.ndarray]:
@@ -969,22 +1038,29 @@ def refine_objects(groups: list[list[LocatedDetection]], constants: ArmConstants
         weights = np.ones_like(row_mask)
         tiled: dict[int, tuple] = {}
 
-        def row_boxes(p, k):
+        def tiles(k):
+            """Row terms, indices and priors of ``k`` stacked copies of the batch (built once per ``k``)."""
             if k not in tiled:
-                offsets = (np.arange(k) * n_obj)[:, None]
-                tiled[k] = (tuple(np.concatenate([t] * k, axis=0) for t in row_terms), (rows_obj[None] + offsets).reshape(-1))
-            terms_k, obj_k = tiled[k]
+                offsets = np.arange(k)[:, None]
+                tiled[k] = (row_terms.tiled(k), (rows_obj[None] + offsets * n_obj).reshape(-1),
+                            (rows[None] + offsets * (n_obj * n_frames)).reshape(-1),
+                            np.concatenate([pr] * k, axis=0), np.concatenate([is_item] * k))
+            return tiled[k]
+
+        def row_boxes(p, k):
+            terms_k, obj_k = tiles(k)[:2]
             return boxes_fn(p[obj_k], terms_k)[:, 0]  # (k R, 4)
 
         def residual_fn(p):
             k = len(p) // n_obj
-            r_rows = (row_boxes(p, k) - np.concatenate([target] * k)) * np.concatenate([row_mask * np.sqrt(weights)] * k)
+            _, _, scatter_k, prk, is_item_k = tiles(k)
+            r_rows = (row_boxes(p, k).reshape(k, *target.shape) - target) * (row_mask * np.sqrt(weights))
             full = np.zeros((k * n_obj * n_frames, 4))
-            full[(rows[None] + (np.arange(k) * n_obj * n_frames)[:, None]).reshape(-1)] = r_rows
-            prk = np.concatenate([pr] * k, axis=0)
-            r_size = np.log(np.maximum(size_of(p), 1.0) / prk[:, 0]) / prk[:, 1]
-            r_height = (height_of(p) - prk[:, 2]) / prk[:, 3]
-            r_rest = np.where(np.concatenate([is_item] * k), rest_residual(size_of(p), height_of(p)), 0.0)
+            full[scatter_k] = r_rows.reshape(-1, 4)
+            size, height = size_of(p), height_of(p)
+            r_size = np.log(np.maximum(size, 1.0) / prk[:, 0]) / prk[:, 1]
+            r_height = (height - prk[:, 2]) / prk[:, 3]
+            r_rest = np.where(is_item_k, rest_residual(size, height), 0.0)
             return np.concatenate([full.reshape(len(p), -1), r_size[:, None], r_height[:, None], r_rest[:, None]], axis=1)
 
         def reweight(p):

@@ -150,6 +150,65 @@ def test_legacy_same_object_on_neighbouring_frames_stays_close():
     assert math.hypot(a.x_mm - b.x_mm, a.y_mm - b.y_mm) < 0.6 * max(a.size_mm, b.size_mm)
 
 
+@pytest.mark.parametrize("k_true", [0.7, 1.0, 1.35])
+def test_legacy_angle_scale_keeps_still_objects_still(k_true):
+    """Objects at fixed bearings whose legacy angles are off by a factor: the scale that
+    puts every detection back on its bearing is found, while a decoy object of the other
+    class, which only lines up at another scale, is never paired with them."""
+    frame_theta, gamma, dist, size, class_ids, pws = [], [], [], [], [], []
+    bearings = {ITEM_CLASS_ID: (-10.0, 4.0, 17.0), CONTAINER_CLASS_ID: (-3.0,)}
+    for f in range(8):
+        theta_f = -20.0 + 5.0 * f
+        for class_id, phis in bearings.items():
+            for j, phi in enumerate(phis):
+                g = (phi - theta_f) / k_true
+                if abs(g) < 25.0:
+                    frame_theta.append(theta_f), gamma.append(g), dist.append(250.0 + 30 * j + 100 * class_id)
+                    size.append(20.0), class_ids.append(class_id), pws.append(1000.0 + 50 * f)
+    arrays = [np.asarray(a, float) for a in (frame_theta, gamma, dist, size)]
+    scale = geometry._legacy_angle_scale(*arrays, np.asarray(class_ids), np.asarray(pws))
+    assert scale == pytest.approx(k_true)
+
+
+def _angle_scale_by_definition(frame_theta, gamma, dist, size, class_ids, pws) -> float:
+    """:func:`geometry._legacy_angle_scale`'s rule written out loop by loop (the test oracle)."""
+    frames = sorted(set(pws.tolist()))
+    best, best_cost = 1.0, math.inf
+    for k in geometry.LEGACY_ANGLE_SCALES:
+        t = np.radians(frame_theta + k * gamma)
+        xy = np.stack([dist * np.cos(t), dist * np.sin(t)], axis=1)
+        costs = []
+        for a, b in zip(frames[:-1], frames[1:], strict=True):
+            for i in np.flatnonzero(pws == a):
+                near = [np.linalg.norm(xy[i] - xy[j]) for j in np.flatnonzero(pws == b) if class_ids[j] == class_ids[i]]
+                if near:
+                    costs.append(min(near) / size[i])
+        if costs:
+            cost = float(np.median(costs))
+            if cost < best_cost - 1e-9 or (abs(cost - best_cost) <= 1e-9 and abs(k - 1) < abs(best - 1)):
+                best, best_cost = float(k), cost
+    return best
+
+
+def test_legacy_angle_scale_follows_its_definition():
+    """On random detections (several per frame, two classes, frames with gaps) the batched
+    search picks the scale its rule picks: nearest same-class detection on the next frame."""
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n = int(rng.integers(2, 40))
+        pws = rng.choice(np.arange(1000.0, 1400.0, 50.0), n)
+        args = ((pws - 1000.0) / 10, rng.uniform(-20, 20, n), rng.uniform(100, 400, n), rng.uniform(5, 50, n), rng.integers(0, 2, n), pws)
+        assert geometry._legacy_angle_scale(*args) == _angle_scale_by_definition(*args)
+
+
+def test_legacy_angle_scale_is_one_without_pairs():
+    """A single frame, or neighbouring frames whose detections share no class, give k = 1."""
+    one = np.ones(3)
+    assert geometry._legacy_angle_scale(one * 5, np.array([1.0, 9.0, -4.0]), one * 300, one * 20, np.zeros(3, int), one * 1000) == 1.0
+    assert geometry._legacy_angle_scale(np.array([0.0, 5.0]), np.array([3.0, -7.0]), np.array([300.0, 310.0]), np.array([20.0, 20.0]),
+                                        np.array([0, 1]), np.array([1000.0, 1050.0])) == 1.0
+
+
 # ------------------------------------------------------------------- calibrated mode
 
 
@@ -342,9 +401,10 @@ def test_refine_is_off_in_legacy_mode():
     assert geometry.refine_objects([located], legacy) == [None]
 
 
-@pytest.mark.parametrize("kind", ["sphere", "box"], ids=["sphere", "box"])
+@pytest.mark.parametrize("kind", ["sphere", "box", "cuboid"], ids=["sphere", "box", "cuboid"])
 def test_analytic_boxes_match_projected_points(kind):
-    """The closed-form boxes of spheres and ellipses equal boxes of densely sampled points."""
+    """The closed-form boxes of spheres, ellipses and yawed cuboids equal boxes of densely
+    sampled points (the cuboid's: of its 8 vertices)."""
     constants = ArmConstants.reference()
     thetas = np.array([[-20.0, 0.0, 15.0]])
     sizes = np.full((1, 3, 2), [WIDTH_PX, HEIGHT_PX], float)
@@ -355,6 +415,12 @@ def test_analytic_boxes_match_projected_points(kind):
         i = np.arange(20000) + 0.5
         phi, th = np.arccos(1 - 2 * i / 20000), np.pi * (1 + 5**0.5) * i
         pts = np.stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)], 1) * 25 + [280, 30, 25]
+    elif kind == "cuboid":
+        params = np.array([[260.0, 40.0, 70.0, 30.0, math.radians(25.0), 35.0]])  # x, y, L, W, yaw, h
+        got = geometry._cuboid_boxes(params, terms)[0]
+        c, s = math.cos(params[0, 4]), math.sin(params[0, 4])
+        local = _cuboid(70.0, 30.0, 35.0)
+        pts = np.stack([260 + c * local[:, 0] - s * local[:, 1], 40 + s * local[:, 0] + c * local[:, 1], local[:, 2]], axis=1)
     else:
         params = np.array([[300.0, -20.0, 40.0, 60.0, 50.0, 45.0]])  # x, y, r0, r1, r2, h
         got = geometry._revolved_boxes(params, terms)[0]
