@@ -324,6 +324,7 @@ def merge(
     frames: Sequence[FrameView] | None = None,
     min_view_support: Mapping[int, float] | None = None,
     legacy_camera: ArmConstants | None = None,
+    legacy_placed: Mapping[int, LocatedDetection] | None = None,
 ) -> list[ArmObject]:
     """Merge located detections of a session into one object per physical object.
 
@@ -358,6 +359,11 @@ def merge(
         objects is at least :data:`MIN_ASSUMED_CAMERA_SUPPORT` (else the camera does not
         fit this arm and the bearing window is used). Positions and pulse widths stay
         the legacy formulas'.
+    legacy_placed : mapping of int to LocatedDetection, optional
+        The session's detections already placed through ``legacy_camera``
+        (:func:`geometry.locate`), by ``detection_id``: the trigger places them once and
+        also measures the items' shapes from them (``service._with_nominal_shapes``).
+        Default: placed here, one batched fit of the kept groups' detections.
 
     Returns
     -------
@@ -386,7 +392,10 @@ def merge(
         expected = None
         if not constants.calibrated and legacy_camera is not None and legacy_camera.calibrated and kept:
             # where each object is, seen through the assumed camera, decides which frames show it
-            placed = locate_groups([[d.detection for d in dets] for dets in kept], legacy_camera)  # one batched fit
+            if legacy_placed is None:
+                placed = locate_groups([[d.detection for d in dets] for dets in kept], legacy_camera)  # one batched fit
+            else:
+                placed = [[legacy_placed[d.detection.detection_id] for d in dets] for dets in kept]
             nominal = [merge_group(dets, legacy_camera) for dets in placed]
             expected = _frames_showing(nominal, frames, legacy_camera, None)
             # trusted only if it explains the session: its typical object is seen on most

@@ -421,10 +421,14 @@ class Service:
         with timer.stage("load"):
             stored = list(self.repository.load_session(arm_id, session_id))
             frame_views = self.frame_views(arm_id, session_id)
+        reference = None  # legacy mode: every detection placed once through the reference camera
         with timer.stage("geometry"):
             located = geometry.locate(stored, arm_constants)
+            if not arm_constants.calibrated and self.settings.legacy_camera == "reference":
+                nominal = _reference_camera(arm_constants)
+                reference = {d.detection.detection_id: d for d in geometry.locate(stored, nominal)}
         with timer.stage("dedup"):
-            objects = self.merge(located, frame_views, arm_constants)
+            objects = self.merge(located, frame_views, arm_constants, legacy_placed=reference)
         items = [o for o in objects if o.class_id == ITEM_CLASS_ID]
         containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
         reason = None
@@ -436,8 +440,8 @@ class Service:
             reason = f"no item was detected in the session ({len(containers)} containers found): nothing to sort"
         else:
             with timer.stage("cluster"):
-                if not arm_constants.calibrated and self.settings.legacy_camera == "reference":
-                    items = _with_nominal_shapes(items, stored, arm_constants)
+                if reference is not None:
+                    items = _with_nominal_shapes(items, stored, arm_constants, placed=reference)
                 cluster_ids = self.group(items, len(containers), arm_constants.calibrated or self.settings.legacy_camera == "reference",
                                          n_groups=n_groups)
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
@@ -490,7 +494,8 @@ class Service:
             for f in self.repository.session_frames(arm_id, session_id)
         ]
 
-    def merge(self, located: list, frame_views: list, arm_constants: ArmConstants) -> list[ArmObject]:
+    def merge(self, located: list, frame_views: list, arm_constants: ArmConstants,
+              legacy_placed: Mapping[int, Any] | None = None) -> list[ArmObject]:
         """The trigger's dedup stage: :func:`dedup.merge` with the settings' thresholds.
 
         Parameters
@@ -500,6 +505,9 @@ class Service:
         frame_views : list of dedup.FrameView
             Every frame of the session.
         arm_constants : ArmConstants
+        legacy_placed : mapping of int to LocatedDetection, optional
+            Legacy mode: the detections placed through the reference camera, by
+            ``detection_id`` (:func:`dedup.merge`); placed there when not given.
 
         Returns
         -------
@@ -519,6 +527,7 @@ class Service:
                     CONTAINER_CLASS_ID: self.settings.dedup_min_view_support_container,
                 },
                 legacy_camera=_reference_camera(arm_constants) if self.settings.legacy_camera == "reference" else None,
+                legacy_placed=legacy_placed,
             )
         )
 
@@ -602,7 +611,8 @@ def _reference_camera(arm_constants: ArmConstants) -> ArmConstants:
     )
 
 
-def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], arm_constants: ArmConstants) -> list[ArmObject]:
+def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], arm_constants: ArmConstants,
+                         placed: Mapping[int, Any] | None = None) -> list[ArmObject]:
     """Legacy mode: the items with a size and height measured through the reference camera.
 
     Legacy constants carry no camera, so their sizes are box sides in pixels, which
@@ -615,6 +625,18 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
     items at similar distances, and grouping compares the items of one session; the
     evaluation's sessions use the reference camera, so this is not measured there.
 
+    Parameters
+    ----------
+    items : list of ArmObject
+    stored : list of StoredDetection
+        The session's detections.
+    arm_constants : ArmConstants
+        The session's (legacy) constants.
+    placed : mapping of int to LocatedDetection, optional
+        ``stored`` already placed through the reference camera
+        (:func:`geometry.locate` with :func:`_reference_camera`), by ``detection_id``;
+        placed here when not given.
+
     Returns
     -------
     list of ArmObject
@@ -625,9 +647,11 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
     from sorterbot_cloud import dedup, geometry
 
     nominal = _reference_camera(arm_constants)
-    by_id = {d.detection_id: d for d in stored}
-    # one batched single-frame fit for all items
-    groups = geometry.locate_groups([[by_id[i] for i in obj.detection_ids if i in by_id] for obj in items], nominal)
+    if placed is None:  # one batched single-frame fit for all items
+        by_id = {d.detection_id: d for d in stored}
+        groups = geometry.locate_groups([[by_id[i] for i in obj.detection_ids if i in by_id] for obj in items], nominal)
+    else:
+        groups = [[placed[i] for i in obj.detection_ids if i in placed] for obj in items]
     shapes = geometry.refine_objects(groups, nominal)
     out = []
     for obj, dets, shape in zip(items, groups, shapes, strict=True):

@@ -191,6 +191,12 @@ def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tm
     heights = sorted(o.height_mm for o in measured)
     assert heights[:2] == pytest.approx([3.0, 3.0], abs=4.0) and heights[2:] == pytest.approx([30.0, 30.0], abs=4.0)
     assert [(o.x_mm, o.y_mm, o.position) for o in measured] == [(o.x_mm, o.y_mm, o.position) for o in items]  # legacy positions kept
+    # with the detections placed through the reference camera beforehand (as the trigger does): the same shapes
+    from sorterbot_cloud.service import _reference_camera
+
+    placed = {d.detection.detection_id: d for d in geometry.locate(dets, _reference_camera(legacy))}
+    handed = _with_nominal_shapes(items, dets, legacy, placed=placed)
+    assert [v for o in handed for v in (o.size_mm, o.height_mm)] == pytest.approx([v for o in measured for v in (o.size_mm, o.height_mm)], abs=1e-6)
 
     # weights fixed here (not the tuned defaults): identical embeddings, 30 mm vs 3 mm tall
     svc = Service(Settings.load(environ={}, data_dir=tmp_path, legacy_camera=camera, grouping_size_weight=1.0,

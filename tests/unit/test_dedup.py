@@ -445,6 +445,10 @@ def test_legacy_view_support_through_an_assumed_camera_drops_a_lone_corner_detec
     assert len(plain) == n_true + 1
     assert len(assumed) == n_true
     assert [o.position for o in assumed] == [o.position for o in plain if o.detection_ids != [len(dets) - 1]]
+    # the trigger places the detections through the camera once and hands them in: same objects
+    placed = {d.detection.detection_id: d for d in geometry.locate(dets, CALIBRATED)}
+    handed = dedup.merge(located, constants=LEGACY, frames=FRAMES, legacy_camera=CALIBRATED, legacy_placed=placed)
+    assert [(o.detection_ids, o.position) for o in handed] == [(o.detection_ids, o.position) for o in assumed]
 
 
 def test_an_assumed_camera_that_does_not_fit_the_session_is_not_used():
