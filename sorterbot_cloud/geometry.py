@@ -877,9 +877,9 @@ def _batched_lm(residual_fn, params: np.ndarray, steps: np.ndarray, clamp, itera
     for _ in range(iterations):
         # forward differences, all parameters in one stacked call
         shifted = np.repeat(params[None], d, axis=0) + (np.eye(d) * steps)[:, None, :]  # (D, B, D)
-        jac = ((residual_fn(shifted.reshape(d * len(params), d)).reshape(d, *res.shape) - res) / steps[:, None, None]).transpose(1, 2, 0)
-        jtj = np.einsum("nri,nrj->nij", jac, jac)
-        jtr = np.einsum("nri,nr->ni", jac, res)
+        jac_t = ((residual_fn(shifted.reshape(d * len(params), d)).reshape(d, *res.shape) - res) / steps[:, None, None]).transpose(1, 0, 2)  # (B, D, M)
+        jtj = jac_t @ jac_t.transpose(0, 2, 1)  # batched matmul: several times faster than einsum here
+        jtr = (jac_t @ res[:, :, None])[:, :, 0]
         diag = np.einsum("nii->ni", jtj)
         delta = -np.linalg.solve(jtj + lam[:, None, None] * eye * (diag[:, :, None] + 1e-6), jtr[:, :, None])[:, :, 0]
         trial = clamp(params + delta)
