@@ -384,7 +384,7 @@ def prism_boxes(params: np.ndarray, camera: CameraModel, thetas: np.ndarray, siz
     -------
     ndarray of shape (N, 4), float64, pixels
         ``x0, y0, x1, y1``: union of the exact boxes of the bottom and top ellipses
-        (:func:`_ring_boxes`).
+        (:func:`_ellipse_extremes`).
     """
     terms = _frame_terms(np.asarray(thetas, float).reshape(-1, 1), np.asarray(sizes, float).reshape(-1, 1, 2), camera)
     return _prism_boxes(params, terms, camera.height_mm * 0.8)
@@ -393,20 +393,25 @@ def prism_boxes(params: np.ndarray, camera: CameraModel, thetas: np.ndarray, siz
 def _prism_boxes(params: np.ndarray, terms: _FrameTerms, max_height_mm: float) -> np.ndarray:
     """:func:`prism_boxes` on precomputed single-frame terms (N, 1, ...); heights clipped to
     ``[0, max_height_mm]``."""
-    center = terms.center[:, 0, :]
-    view = params[:, :2] - center[:, :2]
+    t = terms
+    view = params[:, :2] - t.center[:, 0, :2]
     view /= np.maximum(np.linalg.norm(view, axis=1, keepdims=True), 1e-6)
-    n = len(params)
-    lateral = np.zeros((n, 3))
-    lateral[:, 0], lateral[:, 1] = view[:, 1], -view[:, 0]
-    along = np.zeros((n, 3))
-    along[:, :2] = view
-    u_vec = lateral * (np.maximum(params[:, 2], 0.5) / 2)[:, None]
-    v_vec = along * (np.maximum(params[:, 3], 0.5) / 2)[:, None]
+    vx, vy = view[:, 0, None], view[:, 1, None]  # (N, 1)
+    half_a, half_b = (np.maximum(params[:, 2], 0.5) / 2)[:, None], (np.maximum(params[:, 3], 0.5) / 2)[:, None]
     height = np.clip(params[:, 4], 0.0, max_height_mm)
-    centre = np.stack([np.stack([params[:, 0], params[:, 1], np.zeros(n)], axis=1), np.stack([params[:, 0], params[:, 1], height], axis=1)])
-    rings = _ring_boxes(centre, u_vec[None], v_vec[None], terms)[:, :, 0]  # (2, N, 4): bottom, top
-    return np.concatenate([rings[:, :, :2].min(0), rings[:, :, 2:].max(0)], axis=1)
+    x, y = params[:, 0, None], params[:, 1, None]
+    z = np.stack([np.zeros_like(height), height])[:, :, None]  # (2, N, 1): bottom and top ellipse
+    # the ellipses' axes are horizontal: U = a/2 (vy, -vx, 0) across the view, V = b/2 (vx, vy, 0) along it
+    coef = lambda g: (half_a * (vy * g[..., 0] - vx * g[..., 1]), half_b * (vx * g[..., 0] + vy * g[..., 1]))  # noqa: E731
+    b0 = (x * t.forward[..., 0] + y * t.forward[..., 1] - t.o_f) + z * t.forward[..., 2]  # (2, N, 1)
+    b1, b2 = coef(t.forward)
+    sides = []
+    for g, o in ((t.g_u, t.o_u), (t.g_v, t.o_v)):
+        a1, a2 = coef(g)
+        low, high = _ellipse_extremes((x * g[..., 0] + y * g[..., 1] - o) + z * g[..., 2], a1, a2, b0, b1, b2)
+        sides.append((low.min(0)[:, 0], high.max(0)[:, 0]))
+    (u0, u1), (v0, v1) = sides
+    return np.stack([u0, v0, u1, v1], axis=1)
 
 
 def _ground_points(uv: np.ndarray, thetas: np.ndarray, sizes: np.ndarray, camera: CameraModel) -> np.ndarray:
@@ -706,44 +711,6 @@ def _ellipse_extremes(a0, a1, a2, b0, b1, b2) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(first, second), np.maximum(first, second)
 
 
-def _ring_boxes(centre: np.ndarray, u_vec: np.ndarray | None, v_vec: np.ndarray | None, terms: _FrameTerms,
-                radius: np.ndarray | None = None) -> np.ndarray:
-    """Exact image boxes (B, F, 4) of ellipses ``centre + cos(phi) U + sin(phi) V``.
-
-    The ellipse projects to ``u(phi) = N(phi) / D(phi)`` with ``N, D`` affine in
-    ``cos phi, sin phi`` (coefficients from the linear maps of :class:`_FrameTerms`);
-    its extremes are found in closed form (:func:`_ellipse_extremes`). Horizontal circles
-    have ``U = r e_x``, ``V = r e_y``.
-
-    Parameters
-    ----------
-    centre, u_vec, v_vec : ndarray of shape (..., B, 3), mm
-        Leading axes (several ellipses per batch row) broadcast against ``terms``.
-    terms : _FrameTerms
-        From :func:`_frame_terms`.
-    radius : ndarray of shape (..., B), mm, optional
-        Horizontal circles of this radius instead of ``u_vec, v_vec`` (faster).
-
-    Returns
-    -------
-    ndarray of shape (..., B, F, 4), pixels
-    """
-    t = terms
-    b0 = _dot3(centre, t.forward) - t.o_f
-    if radius is not None:  # horizontal circle: U = r e_x, V = r e_y pick the maps' x and y
-        r = radius[..., None]
-        coef = lambda g: (r * g[..., 0], r * g[..., 1])  # noqa: E731
-    else:
-        coef = lambda g: (_dot3(u_vec, g), _dot3(v_vec, g))  # noqa: E731
-    b1, b2 = coef(t.forward)
-    out = []
-    for g, o in ((t.g_u, t.o_u), (t.g_v, t.o_v)):
-        a1, a2 = coef(g)
-        out.append(_ellipse_extremes(_dot3(centre, g) - o, a1, a2, b0, b1, b2))
-    (u0, u1), (v0, v1) = out
-    return np.stack([u0, v0, u1, v1], axis=-1)
-
-
 def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms: _FrameTerms) -> np.ndarray:
     """Box (B, F, 4) of the union of horizontal rings stacked on one vertical axis.
 
@@ -759,10 +726,11 @@ def _stacked_ring_boxes(xy: np.ndarray, radii: np.ndarray, z: np.ndarray, terms:
     Returns
     -------
     ndarray of shape (B, F, 4), pixels
-        The union of the rings' exact boxes (:func:`_ring_boxes`, written out for rings on
-        one axis: the axis's terms are computed once): the box of the solid whose profile
-        joins consecutive rings by frustums (a frustum's silhouette is spanned by its two
-        end rings).
+        The union of the rings' exact boxes (:func:`_ellipse_extremes`; a horizontal circle
+        ``centre + r (cos phi, sin phi, 0)`` projects to a ratio affine in ``cos phi, sin phi``
+        with coefficients from the linear maps of :class:`_FrameTerms`): the box of the
+        solid whose profile joins consecutive rings by frustums (a frustum's silhouette is
+        spanned by its two end rings).
     """
     t = terms
     x, y = xy[:, 0, None], xy[:, 1, None]  # (B, 1)

@@ -431,6 +431,27 @@ def test_analytic_boxes_match_projected_points(kind):
         np.testing.assert_allclose(got[f], want, atol=0.05)
 
 
+def test_prism_boxes_match_projected_ellipses():
+    """:func:`geometry.prism_boxes`: the box of the bottom and top ellipses (width across
+    the view from each frame's camera, depth along it) equals that of densely sampled points."""
+    constants = ArmConstants.reference()
+    camera = constants.camera
+    params = np.array([[280.0, 35.0, 44.0, 26.0, 30.0]] * 3)  # x, y, width across, depth along, height
+    thetas = np.array([-15.0, 0.0, 20.0])
+    got = geometry.prism_boxes(params, camera, thetas, np.full((3, 2), [WIDTH_PX, HEIGHT_PX], float))
+    phi = np.linspace(0, 2 * np.pi, 20000, endpoint=False)
+    for f, th in enumerate(thetas):
+        centre = camera.pose(th)[1]
+        view = params[f, :2] - centre[:2]
+        view /= np.linalg.norm(view)
+        across, along = np.array([view[1], -view[0]]), view
+        ring = params[f, :2] + np.outer(np.cos(phi), across * 22.0) + np.outer(np.sin(phi), along * 13.0)
+        pts = np.concatenate([np.c_[ring, np.zeros(len(phi))], np.c_[ring, np.full(len(phi), 30.0)]])
+        uv = camera.project(pts, th, WIDTH_PX, HEIGHT_PX)
+        want = [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
+        np.testing.assert_allclose(got[f], want, atol=0.05)
+
+
 def test_bowl_boxes_follow_the_rounded_wall():
     """The bowl model's rings (:data:`geometry.BOWL_RING_FRACTIONS`) give the box of the
     quarter-ellipse wall to within 1.5 px, 200 mm from the camera (points sampled on 201
