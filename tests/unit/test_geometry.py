@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sorterbot_cloud import geometry
 from sorterbot_cloud.camera import ArmConstants
@@ -533,3 +535,28 @@ def test_rest_prior_keeps_lying_and_standing_items(shape):
     assert shape_fit is not None
     assert abs(shape_fit.size_mm - size) < 0.1 * size and abs(shape_fit.height_mm - height) < 3.0
     assert math.hypot(shape_fit.x_mm - 300, shape_fit.y_mm) < 2.0
+
+
+# ------------------------------------------------- box functions, property-based
+
+_finite = dict(allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=60, deadline=None)
+@given(theta=st.floats(-80.0, 80.0, **_finite), x=st.floats(120.0, 500.0, **_finite), y=st.floats(-300.0, 300.0, **_finite),
+       length=st.floats(2.0, 200.0, **_finite), width=st.floats(2.0, 200.0, **_finite), yaw=st.floats(-math.pi, math.pi, **_finite),
+       height=st.floats(0.5, 90.0, **_finite))
+def test_cuboid_boxes_are_the_boxes_of_the_projected_vertices(theta, x, y, length, width, yaw, height):
+    """For any upright cuboid in front of the camera, the written-out box function (frame
+    maps of ``_FrameTerms``) gives the box of its 8 vertices projected by ``CameraModel.project``."""
+    camera = ArmConstants.reference().camera
+    c, s = math.cos(yaw), math.sin(yaw)
+    local = _cuboid(length, width, height)
+    pts = np.stack([x + c * local[:, 0] - s * local[:, 1], y + s * local[:, 0] + c * local[:, 1], local[:, 2]], axis=1)
+    uv = camera.project(pts, theta, WIDTH_PX, HEIGHT_PX)
+    if uv[:, 2].min() < 1.0:  # a vertex behind the camera's 1 mm depth floor: the box is not a projection
+        return
+    terms = geometry._frame_terms(np.array([[theta]]), np.array([[[WIDTH_PX, HEIGHT_PX]]], float), camera)
+    got = geometry._cuboid_boxes(np.array([[x, y, length, width, yaw, height]]), terms)[0, 0]
+    want = [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
