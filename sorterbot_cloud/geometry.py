@@ -297,7 +297,8 @@ def _legacy_angle_scale(frame_theta_deg, gamma_deg, d_px, size_px, class_ids, pw
     scales = np.asarray(LEGACY_ANGLE_SCALES, float)
     t = np.radians(frame_theta_deg[None, :] + scales[:, None] * gamma_deg[None, :])  # (K, N)
     x, y = d_px * np.cos(t), d_px * np.sin(t)
-    dist = np.hypot(x[:, rows] - x[:, cols], y[:, rows] - y[:, cols])  # (K, pairs)
+    dx, dy = x[:, rows] - x[:, cols], y[:, rows] - y[:, cols]
+    dist = np.sqrt(dx * dx + dy * dy)  # (K, pairs); np.hypot is several times slower
     costs = np.median(np.minimum.reduceat(dist, starts, axis=1) / size_px[rows[starts]], axis=1)  # (K,)
     best, best_cost = 1.0, np.inf
     for k, cost in zip(LEGACY_ANGLE_SCALES, costs, strict=True):
@@ -698,7 +699,7 @@ def _ellipse_extremes(a0, a1, a2, b0, b1, b2) -> tuple[np.ndarray, np.ndarray]:
     (the depth) is floored at 1 mm. All arguments broadcast; returns (minimum, maximum).
     """
     big_a, big_b, big_c = a0 * b1 - a1 * b0, a2 * b0 - a0 * b2, a2 * b1 - a1 * b2
-    norm = np.maximum(np.hypot(big_a, big_b), 1e-12)
+    norm = np.maximum(np.sqrt(big_a * big_a + big_b * big_b), 1e-12)  # np.hypot is about 7x slower here
     cos_psi, sin_psi = big_b / norm, big_a / norm
     cos_delta = np.clip(-big_c / norm, -1.0, 1.0)
     sin_delta = np.sqrt(1.0 - cos_delta**2)
