@@ -154,9 +154,9 @@ def test_legacy_same_object_on_neighbouring_frames_stays_close():
 
 @pytest.mark.parametrize("k_true", [0.7, 1.0, 1.35])
 def test_legacy_angle_scale_keeps_still_objects_still(k_true):
-    """Objects at fixed bearings whose legacy angles are off by a factor: the scale that
-    puts every detection back on its bearing is found, while a decoy object of the other
-    class, which only lines up at another scale, is never paired with them."""
+    """Still objects of both classes whose legacy angles (off the frame's centre line) are
+    ``1 / k_true`` of the true ones: the scale that puts every detection back on its bearing
+    on every frame is found."""
     frame_theta, gamma, dist, size, class_ids, pws = [], [], [], [], [], []
     bearings = {ITEM_CLASS_ID: (-10.0, 4.0, 17.0), CONTAINER_CLASS_ID: (-3.0,)}
     for f in range(8):
