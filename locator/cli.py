@@ -234,7 +234,7 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
     import torchvision
 
     from .data import read_rgb
-    from .torchvision_detector import TorchvisionDetector, fuse_conv_bn
+    from .torchvision_detector import TorchvisionDetector, backbone_channels_last, fuse_conv_bn
 
     if threads:
         torch.set_num_threads(threads)
@@ -283,7 +283,8 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
          f"load average {result['load_average'][0]:.1f} on {result['cpu_count']} CPUs)")
     if reference:
         ref = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
-        fuse_conv_bn(ref)  # like for like: both models with BatchNorm folded
+        fuse_conv_bn(ref)  # like for like: both models with BatchNorm folded and a channels-last backbone
+        backbone_channels_last(ref)
 
         @torch.inference_mode()
         def run_ref(img):

@@ -190,6 +190,31 @@ def build_backbone(config: DetectorConfig) -> BackboneWithFPN:
 _CONV_BN_ATTRIBUTES = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
 
 
+def backbone_channels_last(model: nn.Module) -> nn.Module:
+    """Run a torchvision detector's backbone in the channels-last (NHWC) layout, in place.
+
+    The backbone's weights are converted (``Module.to(memory_format=torch.channels_last)``)
+    and a forward pre-hook converts its input batch, so the convolutions take oneDNN's
+    NHWC path on the CPU; the heads accept the resulting feature maps as they are. Outputs
+    agree to float rounding (boxes within 2e-4 px, scores within 2e-6 on 1640x1232 frames);
+    one frame of the shipped detector took 200 ms instead of 224 (one thread, session 23).
+    The state dict's keys and values are unchanged.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A detector with a ``backbone`` attribute (torchvision's ``GeneralizedRCNN``).
+
+    Returns
+    -------
+    nn.Module
+        ``model``.
+    """
+    model.backbone.to(memory_format=torch.channels_last)
+    model.backbone.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]))
+    return model
+
+
 def fuse_conv_bn(model: nn.Module) -> int:
     """Fold every BatchNorm2d into the Conv2d that feeds it, in place (inference only).
 
@@ -328,9 +353,11 @@ class TorchvisionDetector:
         self.fused = False
 
     def fuse(self) -> "TorchvisionDetector":
-        """Fold BatchNorm into the convolutions for inference (:func:`fuse_conv_bn`); returns self."""
+        """Prepare for inference: fold BatchNorm into the convolutions (:func:`fuse_conv_bn`)
+        and run the backbone channels-last (:func:`backbone_channels_last`); returns self."""
         if not self.fused:
             fuse_conv_bn(self.model)
+            backbone_channels_last(self.model)
             self.fused = True
         return self
 

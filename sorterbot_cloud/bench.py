@@ -288,15 +288,16 @@ def peak_rss_mb() -> float:
 
 def reference_detector_ms(images: list[np.ndarray], repeats: int) -> float:
     """Median forward time (ms) of torchvision's Faster R-CNN ResNet-50-FPN (random weights,
-    default 800 px input, BatchNorm folded like the service's detector) on the same frames,
-    in this process."""
+    default 800 px input, BatchNorm folded and the backbone channels-last like the service's
+    detector) on the same frames, in this process."""
     import torch
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from locator.torchvision_detector import fuse_conv_bn
+    from locator.torchvision_detector import backbone_channels_last, fuse_conv_bn
 
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3).eval()
     fuse_conv_bn(model)
+    backbone_channels_last(model)  # inference form of the shipped detector
     tensors = [torch.from_numpy(im).permute(2, 0, 1).float().div(255) for im in images]
     times = []
     with torch.inference_mode():

@@ -190,6 +190,9 @@ class Embedder:
         weights by ``sorterbot-cloud calibrate-grouping``; the planner uses it to choose
         the number of groups. None (torchvision's ImageNet file, uncalibrated weights):
         the planner's largest-gap rule.
+    channels_last : bool
+        Convert ``model`` to the channels-last (NHWC) layout for inference and feed it
+        NHWC batches (:meth:`from_weights` does; embeddings agree to float rounding).
     """
 
     #: The eight symmetries of the square as (transpose, flip_h, flip_v) on (B, 3, S, S) tensors.
@@ -208,6 +211,7 @@ class Embedder:
         focus_radii: Sequence[float] | None = None,
         source: str = "",
         group_distance: float | None = None,
+        channels_last: bool = False,
     ):
         if test_time_views not in (1, 2, 4, 8):
             raise ValueError(f"test_time_views must be 1, 2, 4 or 8, got {test_time_views}")
@@ -215,7 +219,12 @@ class Embedder:
             raise ValueError(f"input_size_px must be >= 32, got {input_size_px}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model = model.eval()
+        #: Whether the model runs in the channels-last (NHWC) layout: oneDNN's faster CPU
+        #: convolutions (8 crops of 64 px: 43.5 instead of 51.3 ms, one thread, session 23;
+        #: embeddings within 2e-6). The weights files load this way (:meth:`from_weights`);
+        #: a model under training is left as it is.
+        self.channels_last = bool(channels_last)
+        self.model = model.eval().to(memory_format=torch.channels_last) if self.channels_last else model.eval()
         self.input_size_px = int(input_size_px)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -273,6 +282,7 @@ class Embedder:
             focus_radii=meta.get("focus_radii"),
             source=f"{source}:{path}",
             group_distance=meta.get("group_cosine_distance"),
+            channels_last=True,
         )
 
     @classmethod
@@ -318,6 +328,8 @@ class Embedder:
         x = (batch.float() - self._mean) / self._std
         if self._focus is not None:
             x = x * self._focus
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.test_time_views == 1:
             return torch.nn.functional.normalize(self.model(x), dim=1)
         views = []
