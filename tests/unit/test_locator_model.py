@@ -238,6 +238,32 @@ def test_fused_detector_matches_the_unfused_one_and_refuses_to_save(tmp_path):
         fused.save(tmp_path / "again.pt")
 
 
+def test_channels_last_backbone_keeps_outputs_and_state_dict_keys():
+    """:func:`backbone_channels_last` (the inference form, applied by ``fuse``): the backbone's
+    convolutions hold NHWC weights and see NHWC input, detections agree with the plain model
+    to float rounding, and the state dict keeps its keys."""
+    from locator.torchvision_detector import backbone_channels_last
+
+    torch.manual_seed(2)
+    plain = TorchvisionDetector(build_model(TINY), TINY)
+    _randomise_batchnorm(plain.model)
+    nhwc = TorchvisionDetector(build_model(TINY), TINY)
+    nhwc.model.load_state_dict(plain.model.state_dict())
+    keys = list(nhwc.model.state_dict())
+    backbone_channels_last(nhwc.model)
+    assert list(nhwc.model.state_dict()) == keys
+    convs = [m for m in nhwc.model.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.weight.shape[-1] > 1]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    seen = []
+    convs[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    image = np.random.default_rng(6).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    a, b = plain.detect(image), nhwc.detect(image)
+    assert seen and all(seen)
+    assert len(a.scores) > 0 and len(a.scores) == len(b.scores)
+    np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+    np.testing.assert_allclose(b.boxes_xyxy, a.boxes_xyxy, atol=0.05)
+
+
 def test_fuse_conv_bn_folds_resnet_blocks_exactly():
     import torchvision
 

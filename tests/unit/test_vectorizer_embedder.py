@@ -1,5 +1,6 @@
 """Embedder: shapes, normalisation, batching, determinism, weights resolution order."""
 
+import copy
 import json
 import logging
 
@@ -210,3 +211,16 @@ def test_group_distance_comes_from_the_sidecar_and_is_absent_for_imagenet(tmp_pa
     assert Embedder.from_weights(path).group_distance == 0.2
     assert Embedder.from_weights(weight_files["configured"]).group_distance is None
     assert Embedder.from_weights(weight_files["cache"] / "checkpoints" / IMAGENET_RESNET18_FILE).group_distance is None
+
+
+def test_channels_last_embedder_matches_the_plain_one():
+    """``channels_last=True`` (how weights files load): NHWC weights, same embeddings to float rounding."""
+    torch.manual_seed(3)
+    net = build_resnet18()
+    plain = Embedder(copy.deepcopy(net), input_size_px=32)
+    nhwc = Embedder(net, input_size_px=32, channels_last=True)
+    assert nhwc.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    rng = np.random.default_rng(8)
+    crops = [rng.integers(0, 256, (int(rng.integers(20, 60)), int(rng.integers(20, 60)), 3), dtype=np.uint8) for _ in range(5)]
+    np.testing.assert_allclose(nhwc.embed(crops), plain.embed(crops), atol=1e-5)
