@@ -199,9 +199,8 @@ class Service:
         from vectorizer import crop_items
 
         item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
-        out: list[np.ndarray | None] = [None] * len(detections)
         if len(item_index) == 0:
-            return out
+            return [None] * len(detections)
         crops = crop_items(image, detections.boxes_xyxy[item_index], margin=self.settings.crop_margin)
         with self.model_lock:
             embeddings = np.asarray(self.embedder.embed(crops), dtype=np.float32)
@@ -209,9 +208,7 @@ class Service:
             raise ValueError(f"embedder must return ({len(item_index)}, D) embeddings, got {embeddings.shape}")
         if not np.all(np.isfinite(embeddings)):
             raise ValueError("embedder returned non-finite embeddings")
-        for row, index in enumerate(item_index):
-            out[int(index)] = embeddings[row]
-        return out
+        return _aligned_to_detections(len(detections), item_index, embeddings)
 
     def item_colours(self, image: np.ndarray, detections: Detections) -> list[np.ndarray | None]:
         """Measure the CIELab colour of the item boxes of one frame (:func:`vectorizer.colour.colour_lab`).
@@ -229,11 +226,9 @@ class Service:
         from vectorizer.colour import colour_lab
 
         item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
-        out: list[np.ndarray | None] = [None] * len(detections)
-        if len(item_index):
-            for index, colour in zip(item_index, colour_lab(image, detections.boxes_xyxy[item_index]), strict=True):
-                out[int(index)] = colour
-        return out
+        if len(item_index) == 0:
+            return [None] * len(detections)
+        return _aligned_to_detections(len(detections), item_index, colour_lab(image, detections.boxes_xyxy[item_index]))
 
     def reembed_session(self, arm_id: Any, session_id: Any) -> int:
         """Embed a stored session's items again with the loaded embedder, from the archived frames.
@@ -599,6 +594,15 @@ class Service:
             n_containers, features, random_state=self.settings.random_state, n_init=self.settings.kmeans_n_init,
             group_distance=distance if group_distance is None else group_distance, n_groups=n_groups,
         )
+
+
+def _aligned_to_detections(n_detections: int, item_index: np.ndarray, item_values: np.ndarray) -> list[np.ndarray | None]:
+    """Rows of ``item_values`` (one per item detection, in ``item_index`` order) placed in a
+    list of ``n_detections`` aligned with the frame's detections, None for containers."""
+    out: list[np.ndarray | None] = [None] * n_detections
+    for index, value in zip(item_index, item_values, strict=True):
+        out[int(index)] = value
+    return out
 
 
 def _reference_camera(arm_constants: ArmConstants) -> ArmConstants:
