@@ -431,6 +431,9 @@ assert not set(TRAIN_ITEM_TYPES) & set(HELDOUT_ITEM_TYPES)
 
 #: Names of procedural item types: this prefix and a four-digit index (``proc_0042``).
 PROCEDURAL_PREFIX = "proc_"
+#: Names of marked procedural item types (``procm_0042``): a definition of their own, plus
+#: marks placed anew on every instance (:func:`_instance_marks`).
+MARKED_PREFIX = "procm_"
 #: Seed of the procedural type family; type ``i`` draws its definition from
 #: ``numpy.random.default_rng([PROCEDURAL_SEED, i])``.
 PROCEDURAL_SEED = 20261122
@@ -447,9 +450,13 @@ def _random_colour(rng: np.random.Generator, achromatic: bool) -> np.ndarray:
     return np.array(colorsys.hsv_to_rgb(float(rng.uniform()), float(rng.uniform(0.35, 1.0)), float(rng.uniform(0.3, 1.0))))
 
 
-def _procedural_definition(index: int) -> dict:
-    """The fixed parameters of procedural type ``index`` (shape family, sizes in mm, colours, pattern)."""
-    rng = np.random.default_rng([PROCEDURAL_SEED, int(index)])
+def _procedural_definition(index: int, marked: bool = False) -> dict:
+    """The fixed parameters of procedural type ``index`` (shape family, sizes in mm, colours, pattern).
+
+    ``marked`` types draw from a stream of their own (``proc_0007`` and ``procm_0007`` are
+    unrelated) and add the style of their instance marks.
+    """
+    rng = np.random.default_rng([PROCEDURAL_SEED, int(index), 1] if marked else [PROCEDURAL_SEED, int(index)])
     achromatic = bool(rng.uniform() < PROCEDURAL_ACHROMATIC_SHARE)
     family = str(rng.choice(["frustum", "ring", "box", "prism", "sphere", "dome", "rod", "stack"]))
     size = float(rng.uniform(16.0, 56.0))
@@ -468,7 +475,52 @@ def _procedural_definition(index: int) -> dict:
         "stripe_axis": int(rng.integers(0, 3)),
         "specular": float(rng.uniform(0.05, 0.9)),
         "specular_power": float(rng.uniform(5.0, 60.0)),
+        **(_mark_definition(rng) if marked else {}),
     }
+
+
+def _mark_definition(rng: np.random.Generator) -> dict:
+    """The mark style of a marked procedural type: shape, colour, size, how many per instance."""
+    light = bool(rng.uniform() < 0.5)
+    return {
+        "mark_shape": str(rng.choice(["dot", "stroke"])),
+        # marks contrast with most bodies: near-black or near-white, sometimes a colour
+        "mark_colour": _random_colour(rng, True) * 0.15 + (0.82 if light else 0.0) if rng.uniform() < 0.8 else _random_colour(rng, False),
+        "mark_size": float(rng.uniform(0.04, 0.12)),
+        "marks_max": int(rng.integers(3, 16)),
+    }
+
+
+def _instance_marks(mesh: pv.PolyData, d: dict, rng: np.random.Generator) -> pv.PolyData:
+    """Paint marks placed at random on one instance (pips, print, stickers, scuffs).
+
+    Every instance of a marked type gets its own number (1..``marks_max``) and placement of
+    marks of the type's shape, colour and size, so an instance and its faces look
+    different from another instance of the same type: what a die's faces, a domino's pips
+    or a printed label do to an item's look. Only points above the bottom (``z > 0.5 mm``)
+    are painted: the face on the table is never seen.
+    """
+    pts = np.asarray(mesh.points)
+    up = np.flatnonzero(pts[:, 2] > 0.5)
+    if len(up) == 0:
+        return mesh
+    extent = float(np.ptp(pts[:, :2], axis=0).max())
+    radius = max(d["mark_size"] * extent, 0.8)
+    near = np.zeros(len(pts), bool)
+    for _ in range(int(rng.integers(1, d["marks_max"] + 1))):
+        centre = pts[rng.choice(up)]
+        if d["mark_shape"] == "dot":
+            near |= np.sum((pts - centre) ** 2, axis=1) < radius**2
+        else:  # a stroke: within radius / 3 of a segment 3 radii long through the centre
+            direction = rng.normal(size=3)
+            direction /= np.linalg.norm(direction)
+            t = np.clip((pts - centre) @ direction, -1.5 * radius, 1.5 * radius)
+            near |= np.sum((pts - centre - t[:, None] * direction) ** 2, axis=1) < (radius / 3) ** 2
+    near &= pts[:, 2] > 0.5  # the bottom face is never seen
+    rgb = np.asarray(mesh.point_data["rgb"]).copy()
+    rgb[near] = np.clip(np.round(jitter_colour(d["mark_colour"], rng) * 255), 0, 255).astype(np.uint8)
+    mesh.point_data["rgb"] = rgb
+    return mesh
 
 
 def _procedural_colour(d: dict, primary: np.ndarray, secondary: np.ndarray, height_mm: float) -> Callable[[np.ndarray], np.ndarray]:
@@ -501,44 +553,50 @@ def _fine(mesh: pv.PolyData, min_points: int = 1500) -> pv.PolyData:
     return mesh
 
 
-def _procedural_build(index: int) -> Callable[[np.random.Generator], pv.PolyData]:
-    d = _procedural_definition(index)
+def _procedural_build(index: int, marked: bool = False) -> Callable[[np.random.Generator], pv.PolyData]:
+    d = _procedural_definition(index, marked)
 
     def build(rng):
-        k = _s(rng, 0.06)
-        size, h = d["size_mm"] * k, d["height_mm"] * k
-        r = size / 2
-        primary, secondary = jitter_colour(d["primary"], rng), jitter_colour(d["secondary"], rng)
-        family = d["family"]
-        if family == "frustum":
-            mesh = revolve([(0, h), (r * min(d["taper"], 1.0), h), (r * min(1.0 / d["taper"], 1.0), 0), (0, 0)], 48)
-        elif family == "ring":
-            ri = r * d["hole"]
-            mesh = revolve([(ri, h), (r, h), (r, 0), (ri, 0), (ri, h)], 48)
-        elif family == "box":
-            mesh = box((size, size * d["aspect"], h), (0, 0, h / 2), level=2)
-        elif family == "prism":
-            mesh = revolve([(0, h), (r, h), (r, 0), (0, 0)], d["sides"], phase_rad=float(rng.uniform(0, np.pi)))
-        elif family == "sphere":
-            mesh = sphere(r, (0, 0, r), 36)
-            h = 2 * r
-        elif family == "dome":
-            arc = [(r * np.cos(a), h * np.sin(a)) for a in np.linspace(np.pi / 2, 0, 10)[1:]]
-            mesh = revolve([(0, h)] + arc + [(0, 0)], 40)
-        elif family == "rod":
-            rr = max(r * d["aspect"] * 0.45, 2.0)
-            rod = revolve([(0, -r), (rr, -r), (rr, r), (0, r)], 32)
-            pts = np.asarray(rod.points)
-            rod.points = np.stack([pts[:, 2], pts[:, 1], pts[:, 0] + rr], axis=1)
-            mesh, h = rod, 2 * rr
-        else:  # stack: a base slab and a smaller block on top, in the second colour
-            hb = max(h * 0.5, 2.0)
-            base = paint(_fine(box((size, size * d["aspect"], hb), (0, 0, hb / 2), level=2)), _procedural_colour(d, primary, secondary, hb))
-            top = paint(revolve([(0, hb + h * 0.5), (r * 0.4, hb + h * 0.5), (r * 0.4, hb), (0, hb)], 32), secondary)
-            return combine([base, top], 50)
-        return combine([paint(_fine(mesh), _procedural_colour(d, primary, secondary, h))], 50)
+        mesh = _procedural_body(d, rng)
+        return _instance_marks(mesh, d, rng) if marked else mesh
 
     return build
+
+
+def _procedural_body(d: dict, rng: np.random.Generator) -> pv.PolyData:
+    """The body of one instance of a procedural type: shape family, sizes and painted pattern."""
+    k = _s(rng, 0.06)
+    size, h = d["size_mm"] * k, d["height_mm"] * k
+    r = size / 2
+    primary, secondary = jitter_colour(d["primary"], rng), jitter_colour(d["secondary"], rng)
+    family = d["family"]
+    if family == "frustum":
+        mesh = revolve([(0, h), (r * min(d["taper"], 1.0), h), (r * min(1.0 / d["taper"], 1.0), 0), (0, 0)], 48)
+    elif family == "ring":
+        ri = r * d["hole"]
+        mesh = revolve([(ri, h), (r, h), (r, 0), (ri, 0), (ri, h)], 48)
+    elif family == "box":
+        mesh = box((size, size * d["aspect"], h), (0, 0, h / 2), level=2)
+    elif family == "prism":
+        mesh = revolve([(0, h), (r, h), (r, 0), (0, 0)], d["sides"], phase_rad=float(rng.uniform(0, np.pi)))
+    elif family == "sphere":
+        mesh = sphere(r, (0, 0, r), 36)
+        h = 2 * r
+    elif family == "dome":
+        arc = [(r * np.cos(a), h * np.sin(a)) for a in np.linspace(np.pi / 2, 0, 10)[1:]]
+        mesh = revolve([(0, h)] + arc + [(0, 0)], 40)
+    elif family == "rod":
+        rr = max(r * d["aspect"] * 0.45, 2.0)
+        rod = revolve([(0, -r), (rr, -r), (rr, r), (0, r)], 32)
+        pts = np.asarray(rod.points)
+        rod.points = np.stack([pts[:, 2], pts[:, 1], pts[:, 0] + rr], axis=1)
+        mesh, h = rod, 2 * rr
+    else:  # stack: a base slab and a smaller block on top, in the second colour
+        hb = max(h * 0.5, 2.0)
+        base = paint(_fine(box((size, size * d["aspect"], hb), (0, 0, hb / 2), level=2)), _procedural_colour(d, primary, secondary, hb))
+        top = paint(revolve([(0, hb + h * 0.5), (r * 0.4, hb + h * 0.5), (r * 0.4, hb), (0, hb)], 32), secondary)
+        return combine([base, top], 50)
+    return combine([paint(_fine(mesh), _procedural_colour(d, primary, secondary, h))], 50)
 
 
 def procedural_item_type(name: str) -> ModelType:
@@ -554,10 +612,16 @@ def procedural_item_type(name: str) -> ModelType:
     object it learns to tell apart); they are never used for evaluation, and they are not
     drawn to imitate the held-out catalogue types (any likeness is chance).
 
+    Marked types (``procm_NNNN``, :data:`MARKED_PREFIX`) are drawn the same way from a
+    stream of their own, and every instance also carries its own random marks (dots or
+    strokes of the type's colour and size, :func:`_instance_marks`): kinds whose
+    instances and faces differ in their markings, as a die's faces or a domino's pips do,
+    so that the embedder learns to group by what an instance's marks do not change.
+
     Parameters
     ----------
     name : str
-        ``proc_`` followed by a non-negative index (``proc_0007``).
+        ``proc_`` or ``procm_`` followed by a non-negative index (``proc_0007``).
 
     Returns
     -------
@@ -571,20 +635,22 @@ def procedural_item_type(name: str) -> ModelType:
     """
     if not is_procedural(name):
         raise KeyError(name)
-    index = int(name[len(PROCEDURAL_PREFIX):])
-    d = _procedural_definition(index)
-    desc = f"procedural {d['family']}, {d['size_mm']:.0f} mm, {d['pattern']}"
-    return ModelType(name, "item", _procedural_build(index), d["specular"], d["specular_power"], desc)
+    marked = name.startswith(MARKED_PREFIX)
+    index = int(name[len(MARKED_PREFIX if marked else PROCEDURAL_PREFIX):])
+    d = _procedural_definition(index, marked)
+    desc = f"procedural {d['family']}, {d['size_mm']:.0f} mm, {d['pattern']}" + (f", {d['mark_shape']} marks" if marked else "")
+    return ModelType(name, "item", _procedural_build(index, marked), d["specular"], d["specular_power"], desc)
 
 
 def is_procedural(name: str) -> bool:
-    """Whether ``name`` names a procedural item type (``proc_`` and digits)."""
-    return name.startswith(PROCEDURAL_PREFIX) and name[len(PROCEDURAL_PREFIX):].isdigit()
+    """Whether ``name`` names a procedural item type (``proc_`` or ``procm_`` and digits)."""
+    return any(name.startswith(prefix) and name[len(prefix):].isdigit() for prefix in (PROCEDURAL_PREFIX, MARKED_PREFIX))
 
 
-def procedural_type_names(n: int, start: int = 0) -> tuple[str, ...]:
-    """Names of ``n`` procedural types from index ``start`` (``proc_0000``, ...)."""
-    return tuple(f"{PROCEDURAL_PREFIX}{i:04d}" for i in range(start, start + n))
+def procedural_type_names(n: int, start: int = 0, marked: bool = False) -> tuple[str, ...]:
+    """Names of ``n`` procedural types from index ``start`` (``proc_0000``, ...; ``procm_0000``, ... if ``marked``)."""
+    prefix = MARKED_PREFIX if marked else PROCEDURAL_PREFIX
+    return tuple(f"{prefix}{i:04d}" for i in range(start, start + n))
 
 
 def is_item_type(name: str) -> bool:

@@ -99,17 +99,20 @@ def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_
 @click.option("--procedural", "n_procedural", type=click.IntRange(min=0), default=0, show_default=True,
               help="Add this many procedural training types (proc_0000, ...: random shapes, colours and patterns).")
 @click.option("--procedural-start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first procedural type.")
+@click.option("--procedural-marked", "n_marked", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Add this many marked procedural types (procm_0000, ...: as --procedural, plus random marks on every instance).")
 @click.option("--width", "width_px", type=int, default=1640, show_default=True)
 @click.option("--height", "height_px", type=int, default=1232, show_default=True)
-def crops_cmd(out_dir, n_per_type, seed, types, split, n_procedural, procedural_start, width_px, height_px):
+def crops_cmd(out_dir, n_per_type, seed, types, split, n_procedural, procedural_start, n_marked, width_px, height_px):
     """Write item crops per type (<type>/<i>.png + index.json)."""
     from sorterbot_cloud.sim.catalog import HELDOUT_ITEM_TYPES, ITEM_TYPES, TRAIN_ITEM_TYPES, procedural_type_names
     from sorterbot_cloud.sim.datasets import export_item_crops
 
     splits = {"train": TRAIN_ITEM_TYPES, "heldout": HELDOUT_ITEM_TYPES, "all": tuple(ITEM_TYPES), "none": ()}
-    chosen = list(types.split(",") if types else splits[split]) + list(procedural_type_names(n_procedural, procedural_start))
+    chosen = (list(types.split(",") if types else splits[split]) + list(procedural_type_names(n_procedural, procedural_start))
+              + list(procedural_type_names(n_marked, procedural_start, marked=True)))
     if not chosen:
-        raise click.UsageError("no item types chosen: give --types, a --split other than none, or --procedural N")
+        raise click.UsageError("no item types chosen: give --types, a --split other than none, --procedural N or --procedural-marked N")
     path = export_item_crops(out_dir, n_per_type, seed, types=chosen, width_px=width_px, height_px=height_px)
     click.echo(f"wrote {path}")
 

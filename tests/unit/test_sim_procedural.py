@@ -91,3 +91,53 @@ def test_cli_crops_procedural_only_and_usage_error(tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir()) == ["proc_0030", "proc_0031"]
     result = runner.invoke(simulate, ["crops", "--out", str(tmp_path / "d"), "--split", "none"])
     assert result.exit_code == 2 and "no item types chosen" in result.output
+
+
+MARKED = procedural_type_names(12, marked=True)
+
+
+def test_marked_names_and_lookup():
+    assert MARKED[0] == "procm_0000" and procedural_type_names(1, start=7, marked=True) == ("procm_0007",)
+    assert all(is_procedural(n) and is_item_type(n) for n in MARKED)
+    assert not is_procedural("procm_") and not is_procedural("procm_1x")
+    assert "marks" in model_type("procm_0003").description and "marks" not in model_type("proc_0003").description
+
+
+def test_unmarked_types_are_unchanged_by_the_marked_family():
+    # proc_ types keep their own stream: the marked family must not shift their definitions
+    from sorterbot_cloud.sim.catalog import _procedural_definition
+
+    plain, marked = _procedural_definition(3), _procedural_definition(3, marked=True)
+    assert "mark_shape" not in plain and "mark_shape" in marked
+    assert plain["size_mm"] != marked["size_mm"]  # an unrelated draw, not proc_0003 with marks
+
+
+@pytest.mark.parametrize("name", MARKED[:6])
+def test_marks_differ_between_instances_of_one_type(name):
+    t = procedural_item_type(name)
+    a, b = t.build(np.random.default_rng(1)), t.build(np.random.default_rng(2))
+    mark = np.asarray(procedural_item_type(name).build(np.random.default_rng(1)).point_data["rgb"])
+    np.testing.assert_array_equal(mark, a.point_data["rgb"])  # seeded: the same instance again
+    # each instance carries marks: some points painted in one colour far from the body's
+    # unmarked build (same rng draws for the body, so the body points match one to one)
+    from sorterbot_cloud.sim.catalog import _procedural_body, _procedural_definition
+
+    index = int(name.split("_")[1])
+    for inst, seed in ((a, 1), (b, 2)):
+        body = _procedural_body(_procedural_definition(index, marked=True), np.random.default_rng(seed))
+        changed = np.any(np.asarray(body.point_data["rgb"]) != np.asarray(inst.point_data["rgb"]), axis=1)
+        assert 0 < changed.sum() < 0.6 * inst.n_points
+        assert np.all(np.asarray(inst.points)[changed, 2] > 0.5)  # never under the item
+    # and the two instances are marked in different places
+    body_a = _procedural_body(_procedural_definition(index, marked=True), np.random.default_rng(1))
+    body_b = _procedural_body(_procedural_definition(index, marked=True), np.random.default_rng(2))
+    marks_a = np.any(np.asarray(body_a.point_data["rgb"]) != np.asarray(a.point_data["rgb"]), axis=1)
+    marks_b = np.any(np.asarray(body_b.point_data["rgb"]) != np.asarray(b.point_data["rgb"]), axis=1)
+    assert a.n_points != b.n_points or not np.array_equal(marks_a, marks_b)
+
+
+def test_cli_crops_marked(tmp_path):
+    result = CliRunner().invoke(simulate, ["crops", "--out", str(tmp_path / "c"), "--split", "none", "--procedural-marked", "2",
+                                           "--per-type", "1", "--width", "640", "--height", "480"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if p.is_dir()) == ["procm_0000", "procm_0001"]
