@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from sorterbot_cloud.imaging import decode_image, encode_png
+from sorterbot_cloud.storage import DiskArchive
 
 #: Group colours (RGB): matplotlib's ``tab10`` palette, readable on grey tables.
 GROUP_COLOURS_RGB: tuple[tuple[int, int, int], ...] = (
@@ -184,7 +185,8 @@ def load_session_frames(repository, archive, arm_id: str, session_id: str) -> li
         if not uri:
             continue
         try:
-            out.append((frame["image_name"], decode_image(archive.get(uri))))
+            # by its key, not the stored URI, which names the data directory of the time
+            out.append((frame["image_name"], decode_image(archive.get(DiskArchive.key_of(arm_id, session_id, frame["image_name"])))))
         except (OSError, KeyError, ValueError):
             continue
     return out

@@ -26,6 +26,7 @@ import numpy as np
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, InvalidImage, ServiceUnavailable, SorterBotError
 from sorterbot_cloud.imaging import decode_image
+from sorterbot_cloud.storage import DiskArchive
 from sorterbot_cloud.structures import (
     CLASS_NAMES,
     CONTAINER_CLASS_ID,
@@ -269,7 +270,9 @@ class Service:
             if not frame["image_uri"]:
                 raise ServiceUnavailable(f"frame {frame['frame_id']} of session {session_id!r} has no archived image to embed from")
             try:
-                image = decode_image(self.archive.get(frame["image_uri"]))
+                # by its key, not the stored URI: the URI names the data directory the frame
+                # was archived under, which may have moved since (a copied or remounted volume)
+                image = decode_image(self.archive.get(DiskArchive.key_of(arm_id, session_id, frame["image_name"])))
             except FileNotFoundError as exc:
                 raise ServiceUnavailable(f"the archived image of frame {frame['frame_id']} is missing: {frame['image_uri']}") from exc
             boxes = frame["boxes_xyxy"]

@@ -303,8 +303,9 @@ class Repository:
         -------
         list of dict
             One per frame that has such detections, ordered like :meth:`session_frames`:
-            ``frame_id``, ``image_uri`` (str or None), ``detection_ids`` (list of int) and
-            ``boxes_xyxy`` (ndarray of shape (N, 4), float32, pixels), in detection order.
+            ``frame_id``, ``image_name``, ``image_uri`` (str or None), ``detection_ids`` (list
+            of int) and ``boxes_xyxy`` (ndarray of shape (N, 4), float32, pixels), in
+            detection order.
 
         Raises
         ------
@@ -317,7 +318,7 @@ class Repository:
         with self._connection() as conn:
             rows = conn.execute(
                 """
-                SELECT f.id, f.image_uri, d.id, d.x_min, d.y_min, d.x_max, d.y_max
+                SELECT f.id, f.image_name, f.image_uri, d.id, d.x_min, d.y_min, d.x_max, d.y_max
                 FROM frames f
                 LEFT JOIN detections d ON d.frame_id = f.id AND d.embedding IS NOT NULL
                 WHERE f.arm_id = %s AND f.session_id = %s
@@ -328,11 +329,11 @@ class Repository:
         if not rows:
             raise UnknownSession(f"no frame stored for arm_id={arm_id!r}, session_id={session_id!r}")
         out: list[dict] = []
-        for frame_id, image_uri, det_id, *box in rows:
+        for frame_id, image_name, image_uri, det_id, *box in rows:
             if det_id is None:  # a frame without items
                 continue
             if not out or out[-1]["frame_id"] != frame_id:
-                out.append({"frame_id": int(frame_id), "image_uri": image_uri, "detection_ids": [], "boxes_xyxy": []})
+                out.append({"frame_id": int(frame_id), "image_name": image_name, "image_uri": image_uri, "detection_ids": [], "boxes_xyxy": []})
             out[-1]["detection_ids"].append(int(det_id))
             out[-1]["boxes_xyxy"].append(box)
         for frame in out:

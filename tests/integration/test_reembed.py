@@ -9,6 +9,8 @@ of the same crops.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -16,7 +18,9 @@ from click.testing import CliRunner
 from sorterbot_cloud.db.cli import db as db_cli
 from sorterbot_cloud.errors import ServiceUnavailable, UnknownSession
 from sorterbot_cloud.imaging import decode_image
+from sorterbot_cloud.overview import load_session_frames
 from sorterbot_cloud.service import Service
+from sorterbot_cloud.storage import DiskArchive
 from sorterbot_cloud.structures import ITEM_CLASS_ID
 from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
 from vectorizer import crop_items
@@ -205,3 +209,23 @@ def test_replace_embeddings_rejects_bad_colours_and_changes_nothing(service, rep
     after = stored(repository)[item_id]
     np.testing.assert_array_equal(after.embedding, before[item_id].embedding)
     np.testing.assert_array_equal(after.colour_lab, before[item_id].colour_lab)
+
+
+def test_reembed_and_overview_frames_after_the_data_directory_moved(settings, repository, service, archive, tmp_path):
+    # a restored backup or a volume mounted elsewhere: the stored URIs name the old root
+    uris = [f["image_uri"] for f in repository.session_frames("ARM001", "s1")]
+    assert all(uri.startswith(archive.root.as_uri()) for uri in uris)
+    moved_root = tmp_path / "moved_images"
+    shutil.move(str(archive.root), moved_root)
+    moved = DiskArchive(moved_root)
+    service.archive = moved
+    service.embedder = FakeEmbedderB()
+    assert service.reembed_session("ARM001", "s1") == 3
+    expected = expected_embeddings(FakeEmbedderB(), repository)
+    for det_id, d in stored(repository).items():
+        if d.class_id == ITEM_CLASS_ID:
+            np.testing.assert_allclose(d.embedding, expected[det_id], atol=1e-6)
+    frames = load_session_frames(repository, moved, "ARM001", "s1")
+    assert [name for name, _ in frames] == sorted(FRAMES)  # none skipped
+    for name, image in frames:
+        np.testing.assert_array_equal(image, decode_image(frame_bytes(FRAMES[name])))
