@@ -117,3 +117,45 @@ $SC train-embedder --train-dir data/embedder/train_mix1010 --val-dir data/embedd
     --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 3600 --warmup-steps 50 \
     --input-size 64 --types-per-batch 12 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
     --seed 7 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
+
+# --- Session 24 ------------------------------------------------------------------------
+# 20. Crops rendered anew (data/ was gone): the ten catalogue training types, 150 procedural
+#     types, and 200 MARKED procedural types (procm_NNNN: every instance carries its own random
+#     dots or strokes, sorterbot_cloud.sim.catalog._instance_marks); three renders side by side.
+$SC simulate crops --out data/embedder/s24_train --split train --per-type 250 --seed 2401 &
+$SC simulate crops --out data/embedder/s24_proc --split none --procedural 150 --per-type 20 --seed 2402 &
+$SC simulate crops --out data/embedder/s24_procm --split none --procedural-marked 200 --per-type 20 --seed 2403 &
+wait
+$SC simulate crops --out data/embedder/val --split heldout --per-type 30 --seed 202
+$SC simulate crops --out data/embedder/heldout_eval --split heldout --per-type 40 --seed 9000
+# 21. Two fine-tunes of the shipped file side by side, 2100 s each, lr 0.01, seed 24: run A on
+#     catalogue + procedural crops (160 types), run B on catalogue + procedural + marked (360 types).
+s24_run() {  # NAME INIT LR BUDGET FOLDER...
+  local name=$1 init=$2 lr=$3 budget=$4; shift 4
+  mkdir -p data/embedder/${name}_mix
+  for src in "$@"; do
+    for d in data/embedder/$src/*/; do ln -sfn "../$src/$(basename "$d")" "data/embedder/${name}_mix/$(basename "$d")"; done
+  done
+  $SC train-embedder --train-dir data/embedder/${name}_mix --val-dir data/embedder/val \
+      --out-dir runs/$name --export runs/$name/embedder.pt --init-from $init \
+      --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s $budget --warmup-steps 50 \
+      --input-size 64 --types-per-batch 8 --crops-per-type 4 --lr $lr --instance-weight 0.25 --temperature 0.1 \
+      --seed 24 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
+}
+s24_run s24a weights/embedder.pt 0.01 2100 s24_train s24_proc &
+s24_run s24b weights/embedder.pt 0.01 2100 s24_train s24_proc s24_procm &
+wait
+# 22. Fewer procedural types (the first 50 and 100 of each family, as symlink folders), so the
+#     catalogue kinds weigh more: D1 continues B (lr 0.005), D2 starts from the shipped file; 1500 s.
+mkdir -p data/embedder/s24_proc50 data/embedder/s24_procm100
+for i in $(seq -f "%04g" 0 49); do ln -sfn ../s24_proc/proc_$i data/embedder/s24_proc50/proc_$i; done
+for i in $(seq -f "%04g" 0 99); do ln -sfn ../s24_procm/procm_$i data/embedder/s24_procm100/procm_$i; done
+s24_run s24d1 runs/s24b/last.pt 0.005 1500 s24_train s24_proc50 s24_procm100 &
+s24_run s24d2 weights/embedder.pt 0.01 1500 s24_train s24_proc50 s24_procm100 &
+wait
+# 23. Each candidate: held-out crop ARI, then the 80 + 80 tuning sessions' stored detections
+#     re-embedded (copies of the session-23 databases) and the trigger replayed at four grouping
+#     distances (README, session 24):
+#     evaluate-embedder --weights runs/NAME/embedder.pt --heldout-dir data/embedder/heldout_eval --threads 1
+#     DATA_DIR=COPY sorterbot-cloud db reembed --config CFG --arm-id EVAL   (CFG: embedder_weights: runs/NAME/embedder.pt)
+#     SORTERBOT_CONFIG=CFG_D evaluate-sessions --n 80 --seed-start 3000 --threads 1 --data-dir COPY   (and --kinds known --seed-start 9000)
