@@ -497,8 +497,8 @@ def _instance_marks(mesh: pv.PolyData, d: dict, rng: np.random.Generator) -> pv.
     Every instance of a marked type gets its own number (1..``marks_max``) and placement of
     marks of the type's shape, colour and size, so an instance and its faces look
     different from another instance of the same type: what a die's faces, a domino's pips
-    or a printed label do to an item's look. Only points above the bottom (``z > 0.5 mm``)
-    are painted: the face on the table is never seen.
+    or a printed label do to an item's look. Marks are centred on points above the bottom
+    (``z > 0.5 mm``, the face on the table is never seen) and may reach down to its edge.
     """
     pts = np.asarray(mesh.points)
     up = np.flatnonzero(pts[:, 2] > 0.5)
@@ -516,7 +516,6 @@ def _instance_marks(mesh: pv.PolyData, d: dict, rng: np.random.Generator) -> pv.
             direction /= np.linalg.norm(direction)
             t = np.clip((pts - centre) @ direction, -1.5 * radius, 1.5 * radius)
             near |= np.sum((pts - centre - t[:, None] * direction) ** 2, axis=1) < (radius / 3) ** 2
-    near &= pts[:, 2] > 0.5  # the bottom face is never seen
     rgb = np.asarray(mesh.point_data["rgb"]).copy()
     rgb[near] = np.clip(np.round(jitter_colour(d["mark_colour"], rng) * 255), 0, 255).astype(np.uint8)
     mesh.point_data["rgb"] = rgb
