@@ -98,7 +98,7 @@ def dataset_cmd(out_dir, n_images, seed, split, width_px, height_px, frames_per_
               help="Catalogue types of a split (ignored with --types); none: only --procedural types.")
 @click.option("--procedural", "n_procedural", type=click.IntRange(min=0), default=0, show_default=True,
               help="Add this many procedural training types (proc_0000, ...: random shapes, colours and patterns).")
-@click.option("--procedural-start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first procedural type.")
+@click.option("--procedural-start", type=click.IntRange(min=0), default=0, show_default=True, help="Index of the first procedural type (and of the first marked one).")
 @click.option("--procedural-marked", "n_marked", type=click.IntRange(min=0), default=0, show_default=True,
               help="Add this many marked procedural types (procm_0000, ...: as --procedural, plus random marks on every instance).")
 @click.option("--width", "width_px", type=int, default=1640, show_default=True)
