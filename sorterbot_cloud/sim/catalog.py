@@ -482,13 +482,13 @@ def _procedural_definition(index: int, marked: bool = False) -> dict:
 def _mark_definition(rng: np.random.Generator) -> dict:
     """The mark style of a marked procedural type: shape, colour, size, how many per instance."""
     light = bool(rng.uniform() < 0.5)
-    return {
-        "mark_shape": str(rng.choice(["dot", "stroke"])),
-        # marks contrast with most bodies: near-black or near-white, sometimes a colour
-        "mark_colour": _random_colour(rng, True) * 0.15 + (0.82 if light else 0.0) if rng.uniform() < 0.8 else _random_colour(rng, False),
-        "mark_size": float(rng.uniform(0.04, 0.12)),
-        "marks_max": int(rng.integers(3, 16)),
-    }
+    shape = str(rng.choice(["dot", "stroke"]))
+    # marks contrast with most bodies: near-black or near-white, sometimes a colour
+    if rng.uniform() < 0.8:
+        colour = _random_colour(rng, True) * 0.15 + (0.82 if light else 0.0)
+    else:
+        colour = _random_colour(rng, False)
+    return {"mark_shape": shape, "mark_colour": colour, "mark_size": float(rng.uniform(0.04, 0.12)), "marks_max": int(rng.integers(3, 16))}
 
 
 def _instance_marks(mesh: pv.PolyData, d: dict, rng: np.random.Generator) -> pv.PolyData:
