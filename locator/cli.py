@@ -1,5 +1,5 @@
 """Click commands of the locator: ``train-detector``, ``train-refine-head``, ``evaluate-detector``, ``bench-detector``,
-``export-detector``, ``convert-voc``, ``merge-coco`` and ``average-detectors`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
+``export-detector``, ``convert-voc``, ``merge-coco``, ``average-detectors``, ``synth-frames`` and ``adapt-detector`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
 
 from __future__ import annotations
 
@@ -382,6 +382,90 @@ def average_detectors_command(inputs, prefixes, out_path):
     click.echo(f"wrote {out_path} and {out_path.with_suffix('.json')}")
 
 
+@click.command("synth-frames")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Gets annotations.json (COCO) and images/.")
+@click.option("--frames", "n_frames", type=int, default=1000, show_default=True)
+@click.option("--cutouts-from", "cutout_specs", multiple=True,
+              help="Labelled COCO 'annotations.json:images_dir' whose item boxes are cut out (GrabCut) and pasted; "
+                   "also used as real backgrounds outside their boxes. Training splits only. Repeatable.")
+@click.option("--table-frames", "table_dirs", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder of unlabelled frames of a table, used low-passed as backgrounds (searched recursively). Repeatable.")
+@click.option("--procedural-share", type=click.FloatRange(0, 1), default=0.4, show_default=True,
+              help="Share of pasted items drawn procedurally (plain solids, dominoes, cylinders, cards, polygons).")
+@click.option("--items", "n_items", type=(int, int), default=(1, 8), show_default=True, help="Items per frame (range).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_frames(out_dir, n_frames, cutout_specs, table_dirs, procedural_share, n_items, seed):
+    """Domain-randomised cut-paste training frames (Dwibedi et al. 2017) for the detector."""
+    from .copy_paste import cutouts_from_records, write_dataset
+    from .data import DatasetSpec, load_coco
+
+    records = []
+    for text in cutout_specs:
+        spec = DatasetSpec.parse(text)
+        records.extend(load_coco(spec.annotations, spec.images_dir))
+    cutouts = cutouts_from_records(records, seed=seed)
+    tables = sorted(p for d in table_dirs for p in d.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    click.echo(f"{len(cutouts)} cut-outs from {len(records)} labelled frames, {len(tables)} table frames")
+    coco = write_dataset(out_dir, n_frames, cutouts, seed=seed, real_records=records, table_frames=tables,
+                         procedural_share=procedural_share, n_items=n_items, progress=True)
+    click.echo(f"wrote {out_dir}/annotations.json: {len(coco['images'])} images, {len(coco['annotations'])} boxes")
+
+
+@click.command("adapt-detector")
+@click.option("--voc", "voc_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder of labelImg Pascal VOC .xml files with their images beside them.")
+@click.option("--coco", "coco_spec", default=None, help="Or a COCO dataset 'annotations.json:images_dir'.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Gets detector.pt, its JSON sidecar and report.json.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="Detector to start from (default: settings' detector_weights, the shipped one).")
+@click.option("--class-map", multiple=True,
+              help="'label=item|container|ignore', repeatable; labels not named are items.")
+@click.option("--time-budget-min", type=click.FloatRange(min=0.01), default=15.0, show_default=True,
+              help="Training time in all (minutes).")
+@click.option("--folds", type=click.IntRange(min=0), default=None,
+              help="Held-out folds (default: 3-fold with 20 frames or fewer, else one 25%% split; 0: none).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch threads (default: one per core).")
+def adapt_detector_command(voc_dir, coco_spec, out_dir, weights, class_map, time_budget_min, folds, seed, threads):
+    """Teach the detector your table: fine-tune on a few labelled frames; prints AP50 before and after."""
+    from sorterbot_cloud.config import Settings
+
+    from .adapt import AdaptConfig, adapt_detector, format_report
+    from .data import DatasetSpec, load_coco, parse_class_map, voc_to_coco
+
+    if (voc_dir is None) == (coco_spec is None):
+        raise click.UsageError("give exactly one of --voc DIR or --coco ANNOTATIONS:IMAGES_DIR")
+    try:
+        cmap = parse_class_map(class_map)
+        if voc_dir is not None:
+            labels = out_dir / "labels.json"
+            voc_to_coco(voc_dir, labels, cmap, default_class="item")
+            spec = DatasetSpec(labels, voc_dir)
+            records = load_coco(spec.annotations, spec.images_dir)
+        else:
+            spec = DatasetSpec.parse(coco_spec)
+            if not spec.annotations.is_file():
+                raise FileNotFoundError(f"COCO annotations not found: {spec.annotations}")
+            # as with VOC: a category the class map does not name is an item
+            names = [c["name"] for c in json.loads(spec.annotations.read_text()).get("categories", [])]
+            cmap = {n: cmap.get(n, n if n in ("item", "container") else "item") for n in names}
+            records = load_coco(spec.annotations, spec.images_dir, cmap)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    missing = [str(r.path) for r in records if not Path(r.path).is_file()]
+    if missing:
+        raise click.BadParameter(f"{len(missing)} labelled images are missing, e.g. {missing[0]}")
+    weights = Path(weights) if weights else Settings.load().detector_weights
+    cfg = AdaptConfig(time_budget_min=time_budget_min, folds=folds, seed=seed, threads=threads)
+    try:
+        report = adapt_detector(records, weights, out_dir, cfg, log=lambda line: click.echo(line, err=True))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    click.echo(format_report(report))
+
+
 #: the lead wires this one as ``bench-detector``.
 bench_detector_cmd = bench_detector_command
 
@@ -392,7 +476,7 @@ def locator_group():
 
 
 for _cmd in (train_detector, train_refine_head_command, evaluate_detector, bench_detector_command, export_detector, convert_voc,
-             merge_coco_command, average_detectors_command):
+             merge_coco_command, average_detectors_command, synth_frames, adapt_detector_command):
     locator_group.add_command(_cmd)
 
 

@@ -30,6 +30,8 @@ COMMANDS = {
     "convert-voc": "locator.cli:convert_voc",
     "merge-coco": "locator.cli:merge_coco_command",
     "average-detectors": "locator.cli:average_detectors_command",
+    "synth-frames": "locator.cli:synth_frames",
+    "adapt-detector": "locator.cli:adapt_detector_command",
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
     "crops-from-coco": "vectorizer.cli:crops_from_coco",
