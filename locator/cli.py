@@ -198,7 +198,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
 
 def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, n_frames: int = 4, repeats: int = 3,
                    reference: bool = True, threads: int | None = None, width_px: int = 1640,
-                   height_px: int = 1232, echo=print) -> dict:
+                   height_px: int = 1232, echo=print, baseline_weights: Path | None = None) -> dict:
     """Median ms per frame of our detector and of torchvision's ``fasterrcnn_resnet50_fpn``, same frames.
 
     The reference is the Detectron2 ``faster_rcnn_R_50_FPN`` architecture as torchvision
@@ -218,6 +218,10 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
         Also time the reference model.
     threads : int, optional
         ``torch.set_num_threads``.
+    baseline_weights : path, optional
+        Another detector file (e.g. the previous weights) timed in the same process on the
+        same frames, its passes alternating with ours; adds ``baseline_ms_median`` and
+        ``ratio_to_baseline`` (ours / baseline, wall).
 
     Process CPU time per frame is reported beside wall time: on a machine shared with other
     jobs, wall time depends on the load, while CPU time per frame (with one thread) does
@@ -270,7 +274,16 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
                 cpu_ms.setdefault(key, []).append((time.process_time() - c0) * 1000.0)
         return out
 
-    ours_ms = time_fn(ours.detect, "ours")
+    if baseline_weights is not None:
+        base = TorchvisionDetector.load(baseline_weights, fuse=True)
+        saved, repeats = repeats, 1
+        ours_ms, base_ms = [], []
+        for _ in range(saved):  # alternate passes so that a change of load hits both alike
+            ours_ms += time_fn(ours.detect, "ours")
+            base_ms += time_fn(base.detect, "baseline")
+        repeats = saved
+    else:
+        ours_ms = time_fn(ours.detect, "ours")
     result = {"ours": label, "ours_ms_median": statistics.median(ours_ms), "reference_ms_median": None,
               "speedup": None, "ours_cpu_ms_median": statistics.median(cpu_ms["ours"]),
               "reference_cpu_ms_median": None, "cpu_speedup": None, "frames": len(images),
@@ -281,6 +294,12 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
          f"{result['ours_cpu_ms_median']:.1f} ms/frame process CPU, over {len(ours_ms)} runs "
          f"({result['frame_size'][0]}x{result['frame_size'][1]}, {result['threads']} threads, "
          f"load average {result['load_average'][0]:.1f} on {result['cpu_count']} CPUs)")
+    if baseline_weights is not None:
+        result["baseline"] = str(baseline_weights)
+        result["baseline_ms_median"] = statistics.median(base_ms)
+        result["ratio_to_baseline"] = result["ours_ms_median"] / result["baseline_ms_median"]
+        echo(f"baseline ({baseline_weights}): median {result['baseline_ms_median']:.1f} ms/frame wall over "
+             f"{len(base_ms)} runs; ours / baseline = {result['ratio_to_baseline']:.3f}")
     if reference:
         ref = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
         fuse_conv_bn(ref)  # like for like: both models with BatchNorm folded and a channels-last backbone
@@ -312,13 +331,16 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
 @click.option("--repeats", type=int, default=3, show_default=True)
 @click.option("--reference/--no-reference", default=True, show_default=True)
 @click.option("--threads", type=int, default=None)
+@click.option("--baseline-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Also time this detector file (e.g. the previous weights), passes alternating with ours.")
 @click.option("--json-out", type=click.Path(path_type=Path), default=None)
-def bench_detector_command(weights, frames_dir, n_frames, repeats, reference, threads, json_out):
+def bench_detector_command(weights, frames_dir, n_frames, repeats, reference, threads, baseline_weights, json_out):
     """Median ms per frame: ours vs torchvision's fasterrcnn_resnet50_fpn (same frames, same process)."""
     from sorterbot_cloud.config import Settings
 
     weights = Path(weights) if weights else Settings.load().detector_weights
-    result = bench_detector(weights, frames_dir, n_frames, repeats, reference, threads, echo=click.echo)
+    result = bench_detector(weights, frames_dir, n_frames, repeats, reference, threads, echo=click.echo,
+                            baseline_weights=baseline_weights)
     if json_out:
         Path(json_out).write_text(json.dumps(result, indent=2) + "\n")
 

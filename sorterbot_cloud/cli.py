@@ -36,6 +36,7 @@ COMMANDS = {
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
     "crops-from-coco": "vectorizer.cli:crops_from_coco",
     "calibrate-grouping": "vectorizer.cli:calibrate_grouping",
+    "evaluate-real-grouping": "vectorizer.cli:evaluate_real_grouping",
 }
 
 

@@ -195,3 +195,57 @@ def grouping_choice_shares(
         labels = cluster_embeddings(x[idx], k, n_init=n_init) if k > 1 else np.zeros(len(idx), np.int64)
         hits["oracle_k"] += sorted_correctly(labels, item_types, n_containers)
     return {name: count / n_trials for name, count in hits.items()}
+
+
+def photo_grouping(photo_embeddings: Sequence[np.ndarray], photo_type_ids: Sequence[np.ndarray],
+                   group_distance: float | None, n_init: int = 10) -> dict:
+    """Per-photo grouping of real items: the service's own choice of the number of groups, and the true one.
+
+    Every photo is grouped on its own, as a session would be: the number of groups is
+    chosen by :func:`sorterbot_cloud.planner.group_items` (``n_containers`` = the photo's
+    item count, so nothing caps the choice) at ``group_distance``, and scored against the
+    photo's true kinds with the adjusted Rand index. Photos with fewer than 2 items are
+    skipped (any grouping of one item is right).
+
+    Parameters
+    ----------
+    photo_embeddings : sequence of ndarray of shape (n_i, D), float
+        L2-normalised embeddings of each photo's items.
+    photo_type_ids : sequence of ndarray of shape (n_i,), int
+        True kind of each item.
+    group_distance : float or None
+        Cosine distance that splits kinds (the embedder's ``group_cosine_distance``).
+    n_init : int
+        K-Means restarts.
+
+    Returns
+    -------
+    dict
+        ``photos`` (scored), ``ari_own_k_mean`` (per-photo ARI with the chosen number of
+        groups, mean), ``k_exact`` (share of photos where the chosen number is the true
+        one), ``k_too_many`` / ``k_too_few`` (shares), ``ari_true_k_mean`` (per-photo ARI
+        when K-Means is told the true number) and ``sorted_share`` (share of photos with
+        ARI 1 at the chosen number).
+    """
+    from sorterbot_cloud.planner import group_items
+
+    own, true_k, exact, more, fewer = [], [], 0, 0, 0
+    for emb, types in zip(photo_embeddings, photo_type_ids, strict=True):
+        types = np.asarray(types)
+        if len(types) < 2:
+            continue
+        k_true = len(np.unique(types))
+        labels = group_items(len(types), emb, n_init=n_init, group_distance=group_distance)
+        k = len(np.unique(labels))
+        exact += k == k_true
+        more += k > k_true
+        fewer += k < k_true
+        own.append(adjusted_rand_score(types, labels))
+        true_k.append(adjusted_rand_score(types, cluster_embeddings(emb, k_true, random_state=0, n_init=n_init)))
+    n = len(own)
+    if n == 0:
+        return {"photos": 0}
+    return {"photos": n, "ari_own_k_mean": float(np.mean(own)), "k_exact": exact / n, "k_too_many": more / n,
+            "k_too_few": fewer / n, "ari_true_k_mean": float(np.mean(true_k)),
+            "sorted_share": float(np.mean(np.asarray(own) > 0.999))}
+

@@ -26,6 +26,17 @@ def test_bench_reports_medians_without_reference():
     assert "ms/frame" in lines[0]
 
 
+def test_bench_times_a_baseline_file_in_the_same_run(tmp_path):
+    ours = TorchvisionDetector.untrained(TINY).save(tmp_path / "ours.pt")
+    base = TorchvisionDetector.untrained(TINY).save(tmp_path / "base.pt")
+    lines = []
+    result = bench_detector(ours, n_frames=2, repeats=2, reference=False, width_px=160, height_px=120,
+                            echo=lines.append, baseline_weights=base)
+    assert result["baseline_ms_median"] > 0
+    assert result["ratio_to_baseline"] == result["ours_ms_median"] / result["baseline_ms_median"]
+    assert any("ours / baseline" in line for line in lines)
+
+
 def test_evaluate_command_writes_report_and_sidecar_metrics(tmp_path):
     ann = write_toy_coco(tmp_path / "toy", n_images=3, seed=4)
     weights = TorchvisionDetector.untrained(TINY).save(tmp_path / "det.pt", {"recipe": "test"})
