@@ -375,11 +375,9 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
         entry = {"kinds": kinds, "n_crops": len(all_names), "n_photos": len(per_photo_emb),
                  "crop_ari_true_k": all_crops_ari(np.concatenate(all_emb), type_ids), "per_photo": photos}
         results["sets"][str(voc)] = entry
-        pp = photos
-        fmt = (lambda v: f"{v:.3f}")
-        click.echo(f"{str(voc)[-44:]:<44}{pp['photos']:>7}{len(all_names):>7}{entry['crop_ari_true_k']:>9.3f}"
-                   f"{fmt(pp['ari_own_k_mean']) if pp['photos'] else 'n/a':>19}{fmt(pp['k_exact']) if pp['photos'] else 'n/a':>9}"
-                   f"{fmt(pp['ari_true_k_mean']) if pp['photos'] else 'n/a':>13}")
+        pp = {k: (f"{photos[k]:.3f}" if photos["photos"] else "n/a") for k in ("ari_own_k_mean", "k_exact", "ari_true_k_mean")}
+        click.echo(f"{str(voc)[-44:]:<44}{photos['photos']:>7}{len(all_names):>7}{entry['crop_ari_true_k']:>9.3f}"
+                   f"{pp['ari_own_k_mean']:>19}{pp['k_exact']:>9}{pp['ari_true_k_mean']:>13}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     click.echo(f"wrote {out_path}")
