@@ -160,12 +160,12 @@ def records_to_coco(records: Sequence[Record], out_json: str | Path, class_names
     return DatasetSpec(out_json, Path("/"), 1.0, None)
 
 
-def _predict(weights: Path, records: Sequence[Record], threads: int | None):
+def _predict(weights: Path, records: Sequence[Record]) -> list:
+    """Detections of ``weights`` on ``records``, scores down to 0.01 (for AP)."""
     from .evaluate import predict_records
     from .torchvision_detector import TorchvisionDetector
 
-    detector = TorchvisionDetector.load(weights, fuse=True, score_threshold=0.01)
-    return detector.config, predict_records(detector, records)
+    return predict_records(TorchvisionDetector.load(weights, fuse=True, score_threshold=0.01), records)
 
 
 def _score(records, predictions, class_names, score_threshold) -> dict:
@@ -269,12 +269,12 @@ def adapt_detector(records: Sequence[Record], base_weights: str | Path, out_dir:
         parts = fold_indices(n, folds, cfg.seed)
         fold_budget = cfg.time_budget_min * cfg.fold_budget_share / folds
         final_budget = cfg.time_budget_min * (1 - cfg.fold_budget_share)
-        _, base = _predict(base_weights, records, cfg.threads)
-        before_preds = base
+        before_preds = _predict(base_weights, records)
         for k, held in enumerate(parts):
-            keep = [records[i] for i in range(n) if i not in set(held.tolist())]
+            held_set = set(held.tolist())
+            keep = [records[i] for i in range(n) if i not in held_set]
             weights = run(f"fold{k}", keep, fold_budget, cfg.seed + 1 + k)
-            _, preds = _predict(weights, [records[i] for i in held], cfg.threads)
+            preds = _predict(weights, [records[i] for i in held])
             for i, p in zip(held, preds, strict=True):
                 after_preds[int(i)] = p
         scored = list(range(n))
@@ -285,8 +285,8 @@ def adapt_detector(records: Sequence[Record], base_weights: str | Path, out_dir:
         train_records = [records[i] for i in range(n) if i not in held_set]
         final = run("final", train_records, cfg.time_budget_min, cfg.seed)
         held_records = [records[i] for i in held]
-        _, base = _predict(base_weights, held_records, cfg.threads)
-        _, after = _predict(final, held_records, cfg.threads)
+        base = _predict(base_weights, held_records)
+        after = _predict(final, held_records)
         for i, b, a in zip(held, base, after, strict=True):
             before_preds[int(i)], after_preds[int(i)] = b, a
         scored = [int(i) for i in held]

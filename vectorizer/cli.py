@@ -328,14 +328,11 @@ def crops_from_coco(datasets, out_dir, min_visible, min_side_px, margin, max_per
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/real_grouping.json"), show_default=True)
 def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
     """Grouping of real items: crop ARI (true number of kinds) and per-photo grouping with the service's own number."""
-    import xml.etree.ElementTree as ET
-
     import numpy as np
     import torch
 
-    from locator.data import read_rgb
-
     from .crops import crop_items
+    from .data import read_rgb, voc_photos
     from .embedder import Embedder
     from .evaluation import all_crops_ari, photo_grouping
 
@@ -346,25 +343,12 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
     results = {"weights": str(weights), "group_cosine_distance": embedder.group_distance, "recipe": _recipe(), "sets": {}}
     click.echo(f"{'set':<44}{'photos':>7}{'crops':>7}{'crop ARI':>9}{'photo ARI (own k)':>19}{'k exact':>9}{'ARI (true k)':>13}")
     for voc in voc_dirs:
-        per_photo_emb, per_photo_types, all_emb, all_names = [], [], [], []
-        for xml_path in sorted(voc.rglob("*.xml")):
-            root = ET.parse(xml_path).getroot()
-            image_path = next((xml_path.with_suffix(s) for s in (".jpg", ".jpeg", ".png", ".JPG") if xml_path.with_suffix(s).is_file()),
-                              xml_path.parent / (root.findtext("filename") or ""))
-            if not image_path.is_file():
+        per_photo_emb, per_photo_types, all_names = [], [], []
+        for image_path, boxes, names in voc_photos(voc):
+            if not names:
                 continue
-            boxes, names = [], []
-            for obj in root.iter("object"):
-                bb = obj.find("bndbox")
-                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-                boxes.append((x0 - 1, y0 - 1, x1, y1))
-                names.append(obj.findtext("name").strip())
-            if not boxes:
-                continue
-            emb = embedder.embed(crop_items(read_rgb(image_path), np.asarray(boxes), margin=margin))
-            per_photo_emb.append(emb)
+            per_photo_emb.append(embedder.embed(crop_items(read_rgb(image_path), boxes, margin=margin)))
             per_photo_types.append(names)
-            all_emb.append(emb)
             all_names.extend(names)
         if not all_names:
             raise click.BadParameter(f"no labelled photo under {voc}", param_hint="--voc")
@@ -373,7 +357,7 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
         photos = photo_grouping(per_photo_emb, [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types],
                                 embedder.group_distance)
         entry = {"kinds": kinds, "n_crops": len(all_names), "n_photos": len(per_photo_emb),
-                 "crop_ari_true_k": all_crops_ari(np.concatenate(all_emb), type_ids), "per_photo": photos}
+                 "crop_ari_true_k": all_crops_ari(np.concatenate(per_photo_emb), type_ids), "per_photo": photos}
         results["sets"][str(voc)] = entry
         pp = {k: (f"{photos[k]:.3f}" if photos["photos"] else "n/a") for k in ("ari_own_k_mean", "k_exact", "ari_true_k_mean")}
         click.echo(f"{str(voc)[-44:]:<44}{photos['photos']:>7}{len(all_names):>7}{entry['crop_ari_true_k']:>9.3f}"

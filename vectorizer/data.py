@@ -86,13 +86,41 @@ def _natural_key(path: Path):
     return (0, int(stem), "") if stem.isdigit() else (1, 0, stem)
 
 
-def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
-    """Crop every ground-truth box of a Pascal VOC photo folder.
+def voc_photos(root: str | Path):
+    """Labelled photos of a Pascal VOC folder, one at a time.
 
-    Reads every ``*.xml`` under ``root`` (recursively) with its image (same stem, or the
-    XML's ``filename``), and crops each ``object``'s ``bndbox`` with
-    :func:`~vectorizer.crops.crop_items` (VOC boxes are 1-based inclusive pixel indices;
-    ``xmin - 1, ymin - 1, xmax, ymax`` gives the 0-based XYXY box).
+    Reads every ``*.xml`` under ``root`` (recursively, sorted) with its image (same stem,
+    or the XML's ``filename``); photos whose image is missing are skipped. VOC boxes are
+    1-based inclusive pixel indices; ``xmin - 1, ymin - 1, xmax, ymax`` gives the 0-based
+    XYXY box.
+
+    Yields
+    ------
+    image_path : Path
+    boxes_xyxy : ndarray of shape (N, 4), float64, pixels
+    names : list of str
+        The ``name`` of each ``object`` (its kind).
+    """
+    for xml_path in sorted(Path(root).rglob("*.xml")):
+        tree = ET.parse(xml_path).getroot()
+        image_path = next((xml_path.with_suffix(s) for s in (".jpg", ".jpeg", ".png", ".JPG") if xml_path.with_suffix(s).is_file()), None)
+        if image_path is None:
+            image_path = xml_path.parent / (tree.findtext("filename") or "")
+        if not image_path.is_file():
+            continue
+        boxes, names = [], []
+        for obj in tree.iter("object"):
+            bb = obj.find("bndbox")
+            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append((x0 - 1, y0 - 1, x1, y1))
+            names.append(obj.findtext("name").strip())
+        yield image_path, np.asarray(boxes, np.float64).reshape(-1, 4), names
+
+
+def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
+    """Crop every ground-truth box of a Pascal VOC photo folder (:func:`voc_photos`).
+
+    Each ``object``'s box is cropped with :func:`~vectorizer.crops.crop_items`.
 
     Parameters
     ----------
@@ -106,23 +134,10 @@ def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
     FileNotFoundError
         If ``root`` holds no annotated photo.
     """
-    root = Path(root)
     crops, labels = [], []
-    for xml_path in sorted(root.rglob("*.xml")):
-        tree = ET.parse(xml_path).getroot()
-        image_path = next((xml_path.with_suffix(s) for s in (".jpg", ".jpeg", ".png", ".JPG") if xml_path.with_suffix(s).is_file()), None)
-        if image_path is None:
-            image_path = xml_path.parent / (tree.findtext("filename") or "")
-        if not image_path.is_file():
-            continue
-        boxes, names = [], []
-        for obj in tree.iter("object"):
-            bb = obj.find("bndbox")
-            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
-            boxes.append((x0 - 1, y0 - 1, x1, y1))
-            names.append(obj.findtext("name").strip())
-        if boxes:
-            crops.extend(crop_items(read_rgb(image_path), np.asarray(boxes), margin=margin))
+    for image_path, boxes, names in voc_photos(root):
+        if names:
+            crops.extend(crop_items(read_rgb(image_path), boxes, margin=margin))
             labels.extend(names)
     if not crops:
         raise FileNotFoundError(f"no Pascal VOC annotated photos under {root}")
