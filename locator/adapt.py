@@ -33,6 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
+from sorterbot_cloud.evaluation import fold_indices
+
 from .data import AugmentConfig, DatasetSpec, Record
 
 #: Frames at or below which the held-out measurement is k-fold.
@@ -126,20 +128,6 @@ class AdaptReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def fold_indices(n: int, folds: int, seed: int = 0) -> list[np.ndarray]:
-    """Split ``range(n)`` into ``folds`` shuffled parts of near-equal size.
-
-    Raises
-    ------
-    ValueError
-        If ``folds`` is not in 2..n.
-    """
-    if not 2 <= folds <= n:
-        raise ValueError(f"k-fold needs 2 <= folds <= frames, got {folds} folds for {n} frames")
-    order = np.random.default_rng(seed).permutation(n)
-    return [np.sort(part) for part in np.array_split(order, folds)]
 
 
 def records_to_coco(records: Sequence[Record], out_json: str | Path, class_names: Sequence[str]) -> DatasetSpec:

@@ -35,6 +35,7 @@ COMMANDS = {
     "train-embedder": "vectorizer.cli:train_embedder",
     "evaluate-embedder": "vectorizer.cli:evaluate_embedder",
     "crops-from-coco": "vectorizer.cli:crops_from_coco",
+    "crops-from-voc": "vectorizer.cli:crops_from_voc",
     "calibrate-grouping": "vectorizer.cli:calibrate_grouping",
     "evaluate-real-grouping": "vectorizer.cli:evaluate_real_grouping",
 }

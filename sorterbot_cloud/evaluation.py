@@ -131,6 +131,39 @@ class AggregateScore:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+def fold_indices(n: int, folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Split ``range(n)`` into ``folds`` shuffled parts of near-equal size (k-fold cross-validation).
+
+    The parts are a seeded permutation of ``0 .. n-1`` cut into ``folds`` pieces
+    (``numpy.array_split``), each sorted; the same ``(n, folds, seed)`` always gives the
+    same parts. Used by ``adapt-detector`` (frames) and by ``crops-from-voc`` /
+    ``evaluate-real-grouping`` (photos), so that one seed names one split everywhere.
+
+    Parameters
+    ----------
+    n : int
+        Number of things (frames, photos) to split.
+    folds : int
+        Number of parts, ``2 .. n``.
+    seed : int
+        Seed of the permutation (``numpy.random.default_rng``).
+
+    Returns
+    -------
+    list of ndarray of shape (n_i,), int64
+        Disjoint parts whose union is ``range(n)``.
+
+    Raises
+    ------
+    ValueError
+        If ``folds`` is not in 2..n.
+    """
+    if not 2 <= folds <= n:
+        raise ValueError(f"k-fold needs 2 <= folds <= items, got {folds} folds for {n} items")
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(part) for part in np.array_split(order, folds)]
+
+
 def box_iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
     """IoU of one XYXY box (pixels) with each row of ``b`` (M, 4): ndarray (M,) float64."""
     a = np.asarray(a, float).reshape(4)

@@ -319,20 +319,46 @@ def crops_from_coco(datasets, out_dir, min_visible, min_side_px, margin, max_per
     click.echo(f"wrote {sum(total.values())} crops of {len(total)} types to {out_dir}: {dict(sorted(total.items()))}")
 
 
+@click.command("crops-from-voc")
+@click.option("--voc", "voc_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Folder of labelled photos (Pascal VOC; the object name is the kind).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Receives <prefix><kind>/<i>.png and index.json.")
+@click.option("--prefix", default="", help="Put before each kind's folder name (e.g. mc_), to mix sets in one folder.")
+@click.option("--margin", type=float, default=0.1, show_default=True, help="Context margin (the service's crop_margin).")
+@click.option("--folds", type=int, default=None, help="Split the photos into this many parts (k-fold by photo) ...")
+@click.option("--fold", type=int, default=0, show_default=True, help="... and leave out part FOLD (crops of the others are cut).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split (the same as evaluate-real-grouping's).")
+def crops_from_voc(voc_dir, out_dir, prefix, margin, folds, fold, seed):
+    """Cut embedder training crops per kind out of labelled photos (optionally all but one fold of them)."""
+    from .data import export_crops_from_voc, voc_photo_fold
+
+    try:
+        photos = voc_photo_fold(voc_dir, folds, fold, "train", seed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    counts = export_crops_from_voc(photos, out_dir, prefix=prefix, margin=margin)
+    click.echo(f"wrote {sum(counts.values())} crops of {len(counts)} kinds from {len(photos)} photos to {out_dir}: "
+               f"{dict(sorted(counts.items()))}")
+
+
 @click.command("evaluate-real-grouping")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEFAULT_WEIGHTS, show_default=True)
 @click.option("--voc", "voc_dirs", multiple=True, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Folder of labelled photos (Pascal VOC; the object name is the kind), e.g. a test split. Repeatable.")
 @click.option("--margin", type=float, default=0.1, show_default=True, help="Crop context margin (the service's crop_margin).")
 @click.option("--threads", type=int, default=None, help="torch threads (default: torch's default).")
+@click.option("--folds", type=int, default=None, help="Score only part FOLD of a k-fold split by photo of each --voc folder ...")
+@click.option("--fold", type=int, default=0, show_default=True, help="... (the photos crops-from-voc --folds K --fold FOLD leaves out).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/real_grouping.json"), show_default=True)
-def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
+def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed, out_path):
     """Grouping of real items: crop ARI (true number of kinds) and per-photo grouping with the service's own number."""
     import numpy as np
     import torch
 
     from .crops import crop_items
-    from .data import read_rgb, voc_photos
+    from .data import read_rgb, voc_photo_fold
     from .embedder import Embedder
     from .evaluation import all_crops_ari, photo_grouping
 
@@ -340,18 +366,19 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, out_path):
     if threads:
         torch.set_num_threads(threads)
     embedder = Embedder.from_weights(weights, source="evaluated")
-    results = {"weights": str(weights), "group_cosine_distance": embedder.group_distance, "recipe": _recipe(), "sets": {}}
+    results = {"weights": str(weights), "group_cosine_distance": embedder.group_distance, "recipe": _recipe(),
+               "split": None if folds is None else {"folds": folds, "fold": fold, "seed": seed}, "sets": {}}
     click.echo(f"{'set':<44}{'photos':>7}{'crops':>7}{'crop ARI':>9}{'photo ARI (own k)':>19}{'k exact':>9}{'ARI (true k)':>13}")
     for voc in voc_dirs:
         per_photo_emb, per_photo_types, all_names = [], [], []
-        for image_path, boxes, names in voc_photos(voc):
-            if not names:
-                continue
+        try:
+            labelled = voc_photo_fold(voc, folds, fold, "test", seed)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.BadParameter(f"{voc}: {exc}", param_hint="--voc") from exc
+        for image_path, boxes, names in labelled:
             per_photo_emb.append(embedder.embed(crop_items(read_rgb(image_path), boxes, margin=margin)))
             per_photo_types.append(names)
             all_names.extend(names)
-        if not all_names:
-            raise click.BadParameter(f"no labelled photo under {voc}", param_hint="--voc")
         kinds = sorted(set(all_names))
         type_ids = np.asarray([kinds.index(n) for n in all_names])
         photos = photo_grouping(per_photo_emb, [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types],

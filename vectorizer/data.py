@@ -11,6 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sorterbot_cloud.evaluation import fold_indices
+
 from .crops import DEFAULT_MARGIN, crop_items
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -115,6 +117,103 @@ def voc_photos(root: str | Path):
             boxes.append((x0 - 1, y0 - 1, x1, y1))
             names.append(obj.findtext("name").strip())
         yield image_path, np.asarray(boxes, np.float64).reshape(-1, 4), names
+
+
+def voc_photo_fold(root: str | Path, folds: int | None = None, fold: int = 0, part: str = "test", seed: int = 0) -> list:
+    """The labelled photos of a Pascal VOC folder, or one part of a k-fold split of them by photo.
+
+    Photos (:func:`voc_photos`, with at least one box) are split with
+    :func:`sorterbot_cloud.evaluation.fold_indices` over their sorted order, so that
+    ``crops-from-voc`` (training crops) and ``evaluate-real-grouping`` (scores) given the
+    same ``folds``, ``fold`` and ``seed`` see complementary photos: no crop of a scored
+    photo is trained on.
+
+    Parameters
+    ----------
+    root : path
+        Pascal VOC folder.
+    folds : int, optional
+        Number of parts (2 .. number of photos); None: every photo.
+    fold : int
+        Which part, ``0 .. folds-1``.
+    part : {"test", "train"}
+        ``"test"``: the photos of part ``fold``; ``"train"``: all the others.
+    seed : int
+        Seed of the split.
+
+    Returns
+    -------
+    list of (Path, ndarray of shape (N, 4), list of str)
+        ``(image_path, boxes_xyxy, names)`` as :func:`voc_photos` yields them.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` holds no labelled photo.
+    ValueError
+        If ``fold`` or ``part`` is out of range, or ``folds`` does not fit the photo count.
+    """
+    photos = [p for p in voc_photos(root) if p[2]]
+    if not photos:
+        raise FileNotFoundError(f"no Pascal VOC labelled photos under {root}")
+    if folds is None:
+        return photos
+    if part not in ("test", "train"):
+        raise ValueError(f"part must be 'test' or 'train', got {part!r}")
+    parts = fold_indices(len(photos), int(folds), seed)
+    if not 0 <= int(fold) < len(parts):
+        raise ValueError(f"fold must be in 0..{len(parts) - 1}, got {fold}")
+    chosen = set(parts[int(fold)].tolist())
+    return [p for i, p in enumerate(photos) if (i in chosen) == (part == "test")]
+
+
+def export_crops_from_voc(photos, out_dir: str | Path, prefix: str = "", margin: float = DEFAULT_MARGIN) -> dict[str, int]:
+    """Cut labelled photos' boxes into embedder training crop folders, one per kind.
+
+    Writes ``<out_dir>/<prefix><name>/<i>.png`` (the layout of :func:`load_crop_folder`
+    and ``train-embedder --train-dir``), cut like the service cuts them
+    (:func:`~vectorizer.crops.crop_items`), and ``index.json`` naming the photo of each crop.
+
+    Parameters
+    ----------
+    photos : sequence of (path, ndarray of shape (N, 4), list of str)
+        From :func:`voc_photo_fold` or :func:`voc_photos`; boxes in pixels, XYXY.
+    out_dir : path
+        Created if missing; existing crops of the same names are overwritten.
+    prefix : str
+        Put before each kind's folder name (e.g. ``"mc_"``), so kinds of several sets can share one
+        training folder without colliding.
+    margin : float
+        Context margin passed to ``crop_items``.
+
+    Returns
+    -------
+    dict of str to int
+        Crops written per folder name.
+
+    Raises
+    ------
+    ValueError
+        If a kind's name would not be a plain folder name.
+    """
+    out = Path(out_dir)
+    counts: dict[str, int] = defaultdict(int)
+    index = []
+    for image_path, boxes, names in photos:
+        if not names:
+            continue
+        for name, crop in zip(names, crop_items(read_rgb(image_path), boxes, margin=margin), strict=True):
+            folder = f"{prefix}{name}"
+            if not folder or "/" in folder or folder in (".", ".."):
+                raise ValueError(f"kind {name!r} of {image_path} is not a folder name")
+            (out / folder).mkdir(parents=True, exist_ok=True)
+            path = out / folder / f"{counts[folder]}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+            index.append({"crop": str(path.relative_to(out)), "photo": str(image_path)})
+            counts[folder] += 1
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.json").write_text(json.dumps({"crops": index}, indent=1) + "\n")
+    return dict(counts)
 
 
 def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:

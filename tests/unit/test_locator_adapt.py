@@ -10,10 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from locator.adapt import AdaptConfig, adapt_detector, fold_indices, format_report, records_to_coco
+from locator.adapt import AdaptConfig, adapt_detector, format_report, records_to_coco
 from locator.data import load_coco
 from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
 from locator.toydata import write_toy_coco
+from sorterbot_cloud.evaluation import fold_indices
 
 torch.set_num_threads(1)
 
@@ -38,7 +39,7 @@ def test_fold_indices_partition_every_frame_once():
     assert len(parts) == 3 and sorted(np.concatenate(parts).tolist()) == list(range(7))
     assert {len(p) for p in parts} <= {2, 3}
     assert [p.tolist() for p in fold_indices(7, 3, seed=1)] == [p.tolist() for p in parts]
-    with pytest.raises(ValueError, match="2 <= folds <= frames"):
+    with pytest.raises(ValueError, match="2 <= folds <= items"):
         fold_indices(3, 4)
 
 
