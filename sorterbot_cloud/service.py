@@ -69,7 +69,7 @@ def validate_id(name: str, value: Any) -> str:
         value = str(value)
     if value is None or value == "":
         raise BadRequest(f"missing parameter {name!r}")
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise BadRequest(f"{name} must be 1 to 64 characters of letters, digits, '_', '-' and '.', got {value!r}")
     return value
 
@@ -84,7 +84,7 @@ def validate_image_name(image_name: Any) -> str:
     """
     if image_name is None or image_name == "":
         raise BadRequest("missing parameter 'image_name'")
-    if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.match(image_name):
+    if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.fullmatch(image_name):
         raise BadRequest(
             f"image_name must be '<base servo pulse width>.jpg' (or .jpeg/.png), e.g. '1200.jpg', got {image_name!r}"
         )

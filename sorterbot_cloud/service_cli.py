@@ -47,7 +47,7 @@ def session_frames(session_dir: Path) -> list[Path]:
     click.ClickException
         If the folder holds no frame.
     """
-    frames = [p for p in Path(session_dir).iterdir() if p.is_file() and IMAGE_NAME_PATTERN.match(p.name)]
+    frames = [p for p in Path(session_dir).iterdir() if p.is_file() and IMAGE_NAME_PATTERN.fullmatch(p.name)]
     if not frames:
         raise click.ClickException(f"{session_dir} holds no '<pulse width>.jpg' frame")
     return sorted(frames, key=lambda p: (pulse_width_of_image_name(p.name), p.name))

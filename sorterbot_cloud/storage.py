@@ -21,7 +21,7 @@ from sorterbot_cloud.structures import ID_PATTERN, pulse_width_of_image_name
 
 
 def _check_id(name: str, value: str) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value) or value in (".", ".."):
         raise BadRequest(f"{name} must be 1 to 64 of letters, digits, '_', '-', '.' (not '.' or '..'), got {value!r}")
     return value
 

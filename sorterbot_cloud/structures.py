@@ -18,9 +18,12 @@ ITEM_CLASS_ID = 0
 CONTAINER_CLASS_ID = 1
 
 #: Arm and session ids: 1 to 64 letters, digits, ``_``, ``-`` and ``.`` (DESIGN.md, Terms).
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-#: Frame names: ``<pulse width>.<ext>`` with an optional fractional part, e.g. ``1200.jpg``.
-IMAGE_NAME_PATTERN = re.compile(r"^(?P<pw>[0-9]{1,5}(?:\.[0-9]{1,3})?)\.(?P<ext>jpe?g|png)$", re.I)
+#: Anchored with ``\A`` and ``\Z`` (``$`` also matches before a trailing newline); check
+#: with ``fullmatch``.
+ID_PATTERN = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
+#: Frame names: ``<pulse width>.<ext>`` with an optional fractional part, e.g. ``1200.jpg``
+#: (anchored like :data:`ID_PATTERN`).
+IMAGE_NAME_PATTERN = re.compile(r"\A(?P<pw>[0-9]{1,5}(?:\.[0-9]{1,3})?)\.(?P<ext>jpe?g|png)\Z", re.I)
 
 
 def class_name(class_id: int) -> str:
@@ -61,7 +64,7 @@ def pulse_width_of_image_name(image_name: str) -> float:
     ValueError
         If the name is not ``<number>.jpg|jpeg|png``.
     """
-    match = IMAGE_NAME_PATTERN.match(image_name or "")
+    match = IMAGE_NAME_PATTERN.fullmatch(image_name or "")
     if match is None:
         raise ValueError(
             f"image_name must look like '<pulse width>.jpg' (e.g. '1200.jpg'), got {image_name!r}"
@@ -182,7 +185,7 @@ class Frame:
     def __post_init__(self) -> None:
         for name in ("arm_id", "session_id"):
             value = getattr(self, name)
-            if not isinstance(value, str) or not ID_PATTERN.match(value):
+            if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
                 raise ValueError(f"{name} must be 1-64 of [A-Za-z0-9_.-], got {value!r}")
         pulse_width_of_image_name(self.image_name)
         if int(self.width_px) <= 0 or int(self.height_px) <= 0:

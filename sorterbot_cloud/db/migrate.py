@@ -22,7 +22,7 @@ import psycopg
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-FILE_PATTERN = re.compile(r"^(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql$")
+FILE_PATTERN = re.compile(r"\A(?P<version>[0-9]{4})_(?P<name>[a-z0-9_]+)\.sql\Z")
 #: Advisory lock key (a signed 64-bit integer): CRC-32 of this text. Any fixed number
 #: works as long as nothing else in the database takes the same one.
 LOCK_KEY = zlib.crc32(b"sorterbot_cloud.db.migrate")
@@ -75,7 +75,7 @@ def load_migrations(directory: str | Path = MIGRATIONS_DIR) -> list[Migration]:
     """
     migrations: dict[int, Migration] = {}
     for path in sorted(Path(directory).glob("*.sql")):
-        match = FILE_PATTERN.match(path.name)
+        match = FILE_PATTERN.fullmatch(path.name)
         if match is None:
             raise MigrationError(f"migration file must be named NNNN_name.sql, got {path.name!r}")
         version = int(match.group("version"))

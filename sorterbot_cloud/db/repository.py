@@ -63,7 +63,7 @@ def _dumps(value: Any) -> str:
 
 def _check_ids(**ids: str) -> None:
     for name, value in ids.items():
-        if not isinstance(value, str) or not ID_PATTERN.match(value):
+        if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
             raise BadRequest(f"{name} must be 1 to 64 of letters, digits, '_', '-', '.', got {value!r}")
 
 

@@ -210,7 +210,7 @@ def _session_fields(request) -> dict[str, str]:
     fields: dict[str, str] = {}
     for name in ("arm_id", "session_id"):
         value = (request.view_args or {}).get(name) or request.args.get(name)
-        if isinstance(value, str) and ID_PATTERN.match(value):
+        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
             fields[name] = value
     if len(fields) == 2 and request.endpoint:
         fields["log_type"] = request.endpoint.rsplit(".", 1)[-1]

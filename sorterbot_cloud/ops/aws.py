@@ -121,9 +121,9 @@ def frame_key(session_id: str, image_name: str) -> str:
     BadRequest
         If ``session_id`` or ``image_name`` is malformed (this also keeps keys free of ``/`` and ``..``).
     """
-    if not isinstance(session_id, str) or not ID_PATTERN.match(session_id):
+    if not isinstance(session_id, str) or not ID_PATTERN.fullmatch(session_id):
         raise BadRequest(f"session_id must be 1-64 of [A-Za-z0-9_.-], got {session_id!r}")
-    if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.match(image_name):
+    if not isinstance(image_name, str) or not IMAGE_NAME_PATTERN.fullmatch(image_name):
         raise BadRequest(f"image_name must look like '<pulse width>.jpg' (e.g. '1200.jpg'), got {image_name!r}")
     return f"{session_id}/{image_name}"
 
@@ -137,7 +137,7 @@ def overview_key(arm_id: str, session_id: str) -> str:
         If an id is malformed.
     """
     for name, value in (("arm_id", arm_id), ("session_id", session_id)):
-        if not isinstance(value, str) or not ID_PATTERN.match(value):
+        if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
             raise BadRequest(f"{name} must be 1-64 of [A-Za-z0-9_.-], got {value!r}")
     return f"overviews/{arm_id}/{session_id}.png"
 

@@ -30,7 +30,7 @@ import uuid
 from typing import Any, TextIO
 
 #: Accepted client-supplied request ids: 1 to 128 letters, digits, ``_``, ``-``, ``.``, ``:``.
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+REQUEST_ID_PATTERN = re.compile(r"\A[A-Za-z0-9_.:\-]{1,128}\Z")
 REQUEST_ID_HEADER = "X-Request-ID"
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra``.
@@ -43,7 +43,7 @@ _fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
 
 def new_request_id(header_value: str | None = None) -> str:
     """Return ``header_value`` if it is a safe request id, else a fresh UUID4 hex (32 chars)."""
-    if header_value and REQUEST_ID_PATTERN.match(header_value):
+    if header_value and REQUEST_ID_PATTERN.fullmatch(header_value):
         return header_value
     return uuid.uuid4().hex
 

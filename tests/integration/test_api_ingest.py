@@ -103,6 +103,9 @@ BAD_REQUESTS = {
     "too-large": dict(data=b"\x89PNG\r\n\x1a\n" + b"\x00" * 400_000),
     "bad-image-name": dict(data=frame_bytes(OTHER_FRAME), image="../1200.jpg"),
     "bad-session-id": dict(data=frame_bytes(OTHER_FRAME), session="s 1"),
+    "image-name-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), image="1200.jpg\n"),
+    "session-id-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), session="s1\n"),
+    "arm-id-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), arm="ARM001\n"),
 }
 
 
@@ -116,7 +119,8 @@ def test_rejected_ingest_leaves_stored_data_unchanged(client, repository, archiv
     content_type = params.pop("content_type", "image/png")
     response = client.post(
         "/process_image",
-        query_string={"arm_id": "ARM001", "session_id": params.get("session", "s1"), "image_name": params.get("image", "1200.jpg")},
+        query_string={"arm_id": params.get("arm", "ARM001"), "session_id": params.get("session", "s1"),
+                      "image_name": params.get("image", "1200.jpg")},
         data=data,
         headers={"Content-Type": content_type},
     )
@@ -124,7 +128,9 @@ def test_rejected_ingest_leaves_stored_data_unchanged(client, repository, archiv
     assert response.mimetype == "application/problem+json"
     assert response.get_json()["detail"]
     assert snapshot(repository) == before
+    assert repository.arm_ids_of_session("s1") == ["ARM001"]
     assert archive.get(body["image_uri"]) == original
+    assert [p.relative_to(archive.root).as_posix() for p in archive.root.rglob("*") if p.is_file()] == ["ARM001/s1/1200.jpg"]
 
 
 def test_four_arms_posting_at_once_lose_and_duplicate_nothing(app, repository):

@@ -290,6 +290,13 @@ def test_frame_key(session_id, image_name, expected):
     assert frame_key(session_id, image_name) == expected
 
 
+@pytest.mark.parametrize(("session_id", "image_name", "match"), [("S1\n", "1200.jpg", "session_id"), ("S1", "1200.jpg\n", "image_name")],
+                         ids=["session-trailing-newline", "image-trailing-newline"])
+def test_frame_key_refuses_a_trailing_newline(session_id, image_name, match):
+    with pytest.raises(BadRequest, match=match):
+        frame_key(session_id, image_name)
+
+
 def test_mirrored_archive_keeps_disk_copy_and_uploads(context, tmp_path):
     queue = context.upload_queue(tmp_path / "spool")
     archive = S3MirroredArchive(DiskArchive(tmp_path / "images"), queue)

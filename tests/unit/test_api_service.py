@@ -37,8 +37,10 @@ def test_valid_ids(value):
 @pytest.mark.parametrize(
     ("value", "match"),
     [(None, "missing parameter 'arm_id'"), ("", "missing"), ("x" * 65, "1 to 64"), ("a/b", "1 to 64"),
-     ("a b", "1 to 64"), ("é", "1 to 64"), (True, "1 to 64"), (["A"], "1 to 64")],
-    ids=["none", "empty", "65-chars", "slash", "space", "non-ascii", "bool", "list"],
+     ("a b", "1 to 64"), ("é", "1 to 64"), (True, "1 to 64"), (["A"], "1 to 64"), ("x\n", "1 to 64"),
+     ("\nx", "1 to 64"), ("x\r\n", "1 to 64")],
+    ids=["none", "empty", "65-chars", "slash", "space", "non-ascii", "bool", "list", "trailing-newline",
+         "leading-newline", "trailing-crlf"],
 )
 def test_invalid_ids(value, match):
     with pytest.raises(BadRequest, match=match):
@@ -50,8 +52,8 @@ def test_valid_image_names(name):
     assert validate_image_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["../1200.jpg", "a/1200.jpg", "1200", "cat.jpg", "1200.gif", "", None],
-                         ids=["traversal", "dir", "no-ext", "not-pw", "gif", "empty", "none"])
+@pytest.mark.parametrize("name", ["../1200.jpg", "a/1200.jpg", "1200", "cat.jpg", "1200.gif", "", None, "1200.jpg\n"],
+                         ids=["traversal", "dir", "no-ext", "not-pw", "gif", "empty", "none", "trailing-newline"])
 def test_invalid_image_names(name):
     with pytest.raises(BadRequest, match="image_name"):
         validate_image_name(name)

@@ -188,6 +188,7 @@ def test_json_formatter_includes_exception():
 def test_new_request_id_outside_pattern():
     assert new_request_id("ok-1") == "ok-1"
     assert new_request_id("bad id") != "bad id"
+    assert new_request_id("ok-1\n") != "ok-1\n"  # "$" alone would match before the newline
 
 
 def _samples(text: str) -> dict:

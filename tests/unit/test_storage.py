@@ -86,6 +86,8 @@ def test_failed_write_leaves_nothing(archive):
         ("ARM001", "s1", "/etc/1200.jpg", "image_name"),
         ("", "s1", "1200.jpg", "arm_id"),
         ("ARM001", "s1", "1200.jpg\x00.png", "image_name"),
+        ("ARM001", "s1\n", "1200.jpg", "session_id"),
+        ("ARM001", "s1", "1200.jpg\n", "image_name"),
     ],
     ids=[
         "dotdot-arm",
@@ -99,6 +101,8 @@ def test_failed_write_leaves_nothing(archive):
         "absolute-image",
         "empty-arm",
         "nul-byte",
+        "session-trailing-newline",
+        "image-trailing-newline",
     ],
 )
 def test_malformed_names_are_refused_before_writing(archive, arm_id, session_id, image_name, message):

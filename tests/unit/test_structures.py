@@ -61,7 +61,7 @@ def test_pulse_width_of_image_name(name, pw):
     assert pulse_width_of_image_name(name) == pw
 
 
-@pytest.mark.parametrize("name", ["../1200.jpg", "1200", "abc.jpg", "1200.gif", "", "1200.jpg/x"], ids=str)
+@pytest.mark.parametrize("name", ["../1200.jpg", "1200", "abc.jpg", "1200.gif", "", "1200.jpg/x", "1200.jpg\n"], ids=str)
 def test_pulse_width_of_image_name_rejects(name):
     with pytest.raises(ValueError, match="image_name"):
         pulse_width_of_image_name(name)
@@ -74,6 +74,10 @@ def test_frame_validates_ids():
         Frame("arm/../x", "s", "1200.jpg", 10, 10)
     with pytest.raises(ValueError, match="session_id"):
         Frame("A", "x" * 65, "1200.jpg", 10, 10)
+    with pytest.raises(ValueError, match="session_id"):
+        Frame("A", "s1\n", "1200.jpg", 10, 10)
+    with pytest.raises(ValueError, match="image_name"):
+        Frame("A", "s1", "1200.jpg\n", 10, 10)
     with pytest.raises(ValueError, match="positive"):
         Frame("A", "s", "1200.jpg", 0, 10)
 
