@@ -21,6 +21,76 @@ import numpy as np
 
 from sorterbot_cloud.errors import InvalidArmConstants
 
+#: Period of the 50 Hz control signal of standard RC servos (µs): no pulse is longer.
+SERVO_PERIOD_US = 20_000.0
+#: Largest side of a JPEG image (pixels): its size fields are 16 bits.
+MAX_IMAGE_SIDE_PX = 65_535
+#: Largest length accepted for a camera mounting or a reach (mm); the reference arm
+#: reaches 150 to 450 mm, so 10 m is far beyond any table-top arm.
+MAX_LENGTH_MM = 10_000.0
+#: Narrowest and widest field of view of a pinhole camera accepted (degrees).
+FIELD_OF_VIEW_RANGE_DEG = (1.0, 170.0)
+#: Least difference between ``r_max_mm`` and ``r_min_mm`` (mm).
+MIN_REACH_SPAN_MM = 1.0
+
+
+def _focal_range_px(size_px: int) -> tuple[float, float]:
+    """Focal lengths (pixels) that give an image side of ``size_px`` pixels a field of view
+    within :data:`FIELD_OF_VIEW_RANGE_DEG`: ``size / (2 tan(fov / 2))``."""
+    narrow_deg, wide_deg = FIELD_OF_VIEW_RANGE_DEG
+    return (size_px / (2 * math.tan(math.radians(wide_deg / 2))), size_px / (2 * math.tan(math.radians(narrow_deg / 2))))
+
+
+#: Accepted range of each arm constant: ``name: (low, high, signed, unit)``; a ``signed``
+#: constant may be negative and its magnitude must lie in ``[low, high]``. The ranges of
+#: ``camera.fx``, ``camera.fy``, ``camera.cx`` and ``camera.cy`` depend on the calibrated
+#: image size (:meth:`ArmConstants.from_mapping` says how); their rows give the widest
+#: values. Where each range comes from: :meth:`ArmConstants.from_mapping`.
+CONSTANT_RANGES: dict[str, tuple[float, float, bool, str]] = {
+    "arm_radius": (1.0, 1_000_000.0, False, "pixels"),
+    "rotation_range_as_deg": (1.0, 360.0, True, "degrees"),
+    "rotation_range_as_pw": (1.0, SERVO_PERIOD_US, True, "µs"),
+    "dist_min_as_pw": (0.0, SERVO_PERIOD_US, False, "µs"),
+    "dist_max_as_pw": (0.0, SERVO_PERIOD_US, False, "µs"),
+    "zero_pw": (0.0, SERVO_PERIOD_US, False, "µs"),
+    "r_min_mm": (0.0, MAX_LENGTH_MM, False, "mm"),
+    "r_max_mm": (0.0, MAX_LENGTH_MM, False, "mm"),
+    "camera.calib_width": (1.0, float(MAX_IMAGE_SIDE_PX), False, "pixels"),
+    "camera.calib_height": (1.0, float(MAX_IMAGE_SIDE_PX), False, "pixels"),
+    "camera.fx": (_focal_range_px(1)[0], _focal_range_px(MAX_IMAGE_SIDE_PX)[1], False, "pixels"),
+    "camera.fy": (_focal_range_px(1)[0], _focal_range_px(MAX_IMAGE_SIDE_PX)[1], False, "pixels"),
+    "camera.cx": (0.0, float(MAX_IMAGE_SIDE_PX), False, "pixels"),
+    "camera.cy": (0.0, float(MAX_IMAGE_SIDE_PX), False, "pixels"),
+    "camera.height_mm": (1.0, MAX_LENGTH_MM, False, "mm"),
+    "camera.offset_mm": (0.0, MAX_LENGTH_MM, True, "mm"),
+    "camera.pitch_deg": (1.0, 90.0, False, "degrees"),
+}
+
+
+def _span(low: float, high: float, signed: bool) -> str:
+    """``"low to high"``, for a signed range ``"-high to -low or low to high"``."""
+    if not signed:
+        return f"{_number_text(low)} to {_number_text(high)}"
+    if low == 0:
+        return f"{_number_text(-high)} to {_number_text(high)}"
+    return f"{_number_text(-high)} to {_number_text(-low)} or {_number_text(low)} to {_number_text(high)}"
+
+
+def _number_text(value: float) -> str:
+    """A bound for a message: ``1,000,000``, ``93,960``, ``71.74``."""
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def _shown(value: Any) -> str:
+    """A received value for a message: its ``repr``, shortened; an integer of many digits
+    by its size (its ``repr`` can be thousands of characters)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**16:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
 
 @dataclass(frozen=True)
 class CameraModel:
@@ -209,26 +279,76 @@ class ArmConstants:
     def from_mapping(cls, data: Any) -> "ArmConstants":
         """Validate and build arm constants from the trigger's JSON body.
 
+        Every constant must be a finite JSON number inside the range of
+        :data:`CONSTANT_RANGES`, chosen so that any arm this service can serve fits and
+        the geometry stays finite:
+
+        - pulse widths (``dist_min_as_pw``, ``dist_max_as_pw``, ``zero_pw``): 0 to
+          20,000 µs, the period of the 50 Hz signal of standard RC servos (a pulse cannot
+          be longer); ``|rotation_range_as_pw|``: 1 to 20,000 µs (negative for a servo
+          mounted the other way round);
+        - ``|rotation_range_as_deg|``: 1 to 360 degrees (the base turns at most a full
+          turn over the servo's range; the reference arm turns 130, a standard hobby
+          servo about 180);
+        - ``arm_radius``: 1 to 1,000,000 pixels (the reference arm: 1400 px at
+          1640x1232; the axis may lie far below the frame, not above its centre);
+        - ``camera.calib_width``, ``camera.calib_height``: whole numbers of pixels, 1 to
+          65,535 (JPEG's largest image side, its size fields being 16 bits);
+        - ``camera.fx`` (``camera.fy``): a horizontal (vertical) field of view of 1 to
+          170 degrees, i.e. ``calib_width / (2 tan 85 deg)`` to
+          ``calib_width / (2 tan 0.5 deg)`` pixels (``calib_height`` for ``fy``); a
+          pinhole camera cannot see 180 degrees;
+        - ``camera.cx`` (``camera.cy``): the principal point lies on the calibrated image,
+          0 to ``calib_width`` (``calib_height``) pixels;
+        - ``camera.pitch_deg``: 1 to 90 degrees (the camera must look down at the table;
+          90 is straight down);
+        - lengths: ``camera.height_mm`` 1 to 10,000 mm, ``|camera.offset_mm|`` at most
+          10,000 mm, ``r_min_mm`` and ``r_max_mm`` 0 to 10,000 mm with ``r_max_mm`` at
+          least 1 mm beyond ``r_min_mm`` (10 m is far beyond the reach of a table-top
+          arm: the reference arm reaches 150 to 450 mm);
+        - ``dist_min_as_pw`` and ``dist_max_as_pw`` must differ.
+
+        Parameters
+        ----------
+        data : mapping
+            The trigger body: the original ``arm_config.yaml`` keys, optionally ``arm_id``
+            and a ``camera`` block with ``zero_pw``, ``r_min_mm`` and ``r_max_mm``.
+
+        Returns
+        -------
+        ArmConstants
+
         Raises
         ------
         InvalidArmConstants
             If ``data`` is not an object, a required key is missing, a value is not a
-            finite number, or a range is empty (e.g. ``rotation_range_as_pw == 0``).
+            finite number or lies outside its range (the message names the field), or a
+            range is empty (e.g. ``dist_min_as_pw == dist_max_as_pw``).
         """
         if not isinstance(data, Mapping):
             raise InvalidArmConstants(f"arm constants must be a JSON object, got {type(data).__name__}")
 
-        def number(source: Mapping, key: str, where: str = "") -> float:
+        def number(source: Mapping, key: str, where: str = "", bounds: tuple[float, float] | None = None,
+                   why: str = "") -> float:
+            name = where + key
             if key not in source:
-                raise InvalidArmConstants(f"missing arm constant {where}{key!r}")
+                raise InvalidArmConstants(f"missing arm constant {name!r}")
             value = source[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InvalidArmConstants(f"arm constant {where}{key!r} must be a finite number, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)
+            ):
+                raise InvalidArmConstants(f"arm constant {name!r} must be a finite number, got {_shown(value)}")
+            low, high, signed, unit = CONSTANT_RANGES[name]
+            if bounds is not None:
+                low, high = bounds
+            # compared before any float conversion: an integer of hundreds of digits overflows a float
+            if not low <= (abs(value) if signed else value) <= high:
+                raise InvalidArmConstants(
+                    f"arm constant {name!r} must be {_span(low, high, signed)} {unit}{why}, got {_shown(value)}"
+                )
             return float(value)
 
         kwargs: dict[str, Any] = {key: number(data, key) for key in cls.LEGACY_KEYS}
-        if kwargs["rotation_range_as_pw"] == 0 or kwargs["rotation_range_as_deg"] == 0:
-            raise InvalidArmConstants("rotation_range_as_deg and rotation_range_as_pw must be non-zero")
         if kwargs["dist_max_as_pw"] == kwargs["dist_min_as_pw"]:
             raise InvalidArmConstants("dist_min_as_pw and dist_max_as_pw must differ")
         arm_id = data.get("arm_id")
@@ -239,18 +359,29 @@ class ArmConstants:
         if camera is not None:
             if not isinstance(camera, Mapping):
                 raise InvalidArmConstants("camera must be a JSON object")
-            cam = {key: number(camera, key, "camera.") for key in cls.CAMERA_KEYS}
-            if min(cam["fx"], cam["fy"], cam["calib_width"], cam["calib_height"], cam["height_mm"]) <= 0:
-                raise InvalidArmConstants("camera fx, fy, calib_width, calib_height and height_mm must be positive")
-            if not 0 < cam["pitch_deg"] <= 90:
-                raise InvalidArmConstants(f"camera.pitch_deg must be in (0, 90], got {cam['pitch_deg']}")
-            cam["calib_width"] = int(cam["calib_width"])
-            cam["calib_height"] = int(cam["calib_height"])
-            kwargs["camera"] = CameraModel(**cam)
+            cam: dict[str, Any] = {}
+            for key in ("calib_width", "calib_height"):
+                cam[key] = number(camera, key, "camera.")
+                if not cam[key].is_integer():
+                    raise InvalidArmConstants(f"arm constant 'camera.{key}' must be a whole number of pixels, got {cam[key]:g}")
+                cam[key] = int(cam[key])
+            for key, side in (("fx", "calib_width"), ("fy", "calib_height")):
+                cam[key] = number(camera, key, "camera.", bounds=_focal_range_px(cam[side]),
+                                  why=f" (a field of view of {FIELD_OF_VIEW_RANGE_DEG[0]:g} to "
+                                      f"{FIELD_OF_VIEW_RANGE_DEG[1]:g} degrees over {side} {cam[side]})")
+            for key, side in (("cx", "calib_width"), ("cy", "calib_height")):
+                cam[key] = number(camera, key, "camera.", bounds=(0.0, float(cam[side])),
+                                  why=f" (on the calibrated image, {side} {cam[side]})")
+            for key in ("height_mm", "offset_mm", "pitch_deg"):
+                cam[key] = number(camera, key, "camera.")
+            kwargs["camera"] = CameraModel(**{key: cam[key] for key in cls.CAMERA_KEYS})
             for key in ("zero_pw", "r_min_mm", "r_max_mm"):
                 kwargs[key] = number(data, key)
-            if kwargs["r_max_mm"] <= kwargs["r_min_mm"]:
-                raise InvalidArmConstants("r_max_mm must be greater than r_min_mm")
+            if kwargs["r_max_mm"] - kwargs["r_min_mm"] < MIN_REACH_SPAN_MM:
+                raise InvalidArmConstants(
+                    f"r_max_mm must be greater than r_min_mm by at least {MIN_REACH_SPAN_MM:g} mm, "
+                    f"got r_min_mm {kwargs['r_min_mm']:g} and r_max_mm {kwargs['r_max_mm']:g}"
+                )
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sorterbot_cloud.api import create_app
-from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.camera import CONSTANT_RANGES, FIELD_OF_VIEW_RANGE_DEG, ArmConstants
 from sorterbot_cloud.imaging import decode_image
 from tests.integration.conftest_service import (
     SESSION_FRAMES,
@@ -126,6 +126,45 @@ def test_session_with_nothing_to_sort_answers_empty_with_reason(client, frames, 
     assert rich["commands"] == [] and reason in rich["reason"]
 
 
+def _range_corners() -> list[tuple[str, str, float]]:
+    """``(mode, field, value)``: every arm constant at both ends of its accepted range
+    (both signs where it may be negative), in each mode that reads it."""
+    reference = ArmConstants.reference(calibrated=True).to_mapping()["camera"]
+    corners = []
+    for name, (low, high, signed, _unit) in CONSTANT_RANGES.items():
+        if name in ("camera.fx", "camera.fy"):  # a field of view of 1 to 170 degrees
+            side = reference["calib_width" if name == "camera.fx" else "calib_height"]
+            low, high = (side / (2 * np.tan(np.radians(fov_deg / 2))) for fov_deg in FIELD_OF_VIEW_RANGE_DEG[::-1])
+            low, high = low * (1 + 1e-9), high * (1 - 1e-9)
+        elif name in ("camera.cx", "camera.cy"):  # on the calibrated image
+            low, high = 0.0, float(reference["calib_width" if name == "camera.cx" else "calib_height"])
+        values = [low, high] + ([-low, -high] if signed else [])
+        modes = ["calibrated"] if name.startswith("camera.") or name in ("zero_pw", "r_min_mm", "r_max_mm") else ["legacy", "calibrated"]
+        corners += [(mode, name, value) for mode in modes for value in values]
+    return corners
+
+
+def _with_constant(mode: str, name: str, value: float) -> dict:
+    """The reference constants of ``mode`` with one constant changed, the others kept consistent."""
+    constants = legacy_constants() if mode == "legacy" else ArmConstants.reference(calibrated=True).to_mapping()
+    if name.startswith("camera."):
+        camera = constants["camera"]
+        key = name.removeprefix("camera.")
+        if key in ("calib_width", "calib_height"):  # the intrinsics scale with the calibrated size
+            focal, centre = ("fx", "cx") if key == "calib_width" else ("fy", "cy")
+            camera[focal] *= value / camera[key]
+            camera[centre] *= value / camera[key]
+        camera[key] = value
+    else:
+        constants[name] = value
+        low_mm, high_mm = CONSTANT_RANGES["r_min_mm"][:2]
+        if name == "r_min_mm" and value >= constants["r_max_mm"]:
+            constants["r_min_mm"], constants["r_max_mm"] = high_mm - 1.0, high_mm
+        if name == "r_max_mm" and value <= constants["r_min_mm"]:
+            constants["r_min_mm"], constants["r_max_mm"] = low_mm, low_mm + 1.0
+    return constants
+
+
 @pytest.mark.parametrize(
     ("query", "body", "status"),
     [
@@ -135,8 +174,12 @@ def test_session_with_nothing_to_sort_answers_empty_with_reason(client, frames, 
         ("session_id=s1", legacy_constants(dist_max_as_pw=1200.0), 422),
         ("session_id=s1", legacy_constants() | {"camera": {"fx": 1}}, 422),
         ("session_id=s1", "not an object", 422),
+        ("session_id=s1", legacy_constants(arm_radius=1e308), 422),
+        ("session_id=s1", legacy_constants(arm_radius=1e-320), 422),
+        ("session_id=s1", _with_constant("calibrated", "camera.calib_width", 0.5), 422),
     ],
-    ids=["unknown-session", "unknown-arm", "missing-keys", "empty-reach-range", "bad-camera", "string-body"],
+    ids=["unknown-session", "unknown-arm", "missing-keys", "empty-reach-range", "bad-camera", "string-body",
+         "radius-overflows-geometry", "radius-subnormal", "half-pixel-calibration"],
 )
 def test_rejected_trigger_stores_nothing(client, repository, query, body, status):
     post_session(client)
@@ -213,3 +256,17 @@ def test_settings_grouping_distance_decides_where_shapes_are_appended(settings, 
         rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=legacy_constants()).get_json()
         clusters[distance] = {o["cluster_id"] for o in rich["objects"] if o["class"] == "item"}
     assert clusters == {0.05: {0, 1}, 2.0: {0}}
+
+
+@pytest.mark.parametrize(("mode", "name", "value"), _range_corners(), ids=lambda v: f"{v:g}" if isinstance(v, float) else v)
+def test_constants_at_the_ends_of_their_ranges_give_commands(client, mode, name, value):
+    post_session(client)
+    constants = _with_constant(mode, name, value)
+    assert ArmConstants.from_mapping(constants)  # inside the documented range
+    wire = client.post("/get_commands_of_session?session_id=s1", json=constants)
+    assert wire.status_code == 200, wire.get_data(as_text=True)
+    assert is_wire_list(wire.get_json())
+    assert np.isfinite(np.array(wire.get_json(), dtype=float)).all()
+    rich = client.post("/v1/arms/ARM001/sessions/s1/commands", json=constants)
+    assert rich.status_code == 200, rich.get_data(as_text=True)
+    assert rich.get_json()["wire"] == wire.get_json()

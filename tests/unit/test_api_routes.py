@@ -13,6 +13,7 @@ import re
 import pytest
 
 from sorterbot_cloud.api import create_app
+from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.config import Settings
 from tests.integration.conftest_service import (
     FakeArchive,
@@ -23,6 +24,7 @@ from tests.integration.conftest_service import (
     legacy_constants,
 )
 
+CAMERA = ArmConstants.reference(calibrated=True).to_mapping()["camera"]
 PNG = frame_bytes([Rect("red", (10, 10, 40, 40)), Rect("green", (100, 100, 180, 180))])
 MAX_BODY_BYTES = 200_000
 
@@ -141,7 +143,15 @@ BAD_TRIGGER = {
     "empty-body": ("/get_commands_of_session?session_id=s1", b"", 400, "empty"),
     "list-body": ("/get_commands_of_session?session_id=s1", b"[1, 2]", 422, "JSON object"),
     "missing-key": ("/get_commands_of_session?session_id=s1", legacy_constants(arm_radius=None) | {"arm_radius": "x"}, 422, "arm_radius"),
-    "zero-range": ("/get_commands_of_session?session_id=s1", legacy_constants(rotation_range_as_pw=0), 422, "non-zero"),
+    "zero-range": ("/get_commands_of_session?session_id=s1", legacy_constants(rotation_range_as_pw=0), 422, "'rotation_range_as_pw' must be"),
+    "huge-int-radius": ("/get_commands_of_session?session_id=s1",
+                        b'{"arm_radius": 1' + b"0" * 400 + b', "rotation_range_as_deg": 130, "rotation_range_as_pw": 1400, '
+                        b'"dist_min_as_pw": 1200, "dist_max_as_pw": 1900}', 422, "'arm_radius' must be 1 to 1,000,000 pixels"),
+    "float-overflow-radius": ("/get_commands_of_session?session_id=s1", legacy_constants(arm_radius=1e308), 422, "'arm_radius' must be"),
+    "subnormal-radius": ("/get_commands_of_session?session_id=s1", legacy_constants(arm_radius=1e-320), 422, "'arm_radius' must be"),
+    "half-pixel-calib-width": ("/get_commands_of_session?session_id=s1",
+                               legacy_constants() | {"camera": {**CAMERA, "calib_width": 0.5}, "zero_pw": 1475, "r_min_mm": 150, "r_max_mm": 450},
+                               422, "'camera.calib_width' must be"),
     "unknown-session": ("/get_commands_of_session?session_id=nope", legacy_constants(arm_id=None), 404, "nope"),
     "unknown-session-with-arm": ("/get_commands_of_session?session_id=nope&arm_id=ARM9", legacy_constants(), 404, "nope"),
 }

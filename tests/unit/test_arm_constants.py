@@ -36,13 +36,13 @@ def test_reference_focal_length_matches_field_of_view():
     "change, match",
     [
         ({"arm_radius": None}, "arm_radius"),
-        ({"rotation_range_as_pw": 0}, "non-zero"),
+        ({"rotation_range_as_pw": 0}, "'rotation_range_as_pw' must be -20,000 to -1 or 1 to 20,000 µs, got 0"),
         ({"dist_max_as_pw": 1200}, "differ"),
         ({"arm_radius": "12"}, "finite number"),
         ({"arm_radius": True}, "finite number"),
         ({"arm_radius": float("inf")}, "finite number"),
         ({"camera": [1, 2]}, "camera must be a JSON object"),
-        ({"camera": {"fx": 1}}, "camera.'fy'|camera.'cx'|camera.'fy'|missing arm constant camera"),
+        ({"camera": {"fx": 1}}, "missing arm constant 'camera\\.calib_width'"),
     ],
     ids=["missing", "zero-range", "empty-reach", "string", "bool", "inf", "camera-list", "camera-partial"],
 )
@@ -102,3 +102,59 @@ def test_rays_above_horizon_do_not_reach_the_table():
     cam = CameraModel.reference()
     out = cam.backproject_to_plane(np.array([[820, 0.0], [820, -5000.0]]), 0.0, 1640, 1232)
     assert np.isnan(out[1]).all()
+
+
+def _changed(base: dict, change: dict) -> dict:
+    """``base`` with ``change`` applied (``camera.`` names go into the camera block)."""
+    data = dict(base, camera=dict(base["camera"])) if "camera" in base else dict(base)
+    for name, value in change.items():
+        if name.startswith("camera."):
+            data["camera"][name.removeprefix("camera.")] = value
+        else:
+            data[name] = value
+    return data
+
+
+OUT_OF_RANGE = {
+    "radius-huge-int": ({"arm_radius": 10**400}, "'arm_radius' must be 1 to 1,000,000 pixels, got an integer of about 401 digits"),
+    "radius-1e308": ({"arm_radius": 1e308}, "'arm_radius' must be 1 to 1,000,000 pixels, got 1e\\+308"),
+    "radius-subnormal": ({"arm_radius": 1e-320}, "'arm_radius' must be 1 to"),
+    "radius-negative": ({"arm_radius": -1400}, "'arm_radius' must be 1 to"),
+    "degrees-subnormal": ({"rotation_range_as_deg": 1e-320}, "'rotation_range_as_deg' must be -360 to -1 or 1 to 360 degrees"),
+    "degrees-two-turns": ({"rotation_range_as_deg": 720}, "'rotation_range_as_deg' must be"),
+    "pw-range-huge": ({"rotation_range_as_pw": -1e300}, "'rotation_range_as_pw' must be"),
+    "reach-pw-negative": ({"dist_min_as_pw": -5}, "'dist_min_as_pw' must be 0 to 20,000 µs"),
+    "reach-pw-beyond-period": ({"dist_max_as_pw": 20_001}, "'dist_max_as_pw' must be 0 to 20,000 µs"),
+    "calib-width-half": ({"camera.calib_width": 0.5}, "'camera.calib_width' must be 1 to 65,535 pixels, got 0.5"),
+    "calib-width-fraction": ({"camera.calib_width": 1640.5}, "'camera.calib_width' must be a whole number"),
+    "calib-height-huge": ({"camera.calib_height": 10**6}, "'camera.calib_height' must be 1 to 65,535"),
+    "fx-huge": ({"camera.fx": 1e308}, "'camera.fx' must be .* field of view of 1 to 170 degrees over calib_width 1640"),
+    "fy-subnormal": ({"camera.fy": 1e-320}, "'camera.fy' must be .* over calib_height 1232"),
+    "cx-off-image": ({"camera.cx": 1641}, "'camera.cx' must be 0 to 1,640 pixels"),
+    "cy-negative": ({"camera.cy": -1}, "'camera.cy' must be 0 to 1,232 pixels"),
+    "height-zero": ({"camera.height_mm": 0}, "'camera.height_mm' must be 1 to 10,000 mm"),
+    "offset-huge": ({"camera.offset_mm": -1e308}, "'camera.offset_mm' must be -10,000 to 10,000 mm"),
+    "pitch-subnormal": ({"camera.pitch_deg": 1e-320}, "'camera.pitch_deg' must be 1 to 90 degrees"),
+    "zero-pw-negative": ({"zero_pw": -1}, "'zero_pw' must be 0 to 20,000"),
+    "reach-huge": ({"r_max_mm": 1e308}, "'r_max_mm' must be 0 to 10,000 mm"),
+    "reach-span-tiny": ({"r_min_mm": 150.0, "r_max_mm": 150.0 + 1e-9}, "r_max_mm must be greater than r_min_mm by at least 1 mm"),
+}
+
+
+@pytest.mark.parametrize("case", list(OUT_OF_RANGE), ids=list(OUT_OF_RANGE))
+def test_constants_out_of_their_physical_range_are_rejected_naming_the_field(case):
+    change, match = OUT_OF_RANGE[case]
+    data = _changed(ArmConstants.reference(calibrated=True).to_mapping(), change)
+    with pytest.raises(InvalidArmConstants, match=match):
+        ArmConstants.from_mapping(data)
+
+
+@pytest.mark.parametrize("change", [{"arm_radius": 1}, {"arm_radius": 10**6}, {"rotation_range_as_deg": -360},
+                                    {"camera.calib_width": 1640.0}, {"camera.pitch_deg": 90}, {"camera.offset_mm": -60}],
+                         ids=["radius-low", "radius-high", "degrees-reversed", "calib-width-float", "pitch-down", "offset-behind"])
+def test_constants_at_the_ends_of_their_range_are_accepted(change):
+    data = _changed(ArmConstants.reference(calibrated=True).to_mapping(), change)
+    constants = ArmConstants.from_mapping(data)
+    for name, value in change.items():
+        holder = constants.camera if name.startswith("camera.") else constants
+        assert getattr(holder, name.removeprefix("camera.")) == value
