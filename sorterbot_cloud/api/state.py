@@ -25,6 +25,10 @@ EXTENSION_KEY = "sorterbot"
 #: the original client's ``requests.post(url, params=...)`` sends none.
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "application/octet-stream"})
 
+#: Deepest nesting of arrays and objects accepted in a JSON body. Arm constants nest 2
+#: levels (the ``camera`` block); deeper bodies are refused before anything walks them.
+MAX_JSON_DEPTH = 32
+
 
 @dataclass
 class AppState:
@@ -123,15 +127,45 @@ def read_json_body() -> Any:
     Raises
     ------
     BadRequest
-        If the body is empty or not valid UTF-8 JSON.
+        If the body is empty, not valid UTF-8 JSON, or nests arrays and objects deeper
+        than :data:`MAX_JSON_DEPTH` levels.
     """
     raw = request.get_data(cache=True)
     if not raw:
         raise BadRequest("the request body is empty: expected a JSON object of arm constants")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise BadRequest(_too_deep_detail()) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise BadRequest(_too_deep_detail())
+    return value
+
+
+def _too_deep_detail() -> str:
+    return (f"the request body nests JSON arrays or objects deeper than {MAX_JSON_DEPTH} levels; "
+            "arm constants need 2 (the camera block)")
+
+
+def _json_depth(value: Any) -> int:
+    """Levels of nested arrays and objects in a parsed JSON value (0 for a scalar), counted
+    without recursion."""
+    depth, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        depth = max(depth, level)
+        if depth > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return depth
 
 
 def _reject_constant(name: str) -> Any:

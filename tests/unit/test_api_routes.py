@@ -8,6 +8,7 @@ a real PostgreSQL live in ``tests/integration/test_api_*.py``.
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -135,6 +136,14 @@ def test_ingest_accepts_the_design_content_types(client, repository, content_typ
     assert embeddings[0].shape == (512,) and embeddings[1] is None  # container: no embedding
 
 
+def _nested(levels: int) -> list:
+    """A JSON value of ``levels`` nested arrays."""
+    value: list = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 BAD_TRIGGER = {
     "no-session": ("/get_commands_of_session", legacy_constants(), 400, "missing parameter 'session_id'"),
     "bad-session": ("/get_commands_of_session?session_id=a%20b", legacy_constants(), 400, "session_id must be"),
@@ -152,6 +161,12 @@ BAD_TRIGGER = {
     "half-pixel-calib-width": ("/get_commands_of_session?session_id=s1",
                                legacy_constants() | {"camera": {**CAMERA, "calib_width": 0.5}, "zero_pw": 1475, "r_min_mm": 150, "r_max_mm": 450},
                                422, "'camera.calib_width' must be"),
+    "nested-100k-arrays": ("/get_commands_of_session?session_id=s1", b"[" * 100_000, 400, "deeper than 32 levels"),
+    "nested-30k-objects": ("/get_commands_of_session?session_id=s1", b'{"a":' * 30_000, 400, "deeper than 32 levels"),
+    "nested-extra-key": ("/get_commands_of_session?session_id=s1",
+                         json.dumps(legacy_constants() | {"extra": _nested(40)}).encode(), 400, "deeper than 32 levels"),
+    "v1-nested-100k-arrays": ("/v1/arms/ARM001/sessions/s1/commands", b"[" * 100_000, 400, "deeper than 32 levels"),
+    "v1-overview-nested": ("/v1/arms/ARM001/sessions/s1/overview.png", b"[" * 100_000 + b"]" * 100_000, 400, "deeper than 32"),
     "unknown-session": ("/get_commands_of_session?session_id=nope", legacy_constants(arm_id=None), 404, "nope"),
     "unknown-session-with-arm": ("/get_commands_of_session?session_id=nope&arm_id=ARM9", legacy_constants(), 404, "nope"),
 }
@@ -271,3 +286,10 @@ def test_openapi_references_resolve(client):
         for part in ref.split("/"):
             assert part in node, f"dangling $ref #/{ref}"
             node = node[part]
+
+
+@pytest.mark.parametrize("levels", [2, 32], ids=["camera-block", "at-the-limit"])
+def test_nested_json_up_to_the_limit_is_read(client, levels):
+    constants = legacy_constants() | {"extra": _nested(levels - 1)}
+    response = client.post("/get_commands_of_session?session_id=s1", json=constants)
+    assert_problem(response, 404, "s1")  # past the body: the session is unknown to the fake store
