@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from sorterbot_cloud.errors import InvalidArmConstants
+from sorterbot_cloud.structures import ID_PATTERN
 
 #: Period of the 50 Hz control signal of standard RC servos (µs): no pulse is longer.
 SERVO_PERIOD_US = 20_000.0
@@ -90,6 +91,26 @@ def _shown(value: Any) -> str:
         return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _arm_id_of(value: Any) -> str | None:
+    """The body's ``arm_id`` checked with the query's rule (:data:`~sorterbot_cloud.structures.ID_PATTERN`):
+    None when absent or empty; an integer (the control panel's ids) as its decimal string.
+
+    Raises
+    ------
+    InvalidArmConstants
+        If the value is not 1 to 64 letters, digits, ``_``, ``-`` and ``.``.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**64:
+        value = str(value)
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise InvalidArmConstants(
+            f"arm constant 'arm_id' must be 1 to 64 characters of letters, digits, '_', '-' and '.', got {_shown(value)}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -228,6 +249,7 @@ class ArmConstants:
     Parameters
     ----------
     arm_id : str or None
+        The body's ``arm_id``: 1 to 64 of ``[A-Za-z0-9_.-]``, or None when absent.
     arm_radius : float
         Legacy: pixels from the image centre down to the arm axis.
     rotation_range_as_deg, rotation_range_as_pw : float
@@ -308,6 +330,10 @@ class ArmConstants:
           arm: the reference arm reaches 150 to 450 mm);
         - ``dist_min_as_pw`` and ``dist_max_as_pw`` must differ.
 
+        ``arm_id``, when present and not empty, follows the rule of the query's
+        (DESIGN.md, Terms): 1 to 64 letters, digits, ``_``, ``-`` and ``.``; an integer is
+        taken as its decimal string.
+
         Parameters
         ----------
         data : mapping
@@ -351,10 +377,7 @@ class ArmConstants:
         kwargs: dict[str, Any] = {key: number(data, key) for key in cls.LEGACY_KEYS}
         if kwargs["dist_max_as_pw"] == kwargs["dist_min_as_pw"]:
             raise InvalidArmConstants("dist_min_as_pw and dist_max_as_pw must differ")
-        arm_id = data.get("arm_id")
-        if arm_id is not None and not isinstance(arm_id, (str, int)):
-            raise InvalidArmConstants(f"arm_id must be a string, got {arm_id!r}")
-        kwargs["arm_id"] = None if arm_id is None else str(arm_id)
+        kwargs["arm_id"] = _arm_id_of(data.get("arm_id"))
         camera = data.get("camera")
         if camera is not None:
             if not isinstance(camera, Mapping):

@@ -74,6 +74,28 @@ def validate_id(name: str, value: Any) -> str:
     return value
 
 
+def check_body_arm_id(arm_id: str, constants: ArmConstants) -> None:
+    """Refuse a trigger whose body names another arm than its query or URL.
+
+    Parameters
+    ----------
+    arm_id : str
+        The arm of the request (query or URL), already validated.
+    constants : ArmConstants
+        The body's constants; their ``arm_id`` may be None (not given).
+
+    Raises
+    ------
+    BadRequest
+        If the body's ``arm_id`` is given and differs from ``arm_id``.
+    """
+    if constants.arm_id is not None and constants.arm_id != arm_id:
+        raise BadRequest(
+            f"the body's arm_id {constants.arm_id!r} is not the arm of the request ({arm_id!r}): "
+            "send one arm_id, or the same in both"
+        )
+
+
 def validate_image_name(image_name: Any) -> str:
     """Check a frame name such as ``1200.jpg`` (no directories, so no path traversal).
 

@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify, request
 
 from sorterbot_cloud.api.state import frame_bytes, read_json_body, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, UnknownSession
-from sorterbot_cloud.service import validate_id, validate_image_name
+from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
 
 bp = Blueprint("compat", __name__)
 
@@ -30,20 +28,31 @@ def process_image():
     return jsonify(state().service.process_frame(arm_id, session_id, image_name, data))
 
 
-def resolve_arm_id(session_id: str, query_arm_id: str | None, body: Any) -> str:
+def resolve_arm_id(session_id: str, query_arm_id: str | None, constants: ArmConstants) -> str:
     """The arm of a trigger: the query's ``arm_id``, else the body's, else the session's only arm.
+
+    Parameters
+    ----------
+    session_id : str
+    query_arm_id : str or None
+        The query's ``arm_id`` (None or empty when not given).
+    constants : ArmConstants
+        The validated body (its ``arm_id`` follows the query's rule, or is None).
 
     Raises
     ------
     BadRequest
-        If an id is malformed, or several arms have a session of that id.
+        If an id is malformed, the query and the body name different arms, or several
+        arms have a session of that id.
     UnknownSession
         If no arm has a session of that id.
     """
     if query_arm_id not in (None, ""):
-        return validate_id("arm_id", query_arm_id)
-    if isinstance(body, dict) and body.get("arm_id") not in (None, ""):
-        return validate_id("arm_id", body["arm_id"])
+        arm_id = validate_id("arm_id", query_arm_id)
+        check_body_arm_id(arm_id, constants)
+        return arm_id
+    if constants.arm_id is not None:
+        return constants.arm_id
     arm_ids = sorted(state().service.repository.arm_ids_of_session(session_id))
     if not arm_ids:
         raise UnknownSession(f"no frame is stored for session {session_id!r}")
@@ -59,7 +68,7 @@ def get_commands_of_session():
     """Compute the session's commands and answer them in the original client's format."""
     session_id = validate_id("session_id", request.args.get("session_id"))
     body = read_json_body()
-    ArmConstants.from_mapping(body)  # reject malformed constants before any lookup
-    arm_id = resolve_arm_id(session_id, request.args.get("arm_id"), body)
+    constants = ArmConstants.from_mapping(body)  # reject malformed constants before any lookup
+    arm_id = resolve_arm_id(session_id, request.args.get("arm_id"), constants)
     result = state().service.commands_for_session(arm_id, session_id, body)
     return jsonify(result["wire"])

@@ -18,8 +18,9 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from sorterbot_cloud.api.state import IMAGE_MEDIA_TYPES, frame_bytes, read_image_body, read_json_body, state
+from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, UnknownSession, UnsupportedMediaType
-from sorterbot_cloud.service import validate_id, validate_image_name
+from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 predict_bp = Blueprint("predict", __name__)
@@ -40,7 +41,7 @@ def put_frame(arm_id: str, session_id: str, image_name: str):
 @bp.post(SESSION + "/commands")
 def post_commands(arm_id: str, session_id: str):
     """Compute the session's commands; answer the rich result."""
-    body = read_json_body()
+    body = _trigger_body(arm_id)
     return jsonify(state().service.commands_for_session(arm_id, session_id, body))
 
 
@@ -53,9 +54,25 @@ def get_commands(arm_id: str, session_id: str):
 @bp.post(SESSION + "/overview.png")
 def post_overview(arm_id: str, session_id: str):
     """Compute the session's commands and answer its overview PNG."""
-    body = read_json_body()
+    body = _trigger_body(arm_id)
     result = state().service.commands_for_session(arm_id, session_id, body)
     return _overview_response(result)
+
+
+def _trigger_body(arm_id: str):
+    """The JSON body of a trigger, refused when its ``arm_id`` is not the URL's arm.
+
+    Raises
+    ------
+    BadRequest
+        If the URL's arm id is malformed, the body is not JSON, or the body names another arm.
+    InvalidArmConstants
+        If the body holds malformed arm constants.
+    """
+    arm_id = validate_id("arm_id", arm_id)
+    body = read_json_body()
+    check_body_arm_id(arm_id, ArmConstants.from_mapping(body))
+    return body
 
 
 @bp.get(SESSION + "/overview.png")

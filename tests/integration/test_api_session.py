@@ -169,7 +169,7 @@ def _with_constant(mode: str, name: str, value: float) -> dict:
     ("query", "body", "status"),
     [
         ("session_id=unknown", legacy_constants(), 404),
-        ("session_id=s1&arm_id=OTHER", legacy_constants(), 404),
+        ("session_id=s1&arm_id=OTHER", legacy_constants(arm_id="OTHER"), 404),
         ("session_id=s1", {"arm_radius": 1}, 422),
         ("session_id=s1", legacy_constants(dist_max_as_pw=1200.0), 422),
         ("session_id=s1", legacy_constants() | {"camera": {"fx": 1}}, 422),
@@ -177,9 +177,14 @@ def _with_constant(mode: str, name: str, value: float) -> dict:
         ("session_id=s1", legacy_constants(arm_radius=1e308), 422),
         ("session_id=s1", legacy_constants(arm_radius=1e-320), 422),
         ("session_id=s1", _with_constant("calibrated", "camera.calib_width", 0.5), 422),
+        ("session_id=s1&arm_id=ARM001", legacy_constants(arm_id="\ud800"), 422),
+        ("session_id=s1&arm_id=ARM001", legacy_constants(arm_id="A" * 10_000), 422),
+        ("session_id=s1", legacy_constants(arm_id="ARM001\n"), 422),
+        ("session_id=s1&arm_id=ARM001", legacy_constants(arm_id="ARM002"), 400),
     ],
     ids=["unknown-session", "unknown-arm", "missing-keys", "empty-reach-range", "bad-camera", "string-body",
-         "radius-overflows-geometry", "radius-subnormal", "half-pixel-calibration"],
+         "radius-overflows-geometry", "radius-subnormal", "half-pixel-calibration", "body-arm-lone-surrogate",
+         "body-arm-10k-chars", "body-arm-trailing-newline", "query-and-body-arms-differ"],
 )
 def test_rejected_trigger_stores_nothing(client, repository, query, body, status):
     post_session(client)
@@ -189,6 +194,33 @@ def test_rejected_trigger_stores_nothing(client, repository, query, body, status
     assert response.mimetype == "application/problem+json"
     assert repository.latest_commands("ARM001", "s1") is None
     assert [(d.detection_id, d.class_id) for d in repository.load_session("ARM001", "s1")] == before
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "detail"),
+    [
+        ("commands", legacy_constants(arm_id="ARM002"), 400, "the body's arm_id 'ARM002' is not the arm of the request"),
+        ("overview.png", legacy_constants(arm_id="ARM002"), 400, "the body's arm_id 'ARM002' is not the arm of the request"),
+        ("commands", legacy_constants(arm_id="\ud800"), 422, "'arm_id' must be 1 to 64"),
+        ("commands", legacy_constants(arm_id="A" * 10_000), 422, "'arm_id' must be 1 to 64"),
+    ],
+    ids=["commands-other-arm", "overview-other-arm", "commands-lone-surrogate", "commands-10k-chars"],
+)
+def test_v1_trigger_refuses_a_body_arm_id_that_is_not_the_urls(client, repository, route, body, status, detail):
+    post_session(client)
+    response = client.post(f"/v1/arms/ARM001/sessions/s1/{route}", json=body)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert detail in response.get_json()["detail"]
+    assert repository.latest_commands("ARM001", "s1") is None
+
+
+@pytest.mark.parametrize("body_arm_id", ["ARM001", None, ""], ids=["same", "absent", "empty"])
+def test_trigger_with_the_arm_in_query_and_body_alike_is_served(client, repository, body_arm_id):
+    post_session(client)
+    constants = legacy_constants() | {"arm_id": body_arm_id} if body_arm_id is not None else legacy_constants(arm_id=None)
+    response = client.post("/get_commands_of_session?session_id=s1&arm_id=ARM001", json=constants)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert repository.latest_commands("ARM001", "s1")["result"]["wire"] == response.get_json()
 
 
 def test_overview_png_of_latest_result(client):

@@ -168,7 +168,13 @@ BAD_TRIGGER = {
     "v1-nested-100k-arrays": ("/v1/arms/ARM001/sessions/s1/commands", b"[" * 100_000, 400, "deeper than 32 levels"),
     "v1-overview-nested": ("/v1/arms/ARM001/sessions/s1/overview.png", b"[" * 100_000 + b"]" * 100_000, 400, "deeper than 32"),
     "unknown-session": ("/get_commands_of_session?session_id=nope", legacy_constants(arm_id=None), 404, "nope"),
-    "unknown-session-with-arm": ("/get_commands_of_session?session_id=nope&arm_id=ARM9", legacy_constants(), 404, "nope"),
+    "unknown-session-with-arm": ("/get_commands_of_session?session_id=nope&arm_id=ARM9", legacy_constants(arm_id="ARM9"), 404, "nope"),
+    "body-arm-lone-surrogate": ("/get_commands_of_session?session_id=s1&arm_id=ARM001",
+                                json.dumps(legacy_constants(arm_id="\ud800")).encode(), 422, "'arm_id' must be 1 to 64"),
+    "body-arm-10k-chars": ("/get_commands_of_session?session_id=s1&arm_id=ARM001",
+                           legacy_constants(arm_id="A" * 10_000), 422, "'arm_id' must be 1 to 64"),
+    "body-arm-not-query-arm": ("/get_commands_of_session?session_id=s1&arm_id=ARM001", legacy_constants(arm_id="ARM002"),
+                               400, "the body's arm_id 'ARM002' is not the arm of the request \\('ARM001'\\)"),
 }
 
 

@@ -158,3 +158,23 @@ def test_constants_at_the_ends_of_their_range_are_accepted(change):
     for name, value in change.items():
         holder = constants.camera if name.startswith("camera.") else constants
         assert getattr(holder, name.removeprefix("camera.")) == value
+
+
+@pytest.mark.parametrize(
+    ("arm_id", "expected"),
+    [("ARM001", "ARM001"), (7, "7"), ("", None), (None, None)],
+    ids=["string", "control-panel-number", "empty", "absent"],
+)
+def test_body_arm_id_follows_the_query_rule(arm_id, expected):
+    assert ArmConstants.from_mapping(dict(LEGACY, arm_id=arm_id)).arm_id == expected
+
+
+@pytest.mark.parametrize(
+    "arm_id", ["\ud800", "A" * 65, "A" * 10_000, "ARM001\n", "a/b", True, 1.5, ["A"], 10**70],
+    ids=["lone-surrogate", "65-chars", "10k-chars", "trailing-newline", "slash", "bool", "float", "list", "huge-int"],
+)
+def test_malformed_body_arm_id_is_rejected(arm_id):
+    with pytest.raises(InvalidArmConstants, match="'arm_id' must be 1 to 64 characters") as caught:
+        ArmConstants.from_mapping(dict(LEGACY, arm_id=arm_id))
+    assert len(caught.value.detail) < 200  # the value is shown shortened
+    caught.value.detail.encode("utf-8")  # and can be sent (a lone surrogate is escaped)
