@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from flask import current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError, UnsupportedMediaType
 
@@ -88,7 +89,29 @@ def read_image_body() -> bytes:
             f"{', '.join(sorted(IMAGE_MEDIA_TYPES - {'image/jpg'}))} (with curl: "
             f"--data-binary @1200.jpg -H 'Content-Type: image/jpeg')"
         )
-    return request.get_data(cache=True)
+    return request_body()
+
+
+def request_body() -> bytes:
+    """The raw body of the current request, refused when over ``MAX_CONTENT_LENGTH``.
+
+    Werkzeug refuses a ``Content-Length`` over the limit before reading; a body streamed
+    without one (``Transfer-Encoding: chunked``) is read up to the limit and would stop
+    there silently, the rest unread. So when such a body fills the limit, one more byte is
+    read from the server's stream: if there is one, the body was larger.
+
+    Raises
+    ------
+    werkzeug.exceptions.RequestEntityTooLarge
+        If the body is over the limit (answered as 413 stating the limit).
+    """
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    if limit is not None and request.content_length is None and len(data) >= limit:
+        stream = request.environ.get("wsgi.input")
+        if stream is not None and stream.read(1):
+            raise RequestEntityTooLarge()
+    return data
 
 
 def frame_bytes(session_id: str, image_name: str) -> bytes:
@@ -129,8 +152,10 @@ def read_json_body() -> Any:
     BadRequest
         If the body is empty, not valid UTF-8 JSON, or nests arrays and objects deeper
         than :data:`MAX_JSON_DEPTH` levels.
+    werkzeug.exceptions.RequestEntityTooLarge
+        If the body is over ``MAX_CONTENT_LENGTH`` (answered as 413).
     """
-    raw = request.get_data(cache=True)
+    raw = request_body()
     if not raw:
         raise BadRequest("the request body is empty: expected a JSON object of arm constants")
     try:

@@ -7,6 +7,8 @@ at once over real HTTP losing and duplicating nothing.
 
 from __future__ import annotations
 
+import http.client
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -172,3 +174,36 @@ def test_four_arms_posting_at_once_lose_and_duplicate_nothing(app, repository):
         for classes in per_frame.values():
             assert sorted(classes) == [ITEM_CLASS_ID] * (i + 1) + [CONTAINER_CLASS_ID]
     assert repository.arm_ids_of_session("shared") == arms
+
+
+def _post_chunked(port: int, url: str, body: bytes, chunk_bytes: int = 64 * 1024) -> tuple[int, dict]:
+    """POST ``body`` with ``Transfer-Encoding: chunked`` (no Content-Length) over a real socket."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        chunks = (body[i:i + chunk_bytes] for i in range(0, len(body), chunk_bytes))
+        connection.request("POST", url, body=chunks, headers={"Content-Type": "image/png"}, encode_chunked=True)
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_chunked_frame_over_the_limit_is_413_and_stores_nothing(app, repository, archive):
+    """A chunked body is not cut at the limit and then judged as a truncated image."""
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    whole = frame_bytes(FRAME)
+    try:
+        status, body = _post_chunked(server.server_port, "/process_image?arm_id=ARM001&session_id=s1&image_name=1200.jpg", whole)
+        assert status == 200, body
+        over = whole + b"\x00" * (limit + 1 - len(whole))  # a valid frame, padded one byte past the limit
+        status, body = _post_chunked(server.server_port, "/process_image?arm_id=ARM001&session_id=s1&image_name=1300.jpg", over)
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+    assert status == 413, body
+    assert f"limit of {limit} bytes" in body["detail"]
+    assert [f["image_name"] for f in repository.session_frames("ARM001", "s1")] == ["1200.jpg"]
+    assert sorted(p.name for p in archive.root.rglob("*") if p.is_file()) == ["1200.jpg"]

@@ -299,3 +299,36 @@ def test_nested_json_up_to_the_limit_is_read(client, levels):
     constants = legacy_constants() | {"extra": _nested(levels - 1)}
     response = client.post("/get_commands_of_session?session_id=s1", json=constants)
     assert_problem(response, 404, "s1")  # past the body: the session is unknown to the fake store
+
+
+def _chunked(client, url: str, body: bytes, **kwargs):
+    """POST ``body`` as a WSGI server hands on a ``Transfer-Encoding: chunked`` request:
+    no Content-Length, the stream ended by the server (``wsgi.input_terminated``)."""
+    return client.post(url, data=body, headers={"Transfer-Encoding": "chunked", **kwargs.pop("headers", {})},
+                       environ_overrides={"wsgi.input_terminated": True}, **kwargs)
+
+
+CHUNKED_TOO_LARGE = {
+    "ingest": (INGEST, PNG + b"\x00" * MAX_BODY_BYTES, {"Content-Type": "image/png"}),
+    "ingest-one-byte-over": (INGEST, PNG + b"\x00" * (MAX_BODY_BYTES + 1 - len(PNG)), {"Content-Type": "image/png"}),
+    "trigger": ("/get_commands_of_session?session_id=s1", json.dumps(legacy_constants() | {"pad": "x" * MAX_BODY_BYTES}).encode(),
+                {"Content-Type": "application/json"}),
+    "v1-frame": ("/v1/arms/ARM001/sessions/s1/frames/1200.jpg", PNG + b"\x00" * MAX_BODY_BYTES, {}),
+    "predict": ("/predict", PNG + b"\x00" * MAX_BODY_BYTES, {"Content-Type": "image/png"}),
+}
+
+
+@pytest.mark.parametrize("case", list(CHUNKED_TOO_LARGE), ids=list(CHUNKED_TOO_LARGE))
+def test_chunked_body_over_the_limit_is_413_not_cut(client, repository, case):
+    url, body, headers = CHUNKED_TOO_LARGE[case]
+    assert len(body) > MAX_BODY_BYTES
+    assert_problem(_chunked(client, url, body, headers=headers), 413, f"limit of {MAX_BODY_BYTES} bytes")
+    assert repository.writes == 0
+
+
+def test_chunked_body_within_the_limit_is_read_whole(client, repository):
+    assert _chunked(client, INGEST, PNG, headers={"Content-Type": "image/png"}).status_code == 200
+    padded = PNG + b"\x00" * (MAX_BODY_BYTES - len(PNG))  # exactly the limit: accepted (bytes after IEND are ignored)
+    response = _chunked(client, INGEST.replace("1200.jpg", "1300.jpg"), padded, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(repository.frames) == 2
