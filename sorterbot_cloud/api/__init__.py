@@ -5,7 +5,7 @@ worker process, after the fork)::
 
     gunicorn --workers 1 --threads 4 --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
 
-Blueprints: :mod:`~sorterbot_cloud.api.compat` (the original client's two routes),
+Blueprints: :mod:`~sorterbot_cloud.api.compat` (the original client's routes),
 :mod:`~sorterbot_cloud.api.v1` (versioned routes and ``/predict``) and
 :mod:`~sorterbot_cloud.api.health` (``/healthz``, ``/readyz``, ``/openapi.json``).
 Errors leave as RFC 9457 problem details (:mod:`~sorterbot_cloud.api.errors`).

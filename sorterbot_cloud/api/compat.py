@@ -1,21 +1,43 @@
-"""The original SorterBot arm client's two routes (DESIGN.md, Wire protocol).
+"""The original SorterBot arm client's routes (DESIGN.md, Wire protocol).
 
 - ``POST /process_image?arm_id=A&session_id=S&image_name=1200.jpg`` with the raw frame as
   body: answers the frame's detections.
 - ``POST /get_commands_of_session?session_id=S[&arm_id=A]`` with the arm constants as
   JSON body: answers ``[[[pick_pw0, pick_pw1], [place_pw0, place_pw1]], ...]``.
+- ``GET /arm_checkin``: the HTTP-era client's check that the service is up, before every
+  session: answers ``{"arm_checkin": 1}`` (0 when the service is not ready).
+
+Like every route but ``/healthz``, these need the bearer token when ``API_TOKEN`` is set
+(:mod:`sorterbot_cloud.ops.auth`).
 """
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from sorterbot_cloud.api.health import readiness_checks
 from sorterbot_cloud.api.state import frame_bytes, read_json_body, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, UnknownSession
 from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
 
 bp = Blueprint("compat", __name__)
+
+
+@bp.get("/arm_checkin")
+def arm_checkin():
+    """The HTTP-era client's check before every session (2020 ``sorterbot_raspberry``).
+
+    The client reads ``["arm_checkin"]`` from the JSON answer and reports it to the
+    control panel as ``cloud_connect_success``, 0 meaning the cloud is down (the original
+    service answered ``{"arm_checkin": 1}``). So the answer is always 200 JSON: 1 when
+    the service is ready (the checks of ``/readyz``), else 0 and the failed checks; a
+    problem body would have no ``arm_checkin`` and stop the client.
+    """
+    checks = readiness_checks(state())
+    if all(checks.values()):
+        return jsonify({"arm_checkin": 1})
+    return jsonify({"arm_checkin": 0, "not_ready": sorted(name for name, ok in checks.items() if not ok)})
 
 
 @bp.post("/process_image")

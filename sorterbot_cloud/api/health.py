@@ -38,16 +38,21 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Readiness: database reachable and models loaded."""
-    st = state()
-    checks = {
-        "database": _database_ok(st),
-        "detector": st.service.detector is not None,
-        "embedder": st.service.embedder is not None,
-    }
+    checks = readiness_checks(state())
     if not all(checks.values()):
         failed = ", ".join(k for k, ok in checks.items() if not ok)
         raise ServiceUnavailable(f"not ready: {failed} not available")
     return jsonify({"status": "ready", "checks": checks})
+
+
+def readiness_checks(st) -> dict[str, bool]:
+    """What ``/readyz`` checks: ``{"database": ..., "detector": ..., "embedder": ...}``,
+    True for each dependency that is available."""
+    return {
+        "database": _database_ok(st),
+        "detector": st.service.detector is not None,
+        "embedder": st.service.embedder is not None,
+    }
 
 
 def _database_ok(st) -> bool:

@@ -72,9 +72,11 @@ def post_session(client, headers=None, arm_id="ARM001", session_id="S1"):
      ("get", "/readyz", {}, 401),
      ("get", "/healthz", {}, 200),
      ("get", "/readyz", AUTH, 200),
-     ("get", "/metrics", AUTH, 200)],
+     ("get", "/metrics", AUTH, 200),
+     ("get", "/arm_checkin", {}, 401),
+     ("get", "/arm_checkin", AUTH, 200)],
     ids=["ingest-no-token", "ingest-wrong-token", "trigger-no-token", "metrics-no-token", "readyz-no-token",
-         "healthz-open", "readyz-token", "metrics-token"],
+         "healthz-open", "readyz-token", "metrics-token", "checkin-no-token", "checkin-token"],
 )
 def test_token_guards_every_route_but_healthz(make_app, method, path, headers, status):
     client = make_app(api_token=TOKEN).test_client()

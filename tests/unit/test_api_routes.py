@@ -251,6 +251,25 @@ def test_healthz_and_readyz(client):
     assert ready.get_json()["checks"] == {"database": True, "detector": True, "embedder": True}
 
 
+def test_arm_checkin_answers_the_http_era_client(client):
+    response = client.get("/arm_checkin")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    # what the 2020 client does with the answer: json.loads(response.content)["arm_checkin"]
+    assert json.loads(response.data)["arm_checkin"] == 1
+    assert_problem(client.post("/arm_checkin"), 405, "allowed: GET, HEAD, OPTIONS")
+
+
+def test_arm_checkin_reports_a_service_that_is_not_ready_in_the_clients_format(tmp_path):
+    settings = Settings.load(environ={}, data_dir=tmp_path)
+    app = create_app(
+        settings, detector=FakeDetector(), embedder=FakeEmbedder(), repository=FakeRepository(ping_ok=False),
+        archive=FakeArchive(),
+    )
+    response = app.test_client().get("/arm_checkin")
+    assert response.status_code == 200  # a problem body has no "arm_checkin": the client would stop
+    assert response.get_json() == {"arm_checkin": 0, "not_ready": ["database"]}
+
+
 def test_readyz_fails_when_database_is_down(tmp_path):
     settings = Settings.load(environ={}, data_dir=tmp_path)
     app = create_app(
