@@ -92,6 +92,13 @@ class TrainConfig:
     init_from : str or None
         Start from this model (a checkpoint or weights file) instead of random weights;
         the optimiser and schedule start afresh.
+    type_weights : dict of str to float
+        Draw weight of the classes of each type whose name starts with the key (default 1
+        for the rest; the longest matching key counts). Kinds that must be told apart from
+        each other (the boards of one real set) need to meet in the same batch to be
+        negatives of each other: with 8 of 64 classes drawn per batch, two or more of four
+        classes of weight 1 meet in one step of fourteen, of weight 6 (six other classes
+        at 3) in six of ten (numpy draws, 20,000 batches).
     seed : int
     threads : int
         ``torch.set_num_threads``.
@@ -112,6 +119,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     focus_radii: tuple[float, float] | None = (0.3, 0.5)
     background_swap: float = 0.0
+    type_weights: dict = field(default_factory=dict)
     init_from: str | None = None
     seed: int = 0
     threads: int = 1
@@ -343,17 +351,65 @@ def swap_background(image: np.ndarray, fg_mask: np.ndarray, background: np.ndarr
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-class BatchSampler:
-    """Draw ``P`` types x ``K`` crops (with replacement when a type has fewer than ``K``)."""
+def class_draw_weights(class_type_names: list[str], type_weights: dict) -> np.ndarray | None:
+    """Draw weight of each training class from :attr:`TrainConfig.type_weights` (prefix -> weight).
 
-    def __init__(self, type_ids: np.ndarray, types_per_batch: int, crops_per_type: int, rng: np.random.Generator):
+    Parameters
+    ----------
+    class_type_names : list of str
+        The type name of each class (pseudo-classes share their type's name).
+    type_weights : dict of str to float
+        Name prefix -> weight; a class takes the weight of its longest matching prefix, 1
+        without one.
+
+    Returns
+    -------
+    ndarray of shape (n_classes,), float64, or None
+        None when ``type_weights`` is empty (uniform draws).
+
+    Raises
+    ------
+    ValueError
+        If a weight is negative or not finite, or a prefix matches no type.
+    """
+    if not type_weights:
+        return None
+    for prefix, w in type_weights.items():
+        if not (np.isfinite(w) and w >= 0):
+            raise ValueError(f"type weight of {prefix!r} must be a finite number >= 0, got {w}")
+        if not any(name.startswith(prefix) for name in class_type_names):
+            raise ValueError(f"type weight prefix {prefix!r} matches no training type")
+    out = np.ones(len(class_type_names))
+    for i, name in enumerate(class_type_names):
+        matches = [k for k in type_weights if name.startswith(k)]
+        if matches:
+            out[i] = float(type_weights[max(matches, key=len)])
+    return out
+
+
+class BatchSampler:
+    """Draw ``P`` types x ``K`` crops (with replacement when a type has fewer than ``K``).
+
+    ``type_weights`` (one non-negative value per type, in the order of ``np.unique(type_ids)``)
+    makes a type's draw probability proportional to its weight (``numpy`` weighted draws
+    without replacement); None: uniform.
+    """
+
+    def __init__(self, type_ids: np.ndarray, types_per_batch: int, crops_per_type: int, rng: np.random.Generator,
+                 type_weights: np.ndarray | None = None):
         self.by_type = [np.flatnonzero(type_ids == t) for t in np.unique(type_ids)]
         self.p = min(types_per_batch, len(self.by_type))
         self.k = crops_per_type
         self.rng = rng
+        self.prob = None
+        if type_weights is not None:
+            w = np.asarray(type_weights, np.float64)
+            if w.shape != (len(self.by_type),) or not np.all(np.isfinite(w)) or np.any(w < 0) or np.count_nonzero(w) < self.p:
+                raise ValueError(f"type_weights must be {len(self.by_type)} finite values >= 0, at least {self.p} of them > 0")
+            self.prob = w / w.sum()
 
     def __call__(self) -> np.ndarray:
-        chosen = self.rng.choice(len(self.by_type), self.p, replace=False)
+        chosen = self.rng.choice(len(self.by_type), self.p, replace=False, p=self.prob)
         idx = [self.rng.choice(self.by_type[t], self.k, replace=len(self.by_type[t]) < self.k) for t in chosen]
         return np.concatenate(idx)
 
@@ -438,7 +494,8 @@ def train_embedder(
     log.info("%d training classes: %s", len(class_type),
              {train.type_names[t]: int(np.sum(class_type == t)) for t in np.unique(class_type)})
     by_type = {int(t): np.flatnonzero(train.type_ids == t) for t in np.unique(train.type_ids)}
-    class_sampler = BatchSampler(np.arange(len(class_type)), cfg.types_per_batch, 1, rng)
+    class_sampler = BatchSampler(np.arange(len(class_type)), cfg.types_per_batch, 1, rng,
+                                 class_draw_weights([train.type_names[t] for t in class_type], cfg.type_weights))
 
     model = build_resnet18()
     if cfg.init_from:

@@ -12,6 +12,7 @@ from vectorizer.cli import evaluate_embedder, train_embedder
 from vectorizer.crops import letterbox
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
 from vectorizer.embedder import Embedder, build_resnet18
+from vectorizer.training import BatchSampler, class_draw_weights
 from vectorizer.training import (
     CHANNEL_PERMUTATIONS,
     GREY,
@@ -370,3 +371,31 @@ def test_cli_calibrate_grouping_writes_the_best_distance(tmp_path):
     assert sidecar["group_cosine_distance"] == best and Embedder.from_weights(weights).group_distance == best
     bad = runner.invoke(calibrate_grouping, ["--weights", str(weights), "--crops-dir", str(tmp_path / "a"), "--distances", "0,3"])
     assert bad.exit_code == 2 and "cosine distances" in bad.output
+
+
+def test_class_draw_weights_take_the_longest_matching_prefix():
+    names = ["mc_nano", "mc_pi", "card_ace", "ball", "mc_x_long"]
+    w = class_draw_weights(names, {"mc_": 6.0, "mc_x": 2.0, "card_": 3.0})
+    np.testing.assert_array_equal(w, [6.0, 6.0, 3.0, 1.0, 2.0])
+    assert class_draw_weights(names, {}) is None
+    with pytest.raises(ValueError, match="matches no training type"):
+        class_draw_weights(names, {"food_": 2.0})
+    with pytest.raises(ValueError, match=">= 0"):
+        class_draw_weights(names, {"mc_": -1.0})
+
+
+def test_weighted_batches_draw_heavy_types_more_often_and_never_zero_weight_ones():
+    type_ids = np.repeat(np.arange(10), 5)
+    weights = np.ones(10)
+    weights[:2] = 8.0
+    weights[9] = 0.0
+    sampler = BatchSampler(type_ids, 3, 1, np.random.default_rng(0), weights)
+    drawn = np.concatenate([type_ids[sampler()] for _ in range(2000)])
+    share = np.bincount(drawn, minlength=10) / len(drawn)
+    assert share[9] == 0.0
+    assert share[0] > 2.0 * share[5] and share[1] > 2.0 * share[5]
+    uniform = BatchSampler(type_ids, 3, 1, np.random.default_rng(0))
+    drawn = np.concatenate([type_ids[uniform()] for _ in range(2000)])
+    assert np.bincount(drawn, minlength=10).min() > 0.07 * len(drawn)
+    with pytest.raises(ValueError, match="type_weights must be"):
+        BatchSampler(type_ids, 3, 1, np.random.default_rng(0), np.ones(4))
