@@ -341,12 +341,15 @@ def crops_from_coco(datasets, out_dir, min_visible, min_side_px, margin, max_per
 @click.option("--folds", type=int, default=None, help="Split the photos into this many parts (k-fold by photo) ...")
 @click.option("--fold", type=int, default=0, show_default=True, help="... and leave out part FOLD (crops of the others are cut).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split (the same as evaluate-real-grouping's).")
-def crops_from_voc(voc_dir, out_dir, prefix, margin, folds, fold, seed):
+@click.option("--part", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="With --folds: train cuts every fold but FOLD (training crops), test only FOLD (crops to calibrate "
+                   "or score on).")
+def crops_from_voc(voc_dir, out_dir, prefix, margin, folds, fold, seed, part):
     """Cut embedder training crops per kind out of labelled photos (optionally all but one fold of them)."""
     from .data import export_crops_from_voc, voc_photo_fold
 
     try:
-        photos = voc_photo_fold(voc_dir, folds, fold, "train", seed)
+        photos = voc_photo_fold(voc_dir, folds, fold, part, seed)
     except (FileNotFoundError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     counts = export_crops_from_voc(photos, out_dir, prefix=prefix, margin=margin)

@@ -104,6 +104,11 @@ def test_crops_from_voc_cli_leaves_the_scored_fold_out(tmp_path):
     index = json.loads((tmp_path / "crops" / "index.json").read_text())["crops"]
     held_out = {p[0].name for p in voc_photo_fold(tmp_path / "voc", 3, 1, "test")}
     assert len(index) == 4 and not {Path(e["photo"]).name for e in index} & held_out
+    left_out = CliRunner().invoke(crops_from_voc, ["--voc", str(tmp_path / "voc"), "--out", str(tmp_path / "held"),
+                                                   "--folds", "3", "--fold", "1", "--part", "test"])
+    assert left_out.exit_code == 0, left_out.output
+    index = json.loads((tmp_path / "held" / "index.json").read_text())["crops"]
+    assert {Path(e["photo"]).name for e in index} == held_out
     bad = CliRunner().invoke(crops_from_voc, ["--voc", str(tmp_path / "voc"), "--out", str(tmp_path / "c2"), "--folds", "9"])
     assert bad.exit_code == 2 and "2 <= folds <= items" in bad.output
 
