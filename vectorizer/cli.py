@@ -77,9 +77,9 @@ def _recipe() -> str:
                    "(fractions of the side). Written to the sidecar; the embedder applies it too.")
 @click.option("--background-swap", type=float, default=0.0, show_default=True,
               help="Probability of pasting a crop's item (GrabCut mask) onto another table or colour.")
-@click.option("--type-weight", "type_weight_specs", multiple=True, metavar="PREFIX=WEIGHT",
-              help="Draw the classes of the types whose name starts with PREFIX WEIGHT times as often (default 1); "
-                   "repeatable. E.g. mc_=6 makes the four boards of a real set meet in most batches.")
+@click.option("--type-share", "type_share_specs", multiple=True, metavar="PREFIX=SHARE",
+              help="Give the types whose name starts with PREFIX this share (0..1) of the batch draws; repeatable. "
+                   "E.g. mc_=0.25 makes the four boards of a real set meet in most batches.")
 @click.option("--no-focus", is_flag=True, help="Use the whole crop (no centre weighting).")
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Start from this checkpoint or weights file (fine-tuning); optimiser and schedule start afresh.")
@@ -92,7 +92,7 @@ def _recipe() -> str:
 @click.option("--allow-heldout-types", is_flag=True, help="Allow the simulator's held-out item types in --train-dir.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_s, input_size_px, types_per_batch, crops_per_type, lr,
-                   warmup_steps, temperature, instance_weight, colour_permutations, focus_radii, background_swap, type_weight_specs, no_focus, init_from, seed, threads, checkpoint_every, eval_every, resume,
+                   warmup_steps, temperature, instance_weight, colour_permutations, focus_radii, background_swap, type_share_specs, no_focus, init_from, seed, threads, checkpoint_every, eval_every, resume,
                    export_only, allow_heldout_types, progress):
     """Train the item embedder (ResNet18 from scratch, supervised contrastive) on crops per type."""
     import numpy as np
@@ -102,15 +102,15 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
     from .training import TrainConfig, export_weights
     from .training import train_embedder as run
 
-    type_weights = {}
-    for spec in type_weight_specs:
+    type_shares = {}
+    for spec in type_share_specs:
         prefix, sep, value = spec.rpartition("=")
         try:
-            type_weights[prefix] = float(value)
+            type_shares[prefix] = float(value)
         except ValueError:
             prefix = ""
         if not sep or not prefix:
-            raise click.BadParameter(f"{spec!r} is not PREFIX=WEIGHT", param_hint="--type-weight")
+            raise click.BadParameter(f"{spec!r} is not PREFIX=SHARE", param_hint="--type-share")
     _setup_logging(out_dir / "train.log")
     leaked = sorted(set(_heldout_types()) & {p.name for p in train_dir.iterdir() if p.is_dir()})
     if leaked and not allow_heldout_types:
@@ -118,7 +118,7 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
     cfg = TrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
                       lr=lr, warmup_steps=min(warmup_steps, steps), temperature=temperature, instance_weight=instance_weight,
                       colour_permutations=colour_permutations, time_budget_s=time_budget_s,
-                      focus_radii=None if no_focus else tuple(focus_radii), background_swap=background_swap, type_weights=type_weights, init_from=str(init_from) if init_from else None,
+                      focus_radii=None if no_focus else tuple(focus_radii), background_swap=background_swap, type_shares=type_shares, init_from=str(init_from) if init_from else None,
                       seed=seed, threads=threads, checkpoint_every=checkpoint_every, eval_every=eval_every)
     train = load_crop_folder(train_dir)
     counts = {name: int(np.sum(train.type_ids == i)) for i, name in enumerate(train.type_names)}

@@ -92,13 +92,13 @@ class TrainConfig:
     init_from : str or None
         Start from this model (a checkpoint or weights file) instead of random weights;
         the optimiser and schedule start afresh.
-    type_weights : dict of str to float
-        Draw weight of the classes of each type whose name starts with the key (default 1
-        for the rest; the longest matching key counts). Kinds that must be told apart from
-        each other (the boards of one real set) need to meet in the same batch to be
-        negatives of each other: with 8 of 64 classes drawn per batch, two or more of four
-        classes of weight 1 meet in one step of fourteen, of weight 6 (six other classes
-        at 3) in six of ten (numpy draws, 20,000 batches).
+    type_shares : dict of str to float
+        Share of the batch draws given to the classes of the types whose name starts with
+        the key (:func:`class_draw_weights`); empty: every class equally often. Kinds that
+        must be told apart from each other (the boards of one real set) need to meet in the
+        same batch to be negatives of each other: with 8 of 64 classes drawn uniformly, two
+        or more of four given classes meet in one step of fourteen; with a share of 0.25
+        for them (0.19 for six others) in six of ten (numpy draws, 20,000 batches).
     seed : int
     threads : int
         ``torch.set_num_threads``.
@@ -119,7 +119,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     focus_radii: tuple[float, float] | None = (0.3, 0.5)
     background_swap: float = 0.0
-    type_weights: dict = field(default_factory=dict)
+    type_shares: dict = field(default_factory=dict)
     init_from: str | None = None
     seed: int = 0
     threads: int = 1
@@ -351,40 +351,52 @@ def swap_background(image: np.ndarray, fg_mask: np.ndarray, background: np.ndarr
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def class_draw_weights(class_type_names: list[str], type_weights: dict) -> np.ndarray | None:
-    """Draw weight of each training class from :attr:`TrainConfig.type_weights` (prefix -> weight).
+def class_draw_weights(class_type_names: list[str], type_shares: dict) -> np.ndarray | None:
+    """Draw weight of each training class from :attr:`TrainConfig.type_shares` (prefix -> share).
+
+    A class belongs to the group of its longest matching prefix. Each group's classes
+    together get the group's share of the draw probability, split equally among them; the
+    classes of no group share what is left, equally. Shares, not per-class weights, so that
+    a set of four real kinds keeps its place in the batches however many simulated or
+    procedural types the folder also holds.
 
     Parameters
     ----------
     class_type_names : list of str
         The type name of each class (pseudo-classes share their type's name).
-    type_weights : dict of str to float
-        Name prefix -> weight; a class takes the weight of its longest matching prefix, 1
-        without one.
+    type_shares : dict of str to float
+        Name prefix -> share of the draws, each in (0, 1), summing to less than 1 when some
+        class matches no prefix (at most 1 otherwise).
 
     Returns
     -------
     ndarray of shape (n_classes,), float64, or None
-        None when ``type_weights`` is empty (uniform draws).
+        Draw probabilities (summing to 1); None when ``type_shares`` is empty (uniform draws).
 
     Raises
     ------
     ValueError
-        If a weight is negative or not finite, or a prefix matches no type.
+        If a share is not in (0, 1), the shares leave nothing for the other classes, or a
+        prefix matches no type.
     """
-    if not type_weights:
+    if not type_shares:
         return None
-    for prefix, w in type_weights.items():
-        if not (np.isfinite(w) and w >= 0):
-            raise ValueError(f"type weight of {prefix!r} must be a finite number >= 0, got {w}")
-        if not any(name.startswith(prefix) for name in class_type_names):
-            raise ValueError(f"type weight prefix {prefix!r} matches no training type")
-    out = np.ones(len(class_type_names))
-    for i, name in enumerate(class_type_names):
-        matches = [k for k in type_weights if name.startswith(k)]
-        if matches:
-            out[i] = float(type_weights[max(matches, key=len)])
-    return out
+    for prefix, share in type_shares.items():
+        if not (np.isfinite(share) and 0.0 < share < 1.0):
+            raise ValueError(f"the share of {prefix!r} must be in (0, 1), got {share}")
+    group = []
+    for name in class_type_names:
+        matches = [k for k in type_shares if name.startswith(k)]
+        group.append(max(matches, key=len) if matches else None)
+    for prefix in type_shares:
+        if prefix not in group:
+            raise ValueError(f"type share prefix {prefix!r} matches no training type")
+    rest = 1.0 - float(sum(type_shares.values()))
+    n_rest = group.count(None)
+    if (n_rest and rest <= 0.0) or rest < -1e-9:
+        raise ValueError(f"the type shares sum to {1.0 - rest:g}, leaving nothing for the other {n_rest} classes")
+    out = np.array([type_shares[g] / group.count(g) if g is not None else rest / n_rest for g in group])
+    return out / out.sum()
 
 
 class BatchSampler:
@@ -495,7 +507,7 @@ def train_embedder(
              {train.type_names[t]: int(np.sum(class_type == t)) for t in np.unique(class_type)})
     by_type = {int(t): np.flatnonzero(train.type_ids == t) for t in np.unique(train.type_ids)}
     class_sampler = BatchSampler(np.arange(len(class_type)), cfg.types_per_batch, 1, rng,
-                                 class_draw_weights([train.type_names[t] for t in class_type], cfg.type_weights))
+                                 class_draw_weights([train.type_names[t] for t in class_type], cfg.type_shares))
 
     model = build_resnet18()
     if cfg.init_from:

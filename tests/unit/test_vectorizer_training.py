@@ -373,15 +373,17 @@ def test_cli_calibrate_grouping_writes_the_best_distance(tmp_path):
     assert bad.exit_code == 2 and "cosine distances" in bad.output
 
 
-def test_class_draw_weights_take_the_longest_matching_prefix():
-    names = ["mc_nano", "mc_pi", "card_ace", "ball", "mc_x_long"]
-    w = class_draw_weights(names, {"mc_": 6.0, "mc_x": 2.0, "card_": 3.0})
-    np.testing.assert_array_equal(w, [6.0, 6.0, 3.0, 1.0, 2.0])
+def test_class_draw_weights_give_each_prefix_group_its_share():
+    names = ["mc_nano", "mc_pi", "card_ace", "ball", "mc_x_long", "cube"]
+    p = class_draw_weights(names, {"mc_": 0.4, "mc_x": 0.1, "card_": 0.2})
+    np.testing.assert_allclose(p, [0.2, 0.2, 0.2, 0.15, 0.1, 0.15])
     assert class_draw_weights(names, {}) is None
     with pytest.raises(ValueError, match="matches no training type"):
-        class_draw_weights(names, {"food_": 2.0})
-    with pytest.raises(ValueError, match=">= 0"):
-        class_draw_weights(names, {"mc_": -1.0})
+        class_draw_weights(names, {"food_": 0.2})
+    with pytest.raises(ValueError, match="in \\(0, 1\\)"):
+        class_draw_weights(names, {"mc_": 1.5})
+    with pytest.raises(ValueError, match="leaving nothing"):
+        class_draw_weights(names, {"mc_": 0.6, "card_": 0.5})
 
 
 def test_weighted_batches_draw_heavy_types_more_often_and_never_zero_weight_ones():
