@@ -12,7 +12,6 @@ from vectorizer.cli import evaluate_embedder, train_embedder
 from vectorizer.crops import letterbox
 from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
 from vectorizer.embedder import Embedder, build_resnet18
-from vectorizer.training import BatchSampler, class_draw_weights
 from vectorizer.training import (
     CHANNEL_PERMUTATIONS,
     GREY,
@@ -20,6 +19,7 @@ from vectorizer.training import (
     BatchSampler,
     TrainConfig,
     centre_mask,
+    class_draw_weights,
     colour_classes,
     export_weights,
     foreground_masks,
