@@ -366,8 +366,10 @@ def crops_from_voc(voc_dir, out_dir, prefix, margin, folds, fold, seed, part):
 @click.option("--folds", type=int, default=None, help="Score only part FOLD of a k-fold split by photo of each --voc folder ...")
 @click.option("--fold", type=int, default=0, show_default=True, help="... (the photos crops-from-voc --folds K --fold FOLD leaves out).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split.")
+@click.option("--group-distance", "group_distances", type=click.FloatRange(0.0, 2.0, min_open=True), multiple=True,
+              help="Also score per-photo grouping at this cosine distance (repeatable; to choose one, on photos never scored).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path), default=Path("out/real_grouping.json"), show_default=True)
-def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed, out_path):
+def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed, group_distances, out_path):
     """Grouping of real items: crop ARI (true number of kinds) and per-photo grouping with the service's own number."""
     import numpy as np
     import torch
@@ -400,10 +402,16 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed
                                 embedder.group_distance)
         entry = {"kinds": kinds, "n_crops": len(all_names), "n_photos": len(per_photo_emb),
                  "crop_ari_true_k": all_crops_ari(np.concatenate(per_photo_emb), type_ids), "per_photo": photos}
+        if group_distances:
+            photo_ids = [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types]
+            entry["per_photo_at_distance"] = {f"{d:g}": photo_grouping(per_photo_emb, photo_ids, d) for d in group_distances}
         results["sets"][str(voc)] = entry
         pp = {k: (f"{photos[k]:.3f}" if photos["photos"] else "n/a") for k in ("ari_own_k_mean", "k_exact", "ari_true_k_mean")}
         click.echo(f"{str(voc)[-44:]:<44}{photos['photos']:>7}{len(all_names):>7}{entry['crop_ari_true_k']:>9.3f}"
                    f"{pp['ari_own_k_mean']:>19}{pp['k_exact']:>9}{pp['ari_true_k_mean']:>13}")
+        for d, at in entry.get("per_photo_at_distance", {}).items():
+            if at["photos"]:
+                click.echo(f"{'  at distance ' + d:<58}{at['ari_own_k_mean']:>19.3f}{at['k_exact']:>9.3f}")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=2) + "\n")
     click.echo(f"wrote {out_path}")

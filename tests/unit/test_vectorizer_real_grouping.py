@@ -121,9 +121,11 @@ def test_evaluate_real_grouping_scores_only_the_left_out_fold(tmp_path):
     _voc_folder(tmp_path / "voc", 6)
     out = tmp_path / "scores.json"
     result = CliRunner().invoke(evaluate_real_grouping, ["--voc", str(tmp_path / "voc"), "--folds", "3", "--fold", "2",
-                                                         "--seed", "5", "--threads", "1", "--out", str(out)])
+                                                         "--seed", "5", "--threads", "1", "--group-distance", "0.1",
+                                                         "--group-distance", "1.9", "--out", str(out)])
     assert result.exit_code == 0, result.output
     scores = json.loads(out.read_text())
     entry = scores["sets"][str(tmp_path / "voc")]
     assert scores["split"] == {"folds": 3, "fold": 2, "seed": 5}
     assert entry["n_photos"] == len(voc_photo_fold(tmp_path / "voc", 3, 2, "test", seed=5)) == 2
+    assert sorted(entry["per_photo_at_distance"]) == ["0.1", "1.9"]
