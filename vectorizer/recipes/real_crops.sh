@@ -54,6 +54,11 @@ done
 $SC crops-from-voc --voc $MC/train --out $E/real/mc_all --prefix mc_
 $SC crops-from-voc --voc $CARDS/train --out $E/real/cards_all --prefix card_
 train $NAME $E/real/mc_all $E/real/cards_all
+# the distance between kinds, cross-validated over the fold models (writes the final sidecar)
+vectorizer/recipes/choose_group_distance.sh runs/$NAME/embedder.pt $NAME
 $SC evaluate-real-grouping --weights runs/$NAME/embedder.pt --threads 1 \
     --voc $MC/test --voc $CARDS/test --out out/real_grouping/${NAME}_test.json
-$SC evaluate-embedder --weights runs/$NAME/embedder.pt --threads 1 --out out/real_grouping/${NAME}_sim.json
+# held-out simulated kinds (the reported embedder figure; real crops are scored above)
+[ -d $E/heldout_eval ] || $SC simulate crops --out $E/heldout_eval --split heldout --per-type 40 --seed 9000
+$SC evaluate-embedder --weights runs/$NAME/embedder.pt --heldout-dir $E/heldout_eval --real-dir /nonexistent \
+    --threads 1 --out out/real_grouping/${NAME}_sim.json
