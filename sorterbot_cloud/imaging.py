@@ -26,6 +26,10 @@ PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 #: Largest frame accepted, in pixels (a decompression-bomb guard; the reference frame
 #: is 1640 x 1232 = 2.0 Mpx).
 MAX_PIXELS = 50_000_000
+#: Largest ratio of a frame's longer side to its shorter side accepted at ingest (the
+#: reference frame is 1640 x 1232, ratio 1.33; a 40 x 40960 strip, ratio 1024, is no
+#: camera frame and would make the session overview thousands of thumbnails tall).
+MAX_ASPECT_RATIO = 8.0
 #: Trailing bytes tolerated after the JPEG EOI marker (some encoders pad).
 JPEG_TRAILER_SLACK_BYTES = 4096
 
@@ -107,11 +111,12 @@ def image_size(data: bytes) -> tuple[int, int]:
     raise InvalidImage("the JPEG is truncated before its frame header (SOF)")
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_aspect_ratio: float | None = None) -> np.ndarray:
     """Decode an encoded JPEG or PNG frame into an RGB image.
 
     The checks, in order: non-empty; JPEG or PNG signature; a header giving a positive
-    size of at most ``max_pixels``; complete (JPEG ends with EOI, PNG with IEND);
+    size of at most ``max_pixels`` (and, when ``max_aspect_ratio`` is given, a longer
+    side at most that many times the shorter); complete (JPEG ends with EOI, PNG with IEND);
     decodable by OpenCV. EXIF orientation is ignored, so pixel coordinates are those of
     the camera sensor, as the geometry stage expects.
 
@@ -121,6 +126,10 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         Encoded image (JPEG or PNG, grey, colour or with alpha).
     max_pixels : int, optional
         Largest accepted ``width * height``.
+    max_aspect_ratio : float, optional
+        Largest accepted ``max(width, height) / min(width, height)``; None accepts any
+        (frames read back from the archive: nothing stored becomes unreadable). Ingest
+        passes :data:`MAX_ASPECT_RATIO`.
 
     Returns
     -------
@@ -129,7 +138,8 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     Raises
     ------
     InvalidImage
-        If the bytes are empty, not a JPEG/PNG, truncated, too large or undecodable.
+        If the bytes are empty, not a JPEG/PNG, truncated, too large, too elongated or
+        undecodable.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidImage(f"image data must be bytes, got {type(data).__name__}")
@@ -140,6 +150,11 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise InvalidImage(f"the image header gives an empty size {width}x{height}")
     if width * height > max_pixels:
         raise InvalidImage(f"the image is {width}x{height} pixels; at most {max_pixels} pixels are accepted")
+    if max_aspect_ratio is not None and max(width, height) > max_aspect_ratio * min(width, height):
+        raise InvalidImage(
+            f"the image is {width}x{height} pixels, an aspect ratio of {max(width, height) / min(width, height):.1f}; "
+            f"at most {max_aspect_ratio:g} (longer side over shorter side) is accepted"
+        )
     if fmt == "jpeg":
         tail = data[-(JPEG_TRAILER_SLACK_BYTES + 2) :]
         if JPEG_EOI not in tail:

@@ -32,6 +32,10 @@ UNASSIGNED_RGB = (255, 255, 255)
 BACKGROUND_RGB = (24, 24, 24)
 TEXT_RGB = (235, 235, 235)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+#: Bounds of a thumbnail cell's height over its width: the cell takes the first frame's
+#: aspect within these, and every frame is scaled, keeping its aspect, to fit its cell,
+#: so a frame of any shape costs at most ``thumb_width_px * 2`` rows.
+THUMB_ASPECT_RANGE = (0.25, 2.0)
 
 
 def group_colour(cluster_id: int | None) -> tuple[int, int, int]:
@@ -97,7 +101,9 @@ def render_overview(
     result : mapping
         Rich trigger result (``objects`` with ``detections``, ``commands``, ``reason``).
     thumb_width_px : int
-        Width of each thumbnail.
+        Width of each thumbnail cell; its height is ``thumb_width_px`` times the first
+        frame's height over width, bounded by :data:`THUMB_ASPECT_RANGE`. Each frame is
+        scaled to fit its cell with its own aspect (top left aligned).
     columns : int, optional
         Grid columns; default ``ceil(sqrt(n_frames))``, at most 5.
 
@@ -119,6 +125,7 @@ def render_overview(
     columns = columns or max(1, min(5, math.ceil(math.sqrt(max(n, 1)))))
     rows = max(1, math.ceil(n / columns))
     aspect = (frames[0][1].shape[0] / frames[0][1].shape[1]) if n else 0.75
+    aspect = min(max(aspect, THUMB_ASPECT_RANGE[0]), THUMB_ASPECT_RANGE[1])
     thumb_h = max(1, int(round(thumb_width_px * aspect)))
     pad = 6
     lines = legend_lines(result)
@@ -144,15 +151,17 @@ def render_overview(
     for index, (name, image) in enumerate(frames):
         r, c = divmod(index, columns)
         x0, y0 = pad + c * (thumb_width_px + pad), pad + r * (thumb_h + pad)
-        scale = thumb_width_px / image.shape[1]
-        thumb = cv2.resize(image, (thumb_width_px, thumb_h), interpolation=cv2.INTER_AREA)
+        scale = min(thumb_width_px / image.shape[1], thumb_h / image.shape[0])
+        fit_w = min(thumb_width_px, max(1, int(round(image.shape[1] * scale))))
+        fit_h = min(thumb_h, max(1, int(round(image.shape[0] * scale))))
+        thumb = cv2.resize(image, (fit_w, fit_h), interpolation=cv2.INTER_AREA)
         thumb = np.ascontiguousarray(thumb)
         for box, colour, label in boxes_by_frame.get(name, []):
             bx0, by0, bx1, by1 = (box * scale).round().astype(int)
             cv2.rectangle(thumb, (bx0, by0), (bx1, by1), colour, 2)
             cv2.putText(thumb, label, (bx0 + 2, max(by0 - 3, 10)), FONT, 0.4, colour, 1, cv2.LINE_AA)
-        cv2.putText(thumb, name, (4, thumb_h - 6), FONT, 0.45, TEXT_RGB, 1, cv2.LINE_AA)
-        sheet[y0 : y0 + thumb_h, x0 : x0 + thumb_width_px] = thumb
+        cv2.putText(thumb, name, (4, fit_h - 6), FONT, 0.45, TEXT_RGB, 1, cv2.LINE_AA)
+        sheet[y0 : y0 + fit_h, x0 : x0 + fit_w] = thumb
 
     y = rows * (thumb_h + pad) + pad + line_h - 6
     for colour, text in lines:

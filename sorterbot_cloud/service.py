@@ -25,7 +25,7 @@ import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, InvalidImage, ServiceUnavailable, SorterBotError
-from sorterbot_cloud.imaging import decode_image
+from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, decode_image
 from sorterbot_cloud.storage import DiskArchive
 from sorterbot_cloud.structures import (
     CLASS_NAMES,
@@ -189,11 +189,13 @@ class Service:
         Raises
         ------
         InvalidImage
-            If the bytes are not a complete JPEG or PNG.
+            If the bytes are not a complete JPEG or PNG, or its size is out of bounds
+            (:data:`~sorterbot_cloud.imaging.MAX_PIXELS`,
+            :data:`~sorterbot_cloud.imaging.MAX_ASPECT_RATIO`).
         """
         timer = timer or _Timer()
         with timer.stage("decode"):
-            image = decode_image(data)
+            image = decode_image(data, max_aspect_ratio=MAX_ASPECT_RATIO)
         with self.model_lock, timer.stage("detect"):
             detections = self.detector.detect(image)
         if not isinstance(detections, Detections):

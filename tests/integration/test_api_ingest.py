@@ -18,6 +18,8 @@ import requests
 from werkzeug.serving import make_server
 
 from sorterbot_cloud.api import create_app
+from sorterbot_cloud.errors import UnknownSession
+from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, encode_png
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
 from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
 
@@ -108,6 +110,7 @@ BAD_REQUESTS = {
     "image-name-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), image="1200.jpg\n"),
     "session-id-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), session="s1\n"),
     "arm-id-trailing-newline": dict(data=frame_bytes(OTHER_FRAME), arm="ARM001\n"),
+    "absurd-aspect-ratio": dict(data=encode_png(np.zeros((40960, 40, 3), np.uint8))),
 }
 
 
@@ -207,3 +210,16 @@ def test_chunked_frame_over_the_limit_is_413_and_stores_nothing(app, repository,
     assert f"limit of {limit} bytes" in body["detail"]
     assert [f["image_name"] for f in repository.session_frames("ARM001", "s1")] == ["1200.jpg"]
     assert sorted(p.name for p in archive.root.rglob("*") if p.is_file()) == ["1200.jpg"]
+
+
+@pytest.mark.parametrize("shape_hw", [(40960, 40), (40, 40960)], ids=["tall", "wide"])
+def test_frame_of_absurd_aspect_ratio_is_refused_naming_the_limit(client, repository, archive, shape_hw):
+    data = encode_png(np.zeros((*shape_hw, 3), np.uint8))
+    response = ingest(client, data, image="1300.png")
+    assert response.status_code == 400
+    detail = response.get_json()["detail"]
+    assert f"{shape_hw[1]}x{shape_hw[0]}" in detail
+    assert f"at most {MAX_ASPECT_RATIO:g}" in detail
+    with pytest.raises(UnknownSession):
+        repository.load_session("ARM001", "s1")
+    assert not any(p.is_file() for p in archive.root.rglob("*"))

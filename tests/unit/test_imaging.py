@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sorterbot_cloud.errors import InvalidImage
-from sorterbot_cloud.imaging import decode_image, encode_jpeg, encode_png, image_size, sniff_format
+from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, decode_image, encode_jpeg, encode_png, image_size, sniff_format
 
 
 @pytest.fixture
@@ -91,6 +91,19 @@ def test_bad_bytes_raise_invalid_image(image, case):
 def test_too_many_pixels_is_rejected_before_decoding(image):
     with pytest.raises(InvalidImage, match="at most 100 pixels"):
         decode_image(encode_png(image), max_pixels=100)
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_aspect_ratio_over_the_limit_is_rejected_and_at_the_limit_accepted(ext):
+    short_px = 8
+    long_px = int(MAX_ASPECT_RATIO * short_px)
+    encode = encode_png if ext == ".png" else encode_jpeg
+    at_limit = encode(np.zeros((short_px, long_px, 3), np.uint8))
+    assert decode_image(at_limit, max_aspect_ratio=MAX_ASPECT_RATIO).shape == (short_px, long_px, 3)
+    over = encode(np.zeros((long_px + 1, short_px, 3), np.uint8))
+    with pytest.raises(InvalidImage, match=f"at most {MAX_ASPECT_RATIO:g}"):
+        decode_image(over, max_aspect_ratio=MAX_ASPECT_RATIO)
+    assert decode_image(over).shape == (long_px + 1, short_px, 3)  # no bound: archived frames stay readable
 
 
 def test_non_bytes_is_rejected():

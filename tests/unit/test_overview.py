@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from sorterbot_cloud.overview import (
+    BACKGROUND_RGB,
     GROUP_COLOURS_RGB,
+    THUMB_ASPECT_RANGE,
     UNASSIGNED_RGB,
     container_groups,
     group_colour,
@@ -99,3 +101,28 @@ def test_group_colour_cycles_and_none_is_white():
 def test_bad_frame_is_rejected(result):
     with pytest.raises(ValueError, match=r"expected \(H, W, 3\) uint8"):
         render_overview([("1000.jpg", np.zeros((10, 10), np.uint8))], result)
+
+
+@pytest.mark.parametrize("shape_hw", [(40960, 40), (40, 40960)], ids=["tall", "wide"])
+def test_thumbnails_of_absurd_frames_stay_bounded(result, shape_hw):
+    """A 40 x 40960 frame (stored before ingest bounded the aspect) gives a small sheet."""
+    thumb_w = 80
+    frames = [("1000.jpg", np.full((*shape_hw, 3), 200, np.uint8)), ("1050.jpg", np.zeros((60, 80, 3), np.uint8))]
+    sheet = render_overview(frames, result, thumb_width_px=thumb_w, columns=2)
+    pad, line_h = 6, 22
+    legend_h = 2 * pad + line_h * len(legend_lines(result))
+    assert sheet.shape[1] == 2 * (thumb_w + pad) + pad
+    assert sheet.shape[0] <= pad + int(thumb_w * THUMB_ASPECT_RANGE[1]) + pad + legend_h
+    assert sheet.shape[0] >= pad + int(thumb_w * THUMB_ASPECT_RANGE[0]) + pad + legend_h
+
+
+def test_frames_keep_their_aspect_in_their_cell(result):
+    thumb_w = 100
+    frames = [("1000.jpg", np.zeros((75, 100, 3), np.uint8)), ("1050.jpg", np.full((150, 100, 3), 200, np.uint8))]
+    sheet = render_overview(frames, result, thumb_width_px=thumb_w, columns=2)
+    pad = 6
+    x0 = pad + thumb_w + pad
+    cell = sheet[pad : pad + 75, x0 : x0 + thumb_w]
+    # the tall frame is scaled to the cell's 75 rows, so 50 columns wide; the rest is background
+    assert tuple(cell[10, 40]) == (200, 200, 200)
+    assert tuple(cell[10, 60]) == BACKGROUND_RGB
