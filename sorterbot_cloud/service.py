@@ -161,8 +161,11 @@ class Service:
         L2-normalised embeddings of item crops.
     repository : sorterbot_cloud.db.Repository
         The store (``save_frame``, ``load_session``, ``save_commands``, ``arm_ids_of_session``).
-    archive : object with ``put(arm_id, session_id, image_name, data) -> uri`` and ``get(...)``
-        Archive of the original frame bytes (disk or S3).
+    archive : object with ``staged(arm_id, session_id, image_name, data)`` and ``get(...)``
+        Archive of the original frame bytes (disk, mirrored to S3 in the aws modes):
+        ``staged`` is a context manager yielding the frame's URI that puts the bytes in
+        place only when its block (the row's transaction) succeeds
+        (:meth:`sorterbot_cloud.storage.DiskArchive.staged`).
     """
 
     def __init__(self, settings, *, detector, embedder, repository, archive) -> None:
@@ -337,6 +340,9 @@ class Service:
             On a malformed id or image name.
         InvalidImage
             On empty, truncated or undecodable bytes.
+        ServiceUnavailable
+            If the database refuses the row (nothing is archived then; an earlier copy
+            of the frame and its detections are kept).
         """
         timer = _Timer()
         arm_id = validate_id("arm_id", arm_id)
@@ -349,8 +355,10 @@ class Service:
             embeddings = self.embed_items(image, detections)
             colours_lab = self.item_colours(image, detections)
         with timer.stage("store"):
-            image_uri = self.archive.put(arm_id, session_id, image_name, bytes(data))
-            frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri, colours_lab)
+            # the file is put in place only once the row commits: a frame the database
+            # refuses leaves no file, and a refused re-upload keeps the archived one
+            with self.archive.staged(arm_id, session_id, image_name, bytes(data)) as image_uri:
+                frame_id = self.repository.save_frame(frame, detections, embeddings, image_uri, colours_lab)
         timings = timer.finish()
         _observe_stages(timings, {"decode": "decode", "detect": "detect", "embed": "embed", "store": "store"})
         n_items = int((detections.class_ids == ITEM_CLASS_ID).sum())

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import unquote, urlparse
 
 from sorterbot_cloud.errors import BadRequest
@@ -104,6 +106,38 @@ class DiskArchive:
         OSError
             If the file cannot be written.
         """
+        with self.staged(arm_id, session_id, image_name, data) as uri:
+            pass
+        return uri
+
+    @contextmanager
+    def staged(self, arm_id: str, session_id: str, image_name: str, data: bytes) -> Iterator[str]:
+        """Write a frame's bytes, and put them in place only if the ``with`` block succeeds.
+
+        On entry the bytes go to a temporary file in the target folder, flushed to disk
+        (so a full disk fails before the block runs); the block gets the frame's URI. On a
+        clean exit the file is renamed over the target (:func:`os.replace`, atomic); when
+        the block raises, the temporary file is removed and the archived frame, if any,
+        is left as it was. Ingest stores the frame's row inside the block, so a frame the
+        database refuses leaves no file, and a refused re-upload keeps the old one.
+
+        Parameters
+        ----------
+        data : bytes
+            The encoded image, as received.
+
+        Yields
+        ------
+        str
+            ``file://`` URI the frame will have.
+
+        Raises
+        ------
+        BadRequest
+            If an id or the image name is malformed (before anything is written).
+        OSError
+            If the file cannot be written.
+        """
         path = self.path_of(arm_id, session_id, image_name)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -113,11 +147,11 @@ class DiskArchive:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.chmod(tmp_name, 0o644)
+            yield path.as_uri()
             os.replace(tmp_name, path)
         except BaseException:
             Path(tmp_name).unlink(missing_ok=True)
             raise
-        return path.as_uri()
 
     def get(self, uri_or_key: str) -> bytes:
         """Read a frame by its ``file://`` URI or its key ``<arm_id>/<session_id>/<image_name>``.

@@ -27,9 +27,10 @@ import random
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import BadRequest, ServiceUnavailable
 from ..structures import ID_PATTERN, IMAGE_NAME_PATTERN
@@ -245,13 +246,14 @@ def read_frame(settings, session_id: str, image_name: str) -> bytes:
 class S3MirroredArchive:
     """An image archive that keeps frames on local disk and copies each one to S3.
 
-    ``put`` writes through the wrapped archive (the request waits for the local disk
-    only), then submits the file to the :class:`UploadQueue` at key
+    ``put`` and ``staged`` write through the wrapped archive (the request waits for the
+    local disk only), then submit the file to the :class:`UploadQueue` at key
     ``<session_id>/<image_name>`` (:func:`frame_key`); everything else is delegated.
 
     Parameters
     ----------
-    disk : object with ``put(arm_id, session_id, image_name, data) -> uri`` and ``path_of(...) -> Path``
+    disk : object with ``staged(arm_id, session_id, image_name, data)`` (a context manager
+        yielding the URI) and ``path_of(...) -> Path``
         e.g. :class:`sorterbot_cloud.storage.DiskArchive`.
     uploads : UploadQueue
     """
@@ -270,13 +272,34 @@ class S3MirroredArchive:
         ServiceUnavailable
             If the S3 copy cannot be spooled (the local disk refuses the marker).
         """
-        uri = self.disk.put(arm_id, session_id, image_name, data)
+        with self.staged(arm_id, session_id, image_name, data) as uri:
+            pass
+        return uri
+
+    @contextmanager
+    def staged(self, arm_id: str, session_id: str, image_name: str, data: bytes) -> Iterator[str]:
+        """The disk archive's ``staged`` (the frame is put in place only if the block
+        succeeds), then the S3 copy is scheduled; nothing is queued when the block raises.
+
+        Yields
+        ------
+        str
+            The local archive's URI.
+
+        Raises
+        ------
+        BadRequest
+            On a malformed id or image name (from the disk archive).
+        ServiceUnavailable
+            If the S3 copy cannot be spooled (the local disk refuses the marker).
+        """
+        with self.disk.staged(arm_id, session_id, image_name, data) as uri:
+            yield uri
         try:
             self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), frame_key(session_id, image_name))
         except OSError as exc:
             log.exception("cannot spool the S3 copy of %s/%s/%s", arm_id, session_id, image_name)
             raise ServiceUnavailable("the frame could not be queued for upload to S3 (local disk)") from exc
-        return uri
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.disk, name)

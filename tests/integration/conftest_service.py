@@ -13,7 +13,9 @@ The models are not under test in these tests, so :class:`FakeDetector` and
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -131,6 +133,12 @@ class FakeArchive:
         key = f"{arm_id}/{session_id}/{image_name}"
         self.blobs[key] = bytes(data)
         return "mem://" + key
+
+    @contextmanager
+    def staged(self, arm_id: str, session_id: str, image_name: str, data: bytes) -> Iterator[str]:
+        key = f"{arm_id}/{session_id}/{image_name}"
+        yield "mem://" + key
+        self.blobs[key] = bytes(data)
 
     def get(self, uri_or_key: str) -> bytes:
         return self.blobs[uri_or_key.removeprefix("mem://")]

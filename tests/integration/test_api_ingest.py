@@ -18,7 +18,7 @@ import requests
 from werkzeug.serving import make_server
 
 from sorterbot_cloud.api import create_app
-from sorterbot_cloud.errors import UnknownSession
+from sorterbot_cloud.errors import ServiceUnavailable, UnknownSession
 from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, encode_png
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
 from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
@@ -223,3 +223,39 @@ def test_frame_of_absurd_aspect_ratio_is_refused_naming_the_limit(client, reposi
     with pytest.raises(UnknownSession):
         repository.load_session("ARM001", "s1")
     assert not any(p.is_file() for p in archive.root.rglob("*"))
+
+
+class OutageRepository:
+    """The real repository, whose ``save_frame`` fails as in a database outage while ``down``."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.down = False
+
+    def save_frame(self, *args, **kwargs):
+        if self.down:
+            raise ServiceUnavailable("database connection failed")
+        return self.inner.save_frame(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_frame_refused_in_a_database_outage_leaves_no_file_and_keeps_the_old_one(make_settings, repository, archive):
+    outage = OutageRepository(repository)
+    client = create_app(make_settings(max_body_bytes=300_000), detector=FakeDetector(), embedder=FakeEmbedder(),
+                        repository=outage, archive=archive).test_client()
+    original = frame_bytes(FRAME)
+    assert ingest(client, original).status_code == 200
+    before = snapshot(repository)
+    outage.down = True
+    replaced = ingest(client, frame_bytes(OTHER_FRAME))  # a re-upload of 1200.jpg
+    new = ingest(client, frame_bytes(OTHER_FRAME), image="1300.jpg")
+    assert (replaced.status_code, new.status_code) == (503, 503)
+    assert new.mimetype == "application/problem+json" and new.get_json()["detail"]
+    assert snapshot(repository) == before
+    assert archive.get("ARM001/s1/1200.jpg") == original
+    assert [p.relative_to(archive.root).as_posix() for p in archive.root.rglob("*") if p.is_file()] == ["ARM001/s1/1200.jpg"]
+    outage.down = False  # the database is back: the same upload now goes through
+    assert ingest(client, frame_bytes(OTHER_FRAME), image="1300.jpg").status_code == 200
+    assert archive.get("ARM001/s1/1300.jpg") == frame_bytes(OTHER_FRAME)

@@ -309,6 +309,19 @@ def test_mirrored_archive_keeps_disk_copy_and_uploads(context, tmp_path):
         queue.close()
 
 
+def test_mirrored_archive_queues_nothing_for_a_refused_frame(context, tmp_path):
+    queue = UploadQueue(context.s3, context.bucket, tmp_path / "spool", start=False)
+    archive = S3MirroredArchive(DiskArchive(tmp_path / "images"), queue)
+    with pytest.raises(ServiceUnavailable, match="database"):
+        with archive.staged("ARM001", "S9", "1450.jpg", b"frame"):
+            raise ServiceUnavailable("database connection failed")
+    assert queue.pending == 0
+    assert not archive.exists("ARM001/S9/1450.jpg")
+    with archive.staged("ARM001", "S9", "1450.jpg", b"frame") as uri:
+        assert queue.pending == 0  # queued only once the row is stored
+    assert queue.pending == 1 and archive.get(uri) == b"frame"
+
+
 def test_init_app_in_aws_mode_builds_context_and_queue(context, moto_endpoint, tmp_path):
     settings = make_settings(moto_endpoint, tmp_path)
     app = Flask("fake_service")

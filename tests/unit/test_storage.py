@@ -72,6 +72,23 @@ def test_failed_write_leaves_nothing(archive):
     assert os.listdir(archive.path_of("ARM001", "s1", "1200.jpg").parent) == ["1200.jpg"]
 
 
+def test_staged_frame_is_put_in_place_only_when_the_block_succeeds(archive):
+    archive.put("ARM001", "s1", "1200.jpg", b"old")
+    folder = archive.path_of("ARM001", "s1", "1200.jpg").parent
+    for image_name in ("1200.jpg", "1300.jpg"):  # a re-upload, and a new frame
+        with pytest.raises(RuntimeError, match="refused"):
+            with archive.staged("ARM001", "s1", image_name, b"new") as uri:
+                assert uri == archive.uri_of("ARM001", "s1", image_name)
+                assert archive.get("ARM001/s1/1200.jpg") == b"old"  # nothing in place yet
+                raise RuntimeError("the database refused the row")
+    assert archive.get("ARM001/s1/1200.jpg") == b"old"
+    assert os.listdir(folder) == ["1200.jpg"]
+    with archive.staged("ARM001", "s1", "1300.jpg", b"new") as uri:
+        assert not archive.exists("ARM001/s1/1300.jpg")
+    assert archive.get(uri) == b"new"
+    assert sorted(os.listdir(folder)) == ["1200.jpg", "1300.jpg"]
+
+
 @pytest.mark.parametrize(
     ("arm_id", "session_id", "image_name", "message"),
     [
