@@ -18,12 +18,39 @@ from pathlib import Path
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool.pool import AddConnection
 
 from sorterbot_cloud.db.migrate import MIGRATIONS_DIR, migrate
 from sorterbot_cloud.db.server import DEFAULT_DATABASE, EmbeddedPostgres, start_embedded
 from sorterbot_cloud.errors import ServiceUnavailable
 
 logger = logging.getLogger(__name__)
+
+#: Longest wait between two reconnection attempts of the pool, in seconds. psycopg_pool
+#: (3.3) doubles its wait after each failed attempt (1, 2, 4, 8, 16 s ...) and has no
+#: option to cap it, so after an outage of half a minute the database could be back for
+#: 16 s before the pool (and ``/readyz``) noticed.
+RECONNECT_MAX_DELAY_S = 2.0
+
+
+class _CappedBackoffPool(ConnectionPool):
+    """A :class:`psycopg_pool.ConnectionPool` whose reconnection attempts wait at most
+    ``reconnect_max_delay_s`` seconds between them (every other timing unchanged).
+
+    Attempts still give up after the pool's ``reconnect_timeout`` (300 s by default); a
+    request for a connection then starts a new one.
+    """
+
+    def __init__(self, *args, reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S, **kwargs) -> None:
+        if not reconnect_max_delay_s > 0:
+            raise ValueError(f"reconnect_max_delay_s must be positive, got {reconnect_max_delay_s!r}")
+        self.reconnect_max_delay_s = float(reconnect_max_delay_s)
+        super().__init__(*args, **kwargs)
+
+    def schedule_task(self, task, delay: float) -> None:
+        if isinstance(task, AddConnection):
+            delay = min(delay, self.reconnect_max_delay_s)
+        super().schedule_task(task, delay)
 
 
 class Database:
@@ -44,6 +71,10 @@ class Database:
         Folder of ``NNNN_name.sql`` files.
     embedded : EmbeddedPostgres, optional
         The embedded server this database lives on, kept for :attr:`embedded`.
+    reconnect_max_delay_s : float
+        Longest wait between two attempts to reconnect after the database went away
+        (seconds; :data:`RECONNECT_MAX_DELAY_S`), so readiness returns within about that
+        long after the database does.
 
     Raises
     ------
@@ -61,6 +92,7 @@ class Database:
         run_migrations: bool = True,
         migrations_dir: str | Path = MIGRATIONS_DIR,
         embedded: EmbeddedPostgres | None = None,
+        reconnect_max_delay_s: float = RECONNECT_MAX_DELAY_S,
     ) -> None:
         self.conninfo = conninfo
         self.embedded = embedded
@@ -69,8 +101,9 @@ class Database:
         except psycopg.OperationalError as exc:
             logger.error("database not reachable: %s", _first_line(exc))
             raise ServiceUnavailable("database not reachable") from exc
-        self.pool = ConnectionPool(
+        self.pool = _CappedBackoffPool(
             conninfo,
+            reconnect_max_delay_s=reconnect_max_delay_s,
             min_size=min(min_size, max_size),
             max_size=max_size,
             timeout=timeout_s,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
+import time
 
 import numpy as np
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sorterbot_cloud.db import EMBEDDING_DIM, Database
+from sorterbot_cloud.db.database import RECONNECT_MAX_DELAY_S
 from sorterbot_cloud.errors import BadRequest, ServiceUnavailable, UnknownSession
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, Detections, Frame
 
@@ -340,3 +345,89 @@ def test_embeddings_as_one_float64_array_are_stored_as_float32(repository):
     for s, e in zip(stored, embeddings, strict=True):
         assert s.embedding.dtype == np.float32
         np.testing.assert_array_equal(s.embedding, e.astype(np.float32))
+
+
+class _OutageProxy:
+    """A TCP port forwarding to the test server's unix socket, that can be cut and restored.
+
+    ``cut()`` closes the listening socket and every forwarded connection (the database
+    is gone: connections refused); ``restore()`` listens on the same port again.
+    """
+
+    def __init__(self, unix_path: str) -> None:
+        self.unix_path = unix_path
+        self.port = 0
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def restore(self) -> None:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with self._lock:
+            sockets, self._open = self._open + [self._listener], []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            server.connect(self.unix_path)
+            with self._lock:
+                self._open += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+#: How soon after the database returns the service must be ready again (seconds): the
+#: pool's capped reconnect wait plus a probe's timeout and some slack.
+READY_AFTER_OUTAGE_S = 4.0
+
+
+@pytest.mark.slow
+def test_readiness_returns_soon_after_a_database_outage(pg_conn):
+    """After an outage long enough for psycopg_pool's doubling back-off to reach 8 s, the
+    pool reconnects within a few seconds of the database's return (it took up to 30 s)."""
+    assert RECONNECT_MAX_DELAY_S + 1.5 <= READY_AFTER_OUTAGE_S
+    params = conninfo_to_dict(pg_conn)
+    proxy = _OutageProxy(f"{params['host']}/.s.PGSQL.{params.get('port', 5432)}")
+    proxy.restore()
+    proxied = make_conninfo(pg_conn, host="127.0.0.1", port=str(proxy.port))
+    db = Database(proxied, max_size=2, run_migrations=False, timeout_s=5)
+    try:
+        assert db.ping()
+        proxy.cut()
+        outage_end = time.monotonic() + 8.0
+        while time.monotonic() < outage_end:  # readiness probes during the outage
+            assert not db.ping(timeout_s=0.5)
+            time.sleep(0.5)
+        proxy.restore()
+        back = time.monotonic()
+        while not db.ping(timeout_s=0.5):
+            assert time.monotonic() - back < 30, "the pool never reconnected"
+            time.sleep(0.1)
+        assert time.monotonic() - back <= READY_AFTER_OUTAGE_S
+    finally:
+        db.close()
+        proxy.cut()
