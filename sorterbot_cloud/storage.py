@@ -165,6 +165,17 @@ class DiskArchive:
         """
         return self._path_of_ref(uri_or_key).read_bytes()
 
+    def parts_of(self, uri_or_key: str) -> tuple[str, str, str]:
+        """Return ``(arm_id, session_id, image_name)`` of a frame's URI or key (whether or not it exists).
+
+        Raises
+        ------
+        BadRequest
+            If the URI or key is malformed or points outside the archive.
+        """
+        arm_id, session_id, image_name = self._path_of_ref(uri_or_key).relative_to(self.root).parts
+        return arm_id, session_id, image_name
+
     def exists(self, uri_or_key: str) -> bool:
         """Return True if the frame named by a URI or key is archived."""
         return self._path_of_ref(uri_or_key).is_file()

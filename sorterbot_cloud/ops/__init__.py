@@ -35,7 +35,7 @@ Service code (no Flask import)
       ``ops.bind_log_fields(arm_id=a, session_id=s)`` once per request;
     - S3 archive: ``ops.aws.archive_from_settings(settings, disk_archive)`` returns the disk
       archive in local mode and, in the aws modes, an :class:`.aws.S3MirroredArchive` whose
-      ``put`` also queues the S3 copy at ``<session_id>/<image_name>``; a session overview
+      ``put`` also queues the S3 copy at ``<arm_id>/<session_id>/<image_name>``; a session overview
       PNG goes through ``ops.aws.publish_overview(settings, arm_id, session_id, png)``
       (written under ``settings.overview_dir``, copied to S3 in the aws modes);
     - empty ``/process_image`` body in the aws modes: ``ops.aws.read_frame(settings,

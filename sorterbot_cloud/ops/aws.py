@@ -129,6 +129,23 @@ def frame_key(session_id: str, image_name: str) -> str:
     return f"{session_id}/{image_name}"
 
 
+def archive_key(arm_id: str, session_id: str, image_name: str) -> str:
+    """Return the S3 key of an archived frame, ``<arm_id>/<session_id>/<image_name>``.
+
+    Frames archived before this layout are at :func:`frame_key` (``<session_id>/<image_name>``,
+    so two arms with one session id overwrote each other there); they are still read
+    (:meth:`S3MirroredArchive.get`).
+
+    Raises
+    ------
+    BadRequest
+        If an id or ``image_name`` is malformed.
+    """
+    if not isinstance(arm_id, str) or not ID_PATTERN.fullmatch(arm_id):
+        raise BadRequest(f"arm_id must be 1-64 of [A-Za-z0-9_.-], got {arm_id!r}")
+    return f"{arm_id}/{frame_key(session_id, image_name)}"
+
+
 def overview_key(arm_id: str, session_id: str) -> str:
     """Return the S3 key of a session overview image, ``overviews/<arm_id>/<session_id>.png``.
 
@@ -248,7 +265,10 @@ class S3MirroredArchive:
 
     ``put`` and ``staged`` write through the wrapped archive (the request waits for the
     local disk only), then submit the file to the :class:`UploadQueue` at key
-    ``<session_id>/<image_name>`` (:func:`frame_key`); everything else is delegated.
+    ``<arm_id>/<session_id>/<image_name>`` (:func:`archive_key`). ``get`` reads the local
+    disk, and a frame missing there (a fresh replica, a lost volume) from S3: at its
+    :func:`archive_key`, else at the key of frames archived before arms had their own
+    keys, ``<session_id>/<image_name>`` (:func:`frame_key`). Everything else is delegated.
 
     Parameters
     ----------
@@ -296,10 +316,43 @@ class S3MirroredArchive:
         with self.disk.staged(arm_id, session_id, image_name, data) as uri:
             yield uri
         try:
-            self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), frame_key(session_id, image_name))
+            self.uploads.submit(self.disk.path_of(arm_id, session_id, image_name), archive_key(arm_id, session_id, image_name))
         except OSError as exc:
             log.exception("cannot spool the S3 copy of %s/%s/%s", arm_id, session_id, image_name)
             raise ServiceUnavailable("the frame could not be queued for upload to S3 (local disk)") from exc
+
+    def get(self, uri_or_key: str) -> bytes:
+        """Read a frame by its local URI or key ``<arm_id>/<session_id>/<image_name>``:
+        from the local disk, else from S3 (its :func:`archive_key`, then the older
+        :func:`frame_key`).
+
+        Raises
+        ------
+        BadRequest
+            If the URI or key is malformed.
+        FileNotFoundError
+            If neither the disk nor S3 holds the frame.
+        ServiceUnavailable
+            If the frame is not on disk and S3 cannot be read.
+        """
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self.disk.get(uri_or_key)
+        except FileNotFoundError:
+            arm_id, session_id, image_name = self.disk.parts_of(uri_or_key)
+        keys = (archive_key(arm_id, session_id, image_name), frame_key(session_id, image_name))
+        for key in keys:
+            try:
+                return self.uploads.client.get_object(Bucket=self.uploads.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in ("NoSuchKey", "404", "NotFound"):
+                    raise ServiceUnavailable(f"S3 refused reading s3://{self.uploads.bucket}/{key} ({code})") from exc
+            except BotoCoreError as exc:
+                raise ServiceUnavailable(f"S3 is not reachable to read s3://{self.uploads.bucket}/{key} ({type(exc).__name__})") from exc
+        raise FileNotFoundError(f"frame {arm_id}/{session_id}/{image_name} is neither on disk nor in S3 "
+                                f"(s3://{self.uploads.bucket}/{keys[0]} or /{keys[1]})")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.disk, name)

@@ -85,7 +85,7 @@ def test_posted_frame_is_mirrored_to_s3(app, aws_settings):
     body = None
     while time.monotonic() < deadline and body is None:
         try:
-            body = s3.get_object(Bucket=f"sorterbot-{SUFFIX}", Key="sess_up/1400.jpg")["Body"].read()
+            body = s3.get_object(Bucket=f"sorterbot-{SUFFIX}", Key="ARM001/sess_up/1400.jpg")["Body"].read()
         except s3.exceptions.NoSuchKey:
             time.sleep(0.05)
     assert body == data

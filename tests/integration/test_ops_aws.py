@@ -21,7 +21,14 @@ from sorterbot_cloud import ops
 from sorterbot_cloud.config import Settings
 from sorterbot_cloud.errors import BadRequest, ServiceUnavailable
 from sorterbot_cloud.ops import aws, metrics
-from sorterbot_cloud.ops.aws import AwsContext, S3MirroredArchive, UploadQueue, frame_key, resolve_pg_conn
+from sorterbot_cloud.ops.aws import (
+    AwsContext,
+    S3MirroredArchive,
+    UploadQueue,
+    archive_key,
+    frame_key,
+    resolve_pg_conn,
+)
 from sorterbot_cloud.storage import DiskArchive
 
 REGION = "eu-central-1"
@@ -304,9 +311,36 @@ def test_mirrored_archive_keeps_disk_copy_and_uploads(context, tmp_path):
         uri = archive.put("ARM001", "S9", "1450.jpg", b"frame")
         assert archive.get(uri) == b"frame"
         assert queue.flush(30)
-        assert stored(context, "S9/1450.jpg") == b"frame"
+        assert stored(context, "ARM001/S9/1450.jpg") == b"frame"
     finally:
         queue.close()
+
+
+def test_two_arms_with_one_session_id_keep_their_own_s3_copies(context, tmp_path):
+    queue = context.upload_queue(tmp_path / "spool")
+    archive = S3MirroredArchive(DiskArchive(tmp_path / "images"), queue)
+    try:
+        archive.put("ARM001", "S9", "1450.jpg", b"frame of arm 1")
+        archive.put("ARM002", "S9", "1450.jpg", b"frame of arm 2")
+        assert queue.flush(30)
+    finally:
+        queue.close()
+    assert stored(context, archive_key("ARM001", "S9", "1450.jpg")) == b"frame of arm 1"
+    assert stored(context, archive_key("ARM002", "S9", "1450.jpg")) == b"frame of arm 2"
+    fresh = S3MirroredArchive(DiskArchive(tmp_path / "fresh-replica"), queue)  # no disk copy
+    assert fresh.get("ARM001/S9/1450.jpg") == b"frame of arm 1"
+    assert fresh.get("ARM002/S9/1450.jpg") == b"frame of arm 2"
+
+
+def test_frames_archived_under_the_old_key_are_still_read(context, tmp_path):
+    queue = UploadQueue(context.s3, context.bucket, tmp_path / "spool", start=False)
+    archive = S3MirroredArchive(DiskArchive(tmp_path / "images"), queue)
+    context.s3.put_object(Bucket=context.bucket, Key=frame_key("S3old", "1200.jpg"), Body=b"archived before")
+    assert archive.get("ARM001/S3old/1200.jpg") == b"archived before"
+    context.s3.put_object(Bucket=context.bucket, Key=archive_key("ARM001", "S3old", "1200.jpg"), Body=b"arm's own")
+    assert archive.get("ARM001/S3old/1200.jpg") == b"arm's own"  # the arm's own key wins
+    with pytest.raises(FileNotFoundError, match="neither on disk nor in S3"):
+        archive.get("ARM001/S3old/1250.jpg")
 
 
 def test_mirrored_archive_queues_nothing_for_a_refused_frame(context, tmp_path):
