@@ -162,10 +162,11 @@ def _default_archive(settings):
 
 
 def _s3_reader(settings):
-    """``read(session_id, image_name) -> bytes`` from the configured bucket in aws modes."""
+    """``read(arm_id, session_id, image_name) -> bytes`` from the configured bucket in aws
+    modes (``<arm_id>/<session_id>/<image_name>``, else ``<session_id>/<image_name>``)."""
     if settings.mode == "local":
         return None
     aws = _optional_module("sorterbot_cloud.ops.aws")
     if aws is None:
         return None
-    return lambda session_id, image_name: aws.read_frame(settings, session_id, image_name)
+    return lambda arm_id, session_id, image_name: aws.read_frame(settings, session_id, image_name, arm_id)

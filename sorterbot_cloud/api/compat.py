@@ -46,7 +46,7 @@ def process_image():
     arm_id = validate_id("arm_id", request.args.get("arm_id"))
     session_id = validate_id("session_id", request.args.get("session_id"))
     image_name = validate_image_name(request.args.get("image_name"))
-    data = frame_bytes(session_id, image_name)
+    data = frame_bytes(arm_id, session_id, image_name)
     return jsonify(state().service.process_frame(arm_id, session_id, image_name, data))
 
 

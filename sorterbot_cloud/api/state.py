@@ -45,7 +45,7 @@ class AppState:
     ping : callable or None
         ``ping() -> None`` raising when the database is unreachable (for ``/readyz``).
     s3_reader : callable or None
-        ``s3_reader(session_id, image_name) -> bytes`` for empty bodies in aws modes.
+        ``s3_reader(arm_id, session_id, image_name) -> bytes`` for empty bodies in aws modes.
     closers : list of callables
         Called by :meth:`close`.
     """
@@ -54,7 +54,7 @@ class AppState:
     service: Any
     database: Any = None
     ping: Callable[[], Any] | None = None
-    s3_reader: Callable[[str, str], bytes] | None = None
+    s3_reader: Callable[[str, str, str], bytes] | None = None
     closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def close(self) -> None:
@@ -114,11 +114,12 @@ def request_body() -> bytes:
     return data
 
 
-def frame_bytes(session_id: str, image_name: str) -> bytes:
+def frame_bytes(arm_id: str, session_id: str, image_name: str) -> bytes:
     """The frame of an ingest request: the body, or in aws modes the S3 object when empty.
 
-    The original HTTP-era client uploaded the frame to S3 at ``<session_id>/<image_name>``
-    and posted no body (DESIGN.md, Wire protocol).
+    The original HTTP-era client uploaded the frame to S3 and posted no body (DESIGN.md,
+    Wire protocol): clients of late April 2020 at ``<arm_id>/<session_id>/<image_name>``,
+    earlier ones at ``<session_id>/<image_name>``; the first key that exists is read.
 
     Raises
     ------
@@ -136,7 +137,7 @@ def frame_bytes(session_id: str, image_name: str) -> bytes:
     if st.s3_reader is None:
         raise InvalidImage("the request body is empty and no S3 reader is configured for this mode")
     try:
-        return st.s3_reader(session_id, image_name)
+        return st.s3_reader(arm_id, session_id, image_name)
     except SorterBotError:
         raise
     except KeyError as exc:

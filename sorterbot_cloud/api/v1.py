@@ -34,7 +34,7 @@ def put_frame(arm_id: str, session_id: str, image_name: str):
     arm_id = validate_id("arm_id", arm_id)
     session_id = validate_id("session_id", session_id)
     image_name = validate_image_name(image_name)
-    data = frame_bytes(session_id, image_name)
+    data = frame_bytes(arm_id, session_id, image_name)
     return jsonify(state().service.process_frame(arm_id, session_id, image_name, data))
 
 

@@ -8,7 +8,9 @@
 - :func:`resolve_pg_conn` returns the database connection string: in ``production`` the
   SSM SecureString parameter ``PG_CONN`` (decrypted), in the other modes ``settings.pg_conn``.
 - :meth:`AwsContext.read_frame` reads a frame the original client uploaded itself, at key
-  ``<session_id>/<image_name>`` (DESIGN.md, Wire protocol: an empty ``/process_image`` body).
+  ``<arm_id>/<session_id>/<image_name>`` (clients of late April 2020) or
+  ``<session_id>/<image_name>`` (earlier ones; DESIGN.md, Wire protocol: an empty
+  ``/process_image`` body).
 - :class:`UploadQueue` copies archived images to S3 off the request path, with retries
   and exponential backoff. Each submitted file is first recorded by a spool marker on
   disk, removed only once S3 has the object, so a frame submitted while S3 is down (or
@@ -192,8 +194,19 @@ class AwsContext:
         bucket = settings.s3_bucket or BUCKET_PREFIX + read_parameter(ssm, RESOURCE_SUFFIX_PARAMETER)
         return cls(s3=s3, ssm=ssm, bucket=bucket, region=settings.deploy_region)
 
-    def read_frame(self, session_id: str, image_name: str) -> bytes:
-        """Return the bytes stored at ``<session_id>/<image_name>`` in the bucket.
+    def read_frame(self, session_id: str, image_name: str, arm_id: str | None = None) -> bytes:
+        """Return a frame the client uploaded to the bucket itself.
+
+        HTTP-era clients of late April 2020 upload to ``<arm_id>/<session_id>/<image_name>``
+        (:func:`archive_key`), earlier ones to ``<session_id>/<image_name>``
+        (:func:`frame_key`): with ``arm_id`` the first key is read, else the second;
+        without ``arm_id`` only the second.
+
+        Parameters
+        ----------
+        session_id, image_name : str
+        arm_id : str, optional
+            The arm of the request.
 
         Raises
         ------
@@ -205,19 +218,22 @@ class AwsContext:
         """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        key = frame_key(session_id, image_name)
-        try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise BadRequest(
-                    f"empty body and no frame at s3://{self.bucket}/{key}: upload the frame there first "
-                    "or send the image bytes in the request body"
-                ) from exc
-            raise ServiceUnavailable(f"S3 refused reading s3://{self.bucket}/{key} ({code})") from exc
-        except BotoCoreError as exc:
-            raise ServiceUnavailable(f"S3 is not reachable to read s3://{self.bucket}/{key} ({type(exc).__name__})") from exc
+        keys = [frame_key(session_id, image_name)]
+        if arm_id is not None:
+            keys.insert(0, archive_key(arm_id, session_id, image_name))
+        for key in keys:
+            try:
+                return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code not in ("NoSuchKey", "404", "NotFound"):
+                    raise ServiceUnavailable(f"S3 refused reading s3://{self.bucket}/{key} ({code})") from exc
+            except BotoCoreError as exc:
+                raise ServiceUnavailable(f"S3 is not reachable to read s3://{self.bucket}/{key} ({type(exc).__name__})") from exc
+        raise BadRequest(
+            f"empty body and no frame at {' or '.join(f's3://{self.bucket}/{key}' for key in keys)}: "
+            "upload the frame there first or send the image bytes in the request body"
+        )
 
     def upload_queue(self, spool_dir: str | Path, **kwargs: Any) -> "UploadQueue":
         """Return a started :class:`UploadQueue` into this context's bucket."""
@@ -255,9 +271,9 @@ def upload_queue_for(settings) -> "UploadQueue":
         return uploads
 
 
-def read_frame(settings, session_id: str, image_name: str) -> bytes:
+def read_frame(settings, session_id: str, image_name: str, arm_id: str | None = None) -> bytes:
     """Module-level form of :meth:`AwsContext.read_frame` on :func:`context_for` ``(settings)``."""
-    return context_for(settings).read_frame(session_id, image_name)
+    return context_for(settings).read_frame(session_id, image_name, arm_id)
 
 
 class S3MirroredArchive:

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from moto.server import ThreadedMotoServer
@@ -66,6 +68,19 @@ def test_empty_body_reads_the_frame_from_s3(app, aws_settings, repository):
     assert response.status_code == 200, response.get_data(as_text=True)
     assert len(response.get_json()["detections"]) == 3
     assert len(repository.load_session("ARM001", "sess_s3")) == 3
+
+
+def test_empty_body_reads_the_late_april_client_layout(app, aws_settings, repository):
+    """HTTP-era clients of late April 2020 upload to <arm_id>/<session_id>/<image_name>."""
+    data = frame_bytes(SESSION_FRAMES["1200.jpg"])
+    s3 = s3_client(aws_settings)
+    s3.put_object(Bucket=f"sorterbot-{SUFFIX}", Key="ARM002/sess_apr/1200.jpg", Body=data)
+    s3.put_object(Bucket=f"sorterbot-{SUFFIX}", Key="sess_apr/1200.jpg", Body=frame_bytes(SESSION_FRAMES["1400.jpg"]))
+    response = app.test_client().post("/process_image?session_id=sess_apr&image_name=1200.jpg&arm_id=ARM002")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    archived = Path(urlparse(response.get_json()["image_uri"]).path).read_bytes()
+    assert archived == data  # the arm's own upload, not the session-only key's
+    assert len(repository.load_session("ARM002", "sess_apr")) == len(SESSION_FRAMES["1200.jpg"])
 
 
 def test_empty_body_with_no_s3_object_is_a_4xx_and_stores_nothing(app, repository):

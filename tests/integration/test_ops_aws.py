@@ -168,6 +168,20 @@ def test_read_frame_uploaded_by_the_client(context):
     assert context.read_frame("S7", "1200.jpg") == b"jpeg bytes"
 
 
+def test_read_frame_of_either_client_layout(context):
+    """Clients of late April 2020 upload to <arm_id>/<session_id>/<image_name>, earlier ones to <session_id>/<image_name>."""
+    context.s3.put_object(Bucket=context.bucket, Key="ARM7/S8/1200.jpg", Body=b"late April client")
+    context.s3.put_object(Bucket=context.bucket, Key="S8/1250.jpg", Body=b"earlier client")
+    assert context.read_frame("S8", "1200.jpg", "ARM7") == b"late April client"
+    assert context.read_frame("S8", "1250.jpg", "ARM7") == b"earlier client"
+    context.s3.put_object(Bucket=context.bucket, Key="S8/1200.jpg", Body=b"another arm's session S8")
+    assert context.read_frame("S8", "1200.jpg", "ARM7") == b"late April client"  # the arm's own key first
+    with pytest.raises(BadRequest, match=r"no frame at s3://\S+/ARM7/S8/1300.jpg or s3://\S+/S8/1300.jpg"):
+        context.read_frame("S8", "1300.jpg", "ARM7")
+    with pytest.raises(BadRequest, match="arm_id must be"):
+        context.read_frame("S8", "1200.jpg", "../x")
+
+
 @pytest.mark.parametrize(
     "session_id, image_name, match",
     [("S7", "1250.jpg", r"no frame at s3://sorterbot-t3st42/S7/1250.jpg"), ("../x", "1200.jpg", "session_id must be"),
