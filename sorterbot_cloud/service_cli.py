@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import threading
 import time
@@ -170,6 +171,105 @@ def running_server(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]
         thread.join(timeout=10)
 
 
+#: How long ``serve`` waits, after SIGTERM or SIGINT, for the requests in flight to
+#: finish before it stops the database anyway (seconds).
+SHUTDOWN_GRACE_S = 30.0
+
+
+class _InFlight:
+    """WSGI middleware that counts the requests in flight (their bodies sent included).
+
+    Parameters
+    ----------
+    app : WSGI application
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, environ, start_response):
+        with self._cond:
+            self.count += 1
+        try:
+            result = self.app(environ, start_response)
+            try:
+                yield from result
+            finally:
+                if hasattr(result, "close"):
+                    result.close()
+        finally:
+            with self._cond:
+                self.count -= 1
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; return False if ``timeout_s`` seconds passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count == 0, timeout=timeout_s)
+
+
+def close_app(app) -> None:
+    """Close what :func:`sorterbot_cloud.api.create_app` opened: the database pool and
+    other resources, then this process's claim on the embedded PostgreSQL (the server
+    stops when no other process uses it)."""
+    st = app.extensions.get("sorterbot")
+    if st is None:
+        return
+    embedded = getattr(st.database, "embedded", None)
+    st.close()
+    if embedded is not None:
+        embedded.release()
+        logger.info("embedded PostgreSQL released", extra={"pg_data_dir": str(embedded.pg_data_dir)})
+
+
+def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Serve ``app`` (threaded Werkzeug server) until SIGTERM or SIGINT, then shut down cleanly.
+
+    On the signal the server stops accepting connections, the requests in flight get up
+    to ``grace_s`` seconds to finish, and :func:`close_app` closes the database pool and
+    releases the embedded PostgreSQL, which a kill at the default SIGTERM action left
+    running. Must run on the main thread (signal handlers).
+
+    Parameters
+    ----------
+    app : Flask
+    host : str
+    port : int
+        0 picks a free port.
+    grace_s : float
+        Seconds to wait for requests in flight.
+    """
+    from werkzeug.serving import make_server
+
+    counted = _InFlight(app)
+    server = make_server(host, port, counted, threaded=True)
+    stopping = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        logger.info("%s received: stopping the server", signal.Signals(signum).name)
+        # shutdown() waits for serve_forever() to return, which runs on this (main) thread
+        threading.Thread(target=server.shutdown, name="sorterbot-shutdown", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    click.echo(f"SorterBot Cloud listening on http://{host}:{server.server_port} "
+               "(development server; use gunicorn in production)")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()  # no new connections
+        if not counted.wait_idle(grace_s):
+            logger.warning("%d requests still in flight after %g s; stopping anyway", counted.count, grace_s)
+        close_app(app)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    click.echo("SorterBot Cloud stopped")
+
+
 def format_commands(wire: list) -> str:
     """One line per command: ``pick (pw0, pw1) -> place (pw0, pw1)``."""
     if not wire:
@@ -207,12 +307,13 @@ def _build_app(settings):
 def serve(host: str, port: int, config: str | None, debug: bool) -> None:
     """Run the service with Flask's development server.
 
-    For production use gunicorn: gunicorn --workers 1 --threads 4 --bind 0.0.0.0:5000
-    'sorterbot_cloud.api:create_app()'
+    SIGTERM or SIGINT stops it cleanly: no new connections, requests in flight finish,
+    the embedded PostgreSQL stops. For production use gunicorn: gunicorn --workers 1
+    --threads 4 --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
     """
     app = _build_app(_settings(config))
-    click.echo(f"SorterBot Cloud listening on http://{host}:{port} (development server; use gunicorn in production)")
-    app.run(host=host, port=port, threaded=True, debug=debug, use_reloader=False)
+    app.debug = debug
+    serve_until_signalled(app, host, port)
 
 
 @click.command()
