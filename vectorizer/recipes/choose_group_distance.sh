@@ -7,6 +7,7 @@
 #   - the per-photo ARI (the service's own number of groups) on the left-out photos of the
 #     microcontroller and playing-card train splits (evaluate-real-grouping --folds 3 --fold F),
 # averaged with equal weight; ties go to the larger distance. Writes it into WEIGHTS' sidecar.
+# Fold results already in out/real_grouping/ are reused (delete them after retraining a fold).
 #   vectorizer/recipes/choose_group_distance.sh WEIGHTS [NAME]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,9 +18,9 @@ GRID=0.1,0.125,0.15,0.175,0.2,0.225,0.25,0.3
 D=()
 for d in ${GRID//,/ }; do D+=(--group-distance "$d"); done
 for f in 0 1 2; do
-  $SC calibrate-grouping --weights runs/${NAME}_f$f/embedder.pt --crops-dir data/embedder/select_heldout_coco \
+  [ -f out/real_grouping/${NAME}_f${f}_calib.json ] || $SC calibrate-grouping --weights runs/${NAME}_f$f/embedder.pt --crops-dir data/embedder/select_heldout_coco \
       --distances $GRID --out out/real_grouping/${NAME}_f${f}_calib.json
-  $SC evaluate-real-grouping --weights runs/${NAME}_f$f/embedder.pt --threads 1 --folds 3 --fold $f "${D[@]}" \
+  [ -f out/real_grouping/${NAME}_f${f}_sweep.json ] || $SC evaluate-real-grouping --weights runs/${NAME}_f$f/embedder.pt --threads 1 --folds 3 --fold $f "${D[@]}" \
       --voc $REAL/microcontrollers/images/train --voc $REAL/playing_cards/images/train \
       --out out/real_grouping/${NAME}_f${f}_sweep.json
 done
