@@ -398,12 +398,11 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed
             all_names.extend(names)
         kinds = sorted(set(all_names))
         type_ids = np.asarray([kinds.index(n) for n in all_names])
-        photos = photo_grouping(per_photo_emb, [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types],
-                                embedder.group_distance)
+        photo_ids = [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types]
+        photos = photo_grouping(per_photo_emb, photo_ids, embedder.group_distance)
         entry = {"kinds": kinds, "n_crops": len(all_names), "n_photos": len(per_photo_emb),
                  "crop_ari_true_k": all_crops_ari(np.concatenate(per_photo_emb), type_ids), "per_photo": photos}
         if group_distances:
-            photo_ids = [np.asarray([kinds.index(n) for n in t]) for t in per_photo_types]
             entry["per_photo_at_distance"] = {f"{d:g}": photo_grouping(per_photo_emb, photo_ids, d) for d in group_distances}
         results["sets"][str(voc)] = entry
         pp = {k: (f"{photos[k]:.3f}" if photos["photos"] else "n/a") for k in ("ari_own_k_mean", "k_exact", "ari_true_k_mean")}

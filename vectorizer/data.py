@@ -234,12 +234,9 @@ def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
         If ``root`` holds no annotated photo.
     """
     crops, labels = [], []
-    for image_path, boxes, names in voc_photos(root):
-        if names:
-            crops.extend(crop_items(read_rgb(image_path), boxes, margin=margin))
-            labels.extend(names)
-    if not crops:
-        raise FileNotFoundError(f"no Pascal VOC annotated photos under {root}")
+    for image_path, boxes, names in voc_photo_fold(root):
+        crops.extend(crop_items(read_rgb(image_path), boxes, margin=margin))
+        labels.extend(names)
     type_names = sorted(set(labels))
     return CropSet(crops, np.asarray([type_names.index(n) for n in labels], np.int64), type_names)
 
