@@ -15,7 +15,7 @@ A user labels a handful of their own frames (labelImg, Pascal VOC; or COCO) and 
    on the frames it may use (all of them after k-fold; the training part after one split).
 
 Why these choices: fine-tuning a detector pre-trained on related data needs far fewer
-labelled frames than training one (the CAD-synthetic-data finding DESIGN.md refers to:
+labelled frames than training one (the CAD-synthetic-data finding docs/design.rst refers to:
 synthetic plus a few real frames beats either alone), and copy-paste augmentation is
 among the strongest augmentations for few-shot detection (Dwibedi et al. 2017; Ghiasi et
 al., "Simple Copy-Paste is a Strong Data Augmentation Method", CVPR 2021).

@@ -1,7 +1,7 @@
 """Detection metrics: COCO AP (pycocotools), operating-point precision / recall / F1, confusion matrix.
 
 The metrics are the ones of the CAD-synthetic-data study SorterBot learns from
-(DESIGN.md, Evaluation protocol): AP at IoU 0.5 per class and COCO mAP@[.5:.95]
+(docs/design.rst, Evaluation protocol): AP at IoU 0.5 per class and COCO mAP@[.5:.95]
 (pycocotools ``COCOeval``, 101-point interpolated precision), and at the operating
 score threshold precision, recall and F1 per class plus a confusion matrix whose last
 row and column are background (missed objects and false detections).

@@ -1,4 +1,4 @@
-"""Arm constants and the calibrated pinhole camera model of DESIGN.md.
+"""Arm constants and the calibrated pinhole camera model of docs/design.rst.
 
 World frame: origin on the table plane at the base axis, z up, theta = 0 along +x,
 theta counter-clockwise seen from above. A frame taken at base pulse width ``p`` has
@@ -244,7 +244,7 @@ class CameraModel:
 
 @dataclass(frozen=True)
 class ArmConstants:
-    """The arm constants a session trigger carries (DESIGN.md, Arm constants).
+    """The arm constants a session trigger carries (docs/design.rst, Arm constants).
 
     Parameters
     ----------
@@ -331,7 +331,7 @@ class ArmConstants:
         - ``dist_min_as_pw`` and ``dist_max_as_pw`` must differ.
 
         ``arm_id``, when present and not empty, follows the rule of the query's
-        (DESIGN.md, Terms): 1 to 64 letters, digits, ``_``, ``-`` and ``.``; an integer is
+        (docs/design.rst, Terms): 1 to 64 letters, digits, ``_``, ``-`` and ``.``; an integer is
         taken as its decimal string.
 
         Parameters
@@ -419,7 +419,7 @@ class ArmConstants:
 
     @classmethod
     def reference(cls, arm_id: str = "ARM001", calibrated: bool = True) -> "ArmConstants":
-        """Constants of the reference arm (DESIGN.md): 130 degrees over 1400 µs.
+        """Constants of the reference arm (docs/design.rst): 130 degrees over 1400 µs.
 
         Legacy keys follow the original ``arm_config.yaml`` scale for a 1640x1232 frame.
         """

@@ -19,7 +19,7 @@ located detections of one class by constrained single-linkage agglomeration:
    at least :data:`DEFAULT_MIN_SINGLE_FRAME_SCORE`) before links to weak ones, so a
    stray low-score box cannot take a frame slot of a real object; a link joins two
    groups only if they have no frame in common (cannot-link: two detections of one
-   frame are never one object, DESIGN.md), so two objects seen together on any frame
+   frame are never one object, docs/design.rst), so two objects seen together on any frame
    never merge, however close their estimates are; a detection still alone afterwards
    may join the nearest compatible group within :data:`SINGLETON_REACH` times the
    threshold (the first or last frame of an object's sweep, past a missed frame);

@@ -1,4 +1,4 @@
-"""Score a session's result against the simulator's ground truth (DESIGN.md, Evaluation).
+"""Score a session's result against the simulator's ground truth (docs/design.rst, Evaluation).
 
 Found objects are matched to true objects through their detections: each detection
 behind a found object is compared with the ground-truth boxes of the same frame and
@@ -296,7 +296,7 @@ def score_session(ground_truth: Mapping, result: Mapping) -> SessionScore:
 
 
 def _sorting_problems(true_objects, found, matched, commands, missed, duplicates) -> list[str]:
-    """Reasons the session is not sorted correctly (DESIGN.md, Evaluation)."""
+    """Reasons the session is not sorted correctly (docs/design.rst, Evaluation)."""
     problems = []
     true_items = {t for t, o in true_objects.items() if o["class"] == "item"}
     true_containers = {t for t, o in true_objects.items() if o["class"] == "container"}

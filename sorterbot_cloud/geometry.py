@@ -1,6 +1,6 @@
 """Pixels to arm coordinates: where on the table is the object behind a box?
 
-Two conversions (DESIGN.md, Arm constants and geometry):
+Two conversions (docs/design.rst, Arm constants and geometry):
 
 - **legacy** (the constants carry no ``camera`` block): the original SorterBot formulas.
   With ``a = |W/2 - x|``, ``b = H/2 - y`` (box centre ``(x, y)``), ``R = arm_radius``
@@ -145,7 +145,7 @@ class LocatedDetection:
 
 
 def locate(detections: list[StoredDetection], constants: ArmConstants) -> list[LocatedDetection]:
-    """Place every detection of a session on the table (DESIGN.md, geometry).
+    """Place every detection of a session on the table (docs/design.rst, geometry).
 
     Parameters
     ----------
@@ -236,7 +236,7 @@ def _truncation(boxes: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def legacy_pulse_widths(box_xyxy: np.ndarray, width_px: int, height_px: int, frame_pw0: float, constants: ArmConstants) -> tuple[float, float, float, float]:
-    """The original SorterBot conversion of one box (DESIGN.md, legacy conversion).
+    """The original SorterBot conversion of one box (docs/design.rst, legacy conversion).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Decode and validate encoded frame bytes (JPEG or PNG) with OpenCV.
 
-The wire protocol (DESIGN.md) carries frames as raw encoded bytes. This module is the
+The wire protocol (docs/design.rst) carries frames as raw encoded bytes. This module is the
 one place that turns those bytes into an RGB image and decides whether they are a
 complete, decodable JPEG or PNG; every rejection raises
 :class:`~sorterbot_cloud.errors.InvalidImage` saying what was wrong.

@@ -1,4 +1,4 @@
-"""Groups -> containers, move order, commands (DESIGN.md, Sorting semantics).
+"""Groups -> containers, move order, commands (docs/design.rst, Sorting semantics).
 
 :func:`plan` takes the session's items with their group labels (``cluster_ids``) and
 the containers, and returns one :class:`~sorterbot_cloud.structures.Command` per item:
@@ -51,11 +51,11 @@ def choose_n_clusters(
     """Number of item groups.
 
     Without ``embeddings``: one group per container, fewer if there are fewer items
-    (DESIGN.md, Sorting semantics): ``min(n_items, n_containers)``.
+    (docs/design.rst, Sorting semantics): ``min(n_items, n_containers)``.
 
     With ``embeddings``, when there are more containers than kinds of item, forcing
     ``min(n_items, n_containers)`` groups splits a kind across containers (which
-    DESIGN.md's "sorted correctly" forbids). The number of groups is then chosen among
+    docs/design.rst's "sorted correctly" forbids). The number of groups is then chosen among
     ``2 .. min(n_items, n_containers)`` at the largest gap between successive merge
     heights of average-linkage clustering (scipy) under half the squared Euclidean
     distance, which for L2-normalised embeddings is their cosine distance (and adds the

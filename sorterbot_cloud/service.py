@@ -1,6 +1,6 @@
 """Orchestration of the two requests an arm makes: ingest a frame, trigger a session.
 
-:class:`Service` wires the stages together (DESIGN.md, Data flow) and knows nothing
+:class:`Service` wires the stages together (docs/design.rst, Data flow) and knows nothing
 about HTTP: it takes plain values, raises the project's errors
 (:mod:`sorterbot_cloud.errors`) and returns JSON-ready dicts. The Flask layer in
 :mod:`sorterbot_cloud.api` and the command line both drive it.
@@ -409,7 +409,7 @@ class Service:
                              n_groups: int | None = None) -> dict:
         """Compute, store and return the pick-and-place commands of a session.
 
-        Steps (DESIGN.md, Data flow): load the session's detections, locate them in arm
+        Steps (docs/design.rst, Data flow): load the session's detections, locate them in arm
         polar coordinates (legacy or calibrated camera), merge them into objects, cluster
         the items' embeddings into ``planner.choose_n_clusters(n_items, n_containers,
         embeddings)`` groups with K-Means (``planner.group_items``; at most one group per container), assign
@@ -657,7 +657,7 @@ def _with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], 
     Legacy constants carry no camera, so their sizes are box sides in pixels, which
     shrink with distance and say nothing of height. For grouping only (positions and
     pulse widths stay those of the legacy formulas), each item's boxes are fitted again
-    with the reference arm's camera (:meth:`CameraModel.reference`, DESIGN.md: the
+    with the reference arm's camera (:meth:`CameraModel.reference`, docs/design.rst: the
     Raspberry Pi camera v2 and the simulator's mounting) and the arm's own rotation
     range: :func:`geometry.locate` and :func:`geometry.refine_objects` as in calibrated
     mode. On an arm mounted differently every size is off, but by similar factors for

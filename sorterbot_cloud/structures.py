@@ -17,7 +17,7 @@ CLASS_NAMES: tuple[str, ...] = ("item", "container")
 ITEM_CLASS_ID = 0
 CONTAINER_CLASS_ID = 1
 
-#: Arm and session ids: 1 to 64 letters, digits, ``_``, ``-`` and ``.`` (DESIGN.md, Terms).
+#: Arm and session ids: 1 to 64 letters, digits, ``_``, ``-`` and ``.`` (docs/design.rst, Terms).
 #: Anchored with ``\A`` and ``\Z`` (``$`` also matches before a trailing newline); check
 #: with ``fullmatch``.
 ID_PATTERN = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
@@ -57,7 +57,7 @@ def pulse_width_of_image_name(image_name: str) -> float:
     """Parse the base servo pulse width (µs) from a frame name such as ``1200.jpg``.
 
     The original SorterBot client names every frame after the servo-0 pulse width at
-    which it was taken (DESIGN.md, Terms).
+    which it was taken (docs/design.rst, Terms).
 
     Raises
     ------
@@ -241,7 +241,7 @@ class PolarPoint:
     ----------
     r_mm : float
         Distance from the base axis (calibrated mode: millimetres; legacy mode: the
-        legacy pixel distance ``d`` of DESIGN.md, still suffixed ``_mm`` for one schema,
+        legacy pixel distance ``d`` of docs/design.rst, still suffixed ``_mm`` for one schema,
         and flagged by ``units``).
     theta_deg : float
         Angle, counter-clockwise from +x seen from above.

@@ -259,7 +259,7 @@ def calibrate_grouping(weights, crops_dirs, distances, n_trials, seed, threads, 
 
     Simulates sessions from the crops (2-4 types, 3-8 items, 1-4 containers), groups the
     items with the planner's largest-gap rule and with each distance, and prints the share
-    sorted correctly (DESIGN.md) per rule, plus the ceiling with the right number of groups.
+    sorted correctly (docs/design.rst) per rule, plus the ceiling with the right number of groups.
     """
     import numpy as np
     import torch

@@ -111,7 +111,7 @@ def time_embedding(embedder, crops: list[np.ndarray], *, batch_size: int = 32, r
 
 
 def sorted_correctly(cluster_ids: np.ndarray, type_ids: np.ndarray, n_containers: int) -> bool:
-    """DESIGN.md's "sorted correctly" rule for a grouping of items into containers.
+    """docs/design.rst's "sorted correctly" rule for a grouping of items into containers.
 
     No true type is split across groups, and where there are at least as many containers
     as types, no group holds two types.

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "sorterbot"
 
-#: Content types accepted for a frame body (DESIGN.md, Wire protocol). ``image/jpg`` is
+#: Content types accepted for a frame body (docs/design.rst, Wire protocol). ``image/jpg`` is
 #: not registered with IANA but is common in the wild; a missing type is accepted because
 #: the original client's ``requests.post(url, params=...)`` sends none.
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/jpg", "image/png", "application/octet-stream"})
@@ -117,7 +117,7 @@ def request_body() -> bytes:
 def frame_bytes(arm_id: str, session_id: str, image_name: str) -> bytes:
     """The frame of an ingest request: the body, or in aws modes the S3 object when empty.
 
-    The original HTTP-era client uploaded the frame to S3 and posted no body (DESIGN.md,
+    The original HTTP-era client uploaded the frame to S3 and posted no body (docs/design.rst,
     Wire protocol): clients of late April 2020 at ``<arm_id>/<session_id>/<image_name>``,
     earlier ones at ``<session_id>/<image_name>``; the first key that exists is read.
 

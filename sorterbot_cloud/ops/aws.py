@@ -9,7 +9,7 @@
   SSM SecureString parameter ``PG_CONN`` (decrypted), in the other modes ``settings.pg_conn``.
 - :meth:`AwsContext.read_frame` reads a frame the original client uploaded itself, at key
   ``<arm_id>/<session_id>/<image_name>`` (clients of late April 2020) or
-  ``<session_id>/<image_name>`` (earlier ones; DESIGN.md, Wire protocol: an empty
+  ``<session_id>/<image_name>`` (earlier ones; docs/design.rst, Wire protocol: an empty
   ``/process_image`` body).
 - :class:`UploadQueue` copies archived images to S3 off the request path, with retries
   and exponential backoff. Each submitted file is first recorded by a spool marker on

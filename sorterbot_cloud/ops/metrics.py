@@ -37,7 +37,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-#: Pipeline stages whose durations are recorded (DESIGN.md, Evaluation protocol: speed per stage).
+#: Pipeline stages whose durations are recorded (docs/design.rst, Evaluation protocol: speed per stage).
 STAGES: tuple[str, ...] = ("decode", "detect", "embed", "store", "trigger", "upload")
 
 #: Histogram buckets in seconds, from 1 ms (decode of a small frame) to 30 s (a cold CPU detector).

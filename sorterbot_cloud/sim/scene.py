@@ -1,6 +1,6 @@
 """Random table scenes: items, containers and distractors around the arm base.
 
-World frame of DESIGN.md: origin on the table at the base axis, z up, theta = 0 along
+World frame of docs/design.rst: origin on the table at the base axis, z up, theta = 0 along
 +x, counter-clockwise seen from above. Objects are placed by rejection sampling so that
 their footprint discs (radius = the farthest mesh point from the footprint centre, plus
 a gap) never overlap; items therefore never lie inside containers. Items are also kept

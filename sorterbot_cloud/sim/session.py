@@ -120,7 +120,7 @@ def simulate_session(
     pulse_widths : sequence of float
         Base pulse widths (µs) of the frames; ``theta_p = ArmConstants.theta_of_pw(pw)``.
     width_px, height_px : int
-        Frame size; intrinsics scale with it (DESIGN.md).
+        Frame size; intrinsics scale with it (docs/design.rst).
     heldout : bool
         Draw item types and table textures from the held-out split.
     n_distractors : int
