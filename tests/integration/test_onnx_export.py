@@ -1,0 +1,72 @@
+"""Exported (ONNX Runtime) models against the eager PyTorch ones, on the shipped weights.
+
+The graphs are exported into a temporary folder from ``weights/embedder.pt`` and
+``weights/detector.pt``; the crops and frames are real photos (``shared/realdata``) and,
+where rendered, held-out simulated frames (``data/det/heldout``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sorterbot_cloud.config import PROJECT_ROOT, Settings
+
+REAL = PROJECT_ROOT.parent / "shared" / "realdata"
+HELDOUT = PROJECT_ROOT / "data" / "det" / "heldout"
+SETTINGS = Settings.load(environ={})
+
+pytestmark = pytest.mark.skipif(
+    not (SETTINGS.detector_weights.is_file() and SETTINGS.embedder_weights.is_file()),
+    reason="shipped weights missing (weights/detector.pt, weights/embedder.pt)",
+)
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def _real_photos(n: int) -> list[Path]:
+    photos = sorted((REAL / "gripper_camera" / "Dataset").glob("*/*.jpg"))[:n]
+    if not photos:
+        pytest.skip(f"no real photos under {REAL}")
+    return photos
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_embedder_graph_matches_eager(tmp_path):
+    from vectorizer.embedder import Embedder
+    from vectorizer.onnx_embedder import OnnxEmbedder, export_embedder
+
+    graph = export_embedder(SETTINGS.embedder_weights, tmp_path / "embedder.onnx")
+    side = json.loads((tmp_path / "embedder.onnx.json").read_text())
+    assert side["model"] == "embedder" and len(side["source_sha256"]) == 64
+    eager = Embedder.from_weights(SETTINGS.embedder_weights)
+    onnx = OnnxEmbedder(graph, threads=1)
+    rng = np.random.default_rng(0)
+    crops = []
+    for path in _real_photos(3):
+        image = _rgb(path)
+        h, w = image.shape[:2]
+        for _ in range(3):  # crops of several sizes and aspect ratios, some upscaled
+            cw, ch = int(rng.integers(24, w // 3)), int(rng.integers(24, h // 3))
+            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+            crops.append(image[y : y + ch, x : x + cw])
+    expected, got = eager.embed(crops), onnx.embed(crops)
+    assert got.shape == expected.shape == (9, 512) and got.dtype == np.float32
+    cosine = np.sum(expected * got, axis=1)
+    assert np.all(1.0 - cosine < 1e-4), 1.0 - cosine
+    assert onnx.group_distance == eager.group_distance
+    assert onnx.embed([]).shape == (0, 512)
