@@ -22,6 +22,8 @@ COMMANDS = {
     "pool-sessions": "sorterbot_cloud.bench:pool_sessions",
     "simulate": "sorterbot_cloud.sim.cli:simulate",
     "db": "sorterbot_cloud.db.cli:db",
+    "detector": "sorterbot_cloud.onnx_cli:detector",
+    "embedder": "sorterbot_cloud.onnx_cli:embedder",
     "train-detector": "locator.cli:train_detector",
     "train-refine-head": "locator.cli:train_refine_head_command",
     "evaluate-detector": "locator.cli:evaluate_detector",

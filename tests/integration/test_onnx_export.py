@@ -46,6 +46,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_embedder_graph_matches_eager(tmp_path):
     from vectorizer.embedder import Embedder
     from vectorizer.onnx_embedder import OnnxEmbedder, export_embedder
@@ -70,3 +71,42 @@ def test_embedder_graph_matches_eager(tmp_path):
     assert np.all(1.0 - cosine < 1e-4), 1.0 - cosine
     assert onnx.group_distance == eager.group_distance
     assert onnx.embed([]).shape == (0, 512)
+
+
+def _frames() -> list[np.ndarray]:
+    """Two real gripper-camera photos (1280x720) and, where rendered, three held-out simulated frames."""
+    frames = [_rgb(p) for p in _real_photos(2)]
+    annotations = HELDOUT / "annotations.json"
+    if annotations.is_file():
+        images = json.loads(annotations.read_text())["images"]
+        frames += [_rgb(HELDOUT / im["file_name"]) for im in images[:3]]
+    return frames
+
+
+@pytest.mark.slow
+def test_detector_graph_matches_eager(tmp_path):
+    from click.testing import CliRunner
+
+    from locator.onnx_detector import OnnxDetector
+    from locator.torchvision_detector import TorchvisionDetector
+    from sorterbot_cloud.cli import main
+
+    graph = tmp_path / "detector.onnx"
+    result = CliRunner().invoke(main, ["detector", "export", "--weights", str(SETTINGS.detector_weights),
+                                       "--out", str(graph), "--no-embedder"])
+    assert result.exit_code == 0, result.output
+    side = json.loads((tmp_path / "detector.onnx.json").read_text())
+    assert side["refine_head_in_graph"] is True  # the shipped weights carry a refine head, used at refine step 1
+    assert side["operating_point"]["min_size_px"] == SETTINGS.detector_min_size_px
+    eager = TorchvisionDetector.from_settings(SETTINGS)
+    onnx = OnnxDetector(graph, threads=1)
+    frames = _frames()
+    found = 0
+    for frame in frames + [np.zeros((1232, 1640, 3), np.uint8)]:
+        expected, got = eager.detect(frame), onnx.detect(frame)
+        assert len(got) == len(expected), frame.shape
+        np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+        np.testing.assert_allclose(got.boxes_xyxy, expected.boxes_xyxy, atol=1.0)
+        np.testing.assert_allclose(got.scores, expected.scores, atol=1e-3)
+        found += len(got)
+    assert found >= len(frames), "the frames hold objects, so the comparison covers boxes"
