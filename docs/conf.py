@@ -20,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
 os.environ.setdefault("SORTERBOT_DOCS", "1")
 
 project = "SorterBot Cloud"
@@ -36,9 +37,10 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.viewcode",
     "numpydoc",
+    "measured_figures",
 ]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_ext", "figures", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 html_theme = "alabaster"
 html_static_path: list[str] = []
