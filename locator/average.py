@@ -4,9 +4,10 @@ Fine-tunes of one detector stay in one basin of the loss, so the weighted mean o
 parameters is itself a working detector that often keeps part of each run's gains
 (Wortsman et al., "Model soups: averaging weights of multiple fine-tuned models improves
 accuracy without increasing inference time", ICML 2022; Izmailov et al., "Averaging
-Weights Leads to Wider Optima and Better Generalization", UAI 2018). Sessions 16 and 19
-used it to trade a fine-tune's gains on unseen item kinds against the shipped file's
-recall on the real boards (README). ``prefixes`` restricts the mean to some layers (for
+Weights Leads to Wider Optima and Better Generalization", UAI 2018). The shipped detector
+is such an average of a fine-tune on real tables and the file it started from
+(weights/README.md): it keeps most of the fine-tune's real-photo gains and the start's
+recall on simulated tables. ``prefixes`` restricts the mean to some layers (for
 example ``roi_heads.``) and takes every other tensor from the first file: a layer-wise mix.
 """
 

@@ -79,7 +79,7 @@ MIN_REFINE_SHIFT_MM = 30.0
 #: Default least view support per class id (:func:`view_support`). First measured on the
 #: demo session (seed 20200425) with the first shipped detector weights: real objects
 #: 0.52..1.08 (items far from the base are missed on some frames), false containers
-#: 0.12..0.37. With the stage-6 detector, on the tuning sessions (74 laid out, seeds
+#: 0.12..0.37. With an earlier shipped detector, on the tuning sessions (74 laid out, seeds
 #: 3000.. held-out and 9000.. known kinds, calibrated mode; the trigger replayed on their
 #: stored detections) real containers had 0.80..1.0
 #: and the three false containers that survived the old bar of 0.5 had 0.51..0.56; every

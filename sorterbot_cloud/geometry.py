@@ -604,7 +604,7 @@ REFINE_PARAM_PENALTY = 2.0
 #: 14.5 -> 12.8 mm, calibrated p95 over all objects 28.6 -> 26.1 mm), and the simulator's
 #: boxes give the same figures as with 4 (evaluate-sessions --detector ground-truth).
 #: Those figures were at REFINE_SIGMA_PX 2; at 4 px the bar stays 10 squared sigmas (on
-#: 40 + 40 tuning sessions replayed with the stage-6 boxes, p95 18.1 / 20.6 mm at 5,
+#: 40 + 40 tuning sessions replayed with an earlier detector's boxes, p95 18.1 / 20.6 mm at 5,
 #: 17.1 / 17.1 at 10, 17.1 / 18.7 at 20).
 REFINE_MAX_MEAN_COST = 10.0
 #: Starting yaws (degrees) of the cuboid model (a rectangle repeats every 90 degrees
@@ -612,8 +612,8 @@ REFINE_MAX_MEAN_COST = 10.0
 _CUBOID_START_YAWS_DEG = (0.0, 45.0)
 #: Levenberg-Marquardt iterations after which only the best of a model's starting points
 #: (:data:`_CUBOID_START_YAWS_DEG`) goes on; the first sweep of :data:`REFINE_SCHEDULE`
-#: then continues from it alone (until session 23 every start ran the whole first sweep,
-#: i.e. 10). On the 160 tuning sessions (seeds 3000.. and 9000.., the trigger replayed on
+#: then continues from it alone (10 would run every start through the whole first
+#: sweep). On the 160 tuning sessions (seeds 3000.. and 9000.., the trigger replayed on
 #: their stored detections, both modes) 4 changed no session's counts or sorting, left
 #: pooled position p95 at 13.74 mm and moved 11 of 1295 objects by more than 0.5 mm
 #: (one container 9.6 mm); 3 gave p95 13.87 mm. It saves about 5 ms of the 20-frame

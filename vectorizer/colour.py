@@ -6,7 +6,7 @@ one session embed only 0.09..0.14 apart. A plain colour measurement is cheap and
 depend on the kinds the embedder was trained on, so the trigger can append it to the
 grouping features (:func:`sorterbot_cloud.planner.item_features`,
 ``Settings.grouping_colour_weight``). On the simulator's tuning sessions it did not sort
-more sessions (two-tone items and shaded cubes split; README.md, session 22), so the
+more sessions (two-tone items and shaded cubes split), so the
 default weight is 0: a site whose kinds differ mainly in colour can tune it on its own
 recorded sessions (``sorterbot-cloud tune-grouping --colour-weights``).
 

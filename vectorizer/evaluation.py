@@ -1,6 +1,6 @@
 """Evaluate an embedder: grouping quality (adjusted Rand index) and speed.
 
-Grouping protocol (issue 3): draw a random set of 2 to 4 item types, a few crops of
+Grouping protocol: draw a random set of 2 to 4 item types, a few crops of
 each, embed them, group them with :func:`~vectorizer.clustering.cluster_embeddings`
 (k = number of types drawn) and score the grouping against the true types with the
 adjusted Rand index (Hubert & Arabie 1985; ``sklearn.metrics.adjusted_rand_score``:
@@ -144,7 +144,7 @@ def grouping_choice_shares(
 ) -> dict[str, float]:
     """Share of simulated sessions whose items the planner groups correctly, per rule.
 
-    Each trial draws a session like the evaluation sessions of issue 4: 2 to 4 types
+    Each trial draws a session like the simulated evaluation sessions: 2 to 4 types
     (``m``), ``max(3, m)`` to 8 items (every drawn type at least once, one random crop per
     item, drawn with replacement) and 1 to 4 containers. The items are grouped by
     :func:`sorterbot_cloud.planner.group_items`, with the largest-gap rule
