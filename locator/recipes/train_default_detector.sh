@@ -12,7 +12,7 @@
 # the crop and called whole table regions "container" at inference):
 #   BUDGET_MIN=76 locator/recipes/train_default_detector.sh --resume --crop-px 704
 # (the run was stopped after the iteration-3700 checkpoint and resumed with that command).
-# Stage 3 (session 2, data/det/run2): the stage-2 checkpoint continued on twice the simulated
+# Stage 3 (data/det/run2): the stage-2 checkpoint continued on twice the simulated
 # frames (sim_train_a plus data/det/sim_train_c, rendered with
 #   locator/recipes/render_detector_data.sh train data/det/sim_train_c 4 100 5000),
 # whole frames, a warm restart at half the learning rate, total budget 180 min (the
@@ -21,7 +21,7 @@
 #   OUT=data/det/run2 BUDGET_MIN=180 locator/recipes/train_default_detector.sh --resume --crop-px 704 \
 #     --lr 5e-4 --warmup 0 --seed 1 \
 #     --dataset data/det/sim_train_c/annotations.json:data/det/sim_train_c:1.0
-# Stages 4 and 5 (sessions 3 and 4, data/det/run3 and run4): warm restarts (--init-from) on
+# Stages 4 and 5 (data/det/run3 and run4): warm restarts (--init-from) on
 # sim_train_a, _c and _d (1600 frames rendered by render_detector_data.sh, seed 9000); the exact
 # commands are in weights/README.md and in each detector.json "recipe".
 # One torch thread: on this shared 2-core machine two OpenMP threads measured ~5x less work per CPU-second

@@ -33,7 +33,7 @@ $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
     --types-per-batch 8 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
     --seed 1 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
 
-# 6. Stage 3 (the session-2 weights), fine-tuned from stage 2's step-700 checkpoint, adding background swap:
+# 6. Stage 3 (the first shipped weights), fine-tuned from stage 2's step-700 checkpoint, adding background swap:
 #    with probability 0.6 a crop's item (GrabCut mask) is pasted onto another crop's table
 #    or a plain colour. Ran its whole time budget; exports fp16 + sidecar.
 $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
@@ -47,7 +47,7 @@ $SC train-embedder --train-dir data/embedder/train --val-dir data/embedder/val \
 $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/heldout_eval \
     --out out/embedder_eval.json --update-sidecar
 
-# --- Session 3 -------------------------------------------------------------------------
+# --- Round 2 ---------------------------------------------------------------------------
 # 8. More crops for free: the detector's rendered COCO frames label every box with its item
 #    type, so `crops-from-coco` cuts them (visible >= 95 %, 10 % margin, the service's cut).
 #    Frames: data/det/sim_train_a, _c, _d (2400 frames at 1024x768, weights/README.md detector
@@ -67,7 +67,7 @@ $SC train-embedder --train-dir data/embedder/train_coco --val-dir data/embedder/
 $SC crops-from-coco --allow-heldout-types --out data/embedder/select_heldout_coco \
     --dataset data/det/heldout/annotations.json:data/det/heldout
 
-# --- Session 4 -------------------------------------------------------------------------
+# --- Round 3 ---------------------------------------------------------------------------
 # 11. 200 procedural training types (sorterbot_cloud.sim.catalog.procedural_item_type), 24 crops each.
 $SC simulate crops --out data/embedder/proc --split none --procedural 200 --per-type 24 --seed 303
 # 12. One training folder of 210 types: links to the crops-from-coco types and the procedural ones.
@@ -93,7 +93,7 @@ $SC evaluate-embedder --weights weights/embedder.pt --heldout-dir data/embedder/
 $SC calibrate-grouping --weights weights/embedder.pt \
     --crops-dir data/embedder/val --crops-dir data/embedder/select_heldout_coco --update-sidecar
 
-# --- Session 10 ------------------------------------------------------------------------
+# --- Round 4 -------------------------------------------------------------------------
 # 16. 1000 procedural types (two renders of 500 in parallel, one per core), 16 crops each.
 $SC simulate crops --out data/embedder/proc_a --split none --procedural 500 --per-type 16 --seed 505 &
 $SC simulate crops --out data/embedder/proc_b --split none --procedural 500 --procedural-start 500 --per-type 16 --seed 606 &
@@ -111,14 +111,14 @@ for d in data/embedder/train_coco/*/ data/embedder/proc_a/*/ data/embedder/proc_
 done
 # 19. Stage 7: the shipped stage-6 weights fine-tuned on the 1010 types, 12 types per batch
 #     (more negatives per step), 3600 s budget. NOT shipped: equal to the shipped weights on the
-#     160 tuning sessions (README, session 10); weights/embedder.pt is still stage 6.
+#     160 tuning sessions; weights/embedder.pt is still stage 6.
 $SC train-embedder --train-dir data/embedder/train_mix1010 --val-dir data/embedder/val \
     --out-dir runs/embedder_stage7 --export runs/embedder_stage7/embedder.pt --init-from weights/embedder.pt \
     --focus-radii 0.3 0.5 --background-swap 0.6 --steps 100000 --time-budget-s 3600 --warmup-steps 50 \
     --input-size 64 --types-per-batch 12 --crops-per-type 4 --lr 0.03 --instance-weight 0.25 --temperature 0.1 \
     --seed 7 --threads 1 --eval-every 250 --checkpoint-every 100 --no-progress
 
-# --- Session 24 ------------------------------------------------------------------------
+# --- Round 5 -------------------------------------------------------------------------
 # 20. Crops rendered anew (data/ was gone): the ten catalogue training types, 150 procedural
 #     types, and 200 MARKED procedural types (procm_NNNN: every instance carries its own random
 #     dots or strokes, sorterbot_cloud.sim.catalog._instance_marks); three renders side by side.
@@ -154,8 +154,8 @@ s24_run s24d1 runs/s24b/last.pt 0.005 1500 s24_train s24_proc50 s24_procm100 &
 s24_run s24d2 weights/embedder.pt 0.01 1500 s24_train s24_proc50 s24_procm100 &
 wait
 # 23. Each candidate: held-out crop ARI, then the 80 + 80 tuning sessions' stored detections
-#     re-embedded (copies of the session-23 databases) and the trigger replayed at four grouping
-#     distances (README, session 24):
+#     re-embedded (copies of the tuning sessions' databases) and the trigger replayed at four grouping
+#     distances:
 #     evaluate-embedder --weights runs/NAME/embedder.pt --heldout-dir data/embedder/heldout_eval --threads 1
 #     DATA_DIR=COPY sorterbot-cloud db reembed --config CFG --arm-id EVAL   (CFG: embedder_weights: runs/NAME/embedder.pt)
 #     SORTERBOT_CONFIG=CFG_D evaluate-sessions --n 80 --seed-start 3000 --threads 1 --data-dir COPY   (and --kinds known --seed-start 9000)
