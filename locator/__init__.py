@@ -22,7 +22,8 @@ def load_detector(settings, device: str = "cpu") -> Detector:
         Uses ``detector_weights`` (a ``.pt`` file of :class:`~locator.torchvision_detector.TorchvisionDetector`,
         or a Detectron2 ``.pth``/``.pkl`` with a ``.yaml`` config beside it for the optional
         Detectron2 backend), ``detector_score_threshold``, ``detector_nms_iou`` and
-        ``detector_min_size_px``.
+        ``detector_min_size_px``; with ``inference_runtime`` ``onnxruntime`` the exported
+        graph of the torchvision detector (:class:`~locator.onnx_detector.OnnxDetector`).
     device : str
 
     Returns
@@ -35,9 +36,15 @@ def load_detector(settings, device: str = "cpu") -> Detector:
         If the weights file does not exist.
     ImportError
         If a Detectron2 model is configured but Detectron2 is not installed.
+    ValueError
+        If ``inference_runtime`` is ``onnxruntime`` and the weights are a Detectron2 model.
     """
     from pathlib import Path
 
+    if getattr(settings, "inference_runtime", "torch") == "onnxruntime":
+        from .onnx_detector import OnnxDetector
+
+        return OnnxDetector.from_settings(settings)
     weights = Path(settings.detector_weights)
     if weights.suffix in (".pth", ".pkl"):
         from .detectron2_backend import Detectron2Detector

@@ -100,6 +100,12 @@ class Settings:
         set once when the app loads its models; None keeps torch's default (one per core,
         or ``OMP_NUM_THREADS``). On a machine shared with other work, 1 avoids OpenMP
         threads waiting on a busy sibling core.
+    inference_runtime : {'torch', 'onnxruntime'}
+        What runs the detector and the embedder: PyTorch eager, or their exported ONNX
+        graphs in ONNX Runtime (:mod:`sorterbot_cloud.onnx_runtime`; graphs from
+        ``sorterbot-cloud detector export`` next to the weights, else exported on first
+        load into ``<data_dir>/onnx``). ``TORCH_THREADS`` also sets ONNX Runtime's
+        intra-op threads. Default torch.
     pool_max_size : int
         Database connection pool size.
     """
@@ -132,6 +138,7 @@ class Settings:
     aws_endpoint_url: str | None = None
     pool_max_size: int = 8
     torch_threads: int | None = None
+    inference_runtime: str = "torch"
     log_json: bool | None = None
 
     ENV = {
@@ -150,6 +157,7 @@ class Settings:
         "AWS_ENDPOINT_URL": "aws_endpoint_url",
         "POOL_MAX_SIZE": "pool_max_size",
         "TORCH_THREADS": "torch_threads",
+        "INFERENCE_RUNTIME": "inference_runtime",
         "LOG_JSON": "log_json",
     }
 
@@ -162,6 +170,8 @@ class Settings:
             raise ValueError(f"TORCH_THREADS must be >= 1, got {self.torch_threads}")
         if self.legacy_camera not in ("reference", "none"):
             raise ValueError(f"legacy_camera must be 'reference' or 'none', got {self.legacy_camera!r}")
+        if self.inference_runtime not in ("torch", "onnxruntime"):
+            raise ValueError(f"INFERENCE_RUNTIME must be 'torch' or 'onnxruntime', got {self.inference_runtime!r}")
         if not (self.grouping_size_weight >= 0 and self.grouping_height_weight >= 0):
             raise ValueError("grouping_size_weight and grouping_height_weight must be >= 0")
         if not (math.isfinite(self.grouping_colour_weight) and self.grouping_colour_weight >= 0):
@@ -239,8 +249,12 @@ class Settings:
         unset, torch keeps its default (one thread per core, or ``OMP_NUM_THREADS``).
         """
         if self.torch_threads:
-            import torch
-
+            try:
+                import torch
+            except ImportError:  # an ONNX Runtime install: its sessions take TORCH_THREADS themselves
+                if self.inference_runtime == "onnxruntime":
+                    return
+                raise
             torch.set_num_threads(int(self.torch_threads))
 
     @property

@@ -24,13 +24,19 @@ def load_embedder(settings):
 
     Weights order: a configured ``settings.embedder_weights``; torchvision's ImageNet
     ResNet18 in the torch cache; the shipped ``weights/embedder.pt`` (see
-    :mod:`vectorizer.embedder`). The choice is logged.
+    :mod:`vectorizer.embedder`). The choice is logged. With ``settings.inference_runtime``
+    ``onnxruntime``: the exported graph of those weights
+    (:class:`~vectorizer.onnx_embedder.OnnxEmbedder`).
 
     Raises
     ------
     FileNotFoundError
         If a configured weights file is missing, or no weights are found at all.
     """
+    if getattr(settings, "inference_runtime", "torch") == "onnxruntime":
+        from .onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder.from_settings(settings)
     from .embedder import load_embedder as _load
 
     return _load(settings)

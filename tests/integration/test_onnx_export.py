@@ -37,6 +37,28 @@ def _real_photos(n: int) -> list[Path]:
     return photos
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data folder whose ONNX cache holds both graphs, exported by the CLI (one thread)."""
+    import torch
+    from click.testing import CliRunner
+
+    from sorterbot_cloud.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("var")
+    cache = root / "onnx"
+    runner = CliRunner()
+    for args in (["detector", "export", "--weights", str(SETTINGS.detector_weights), "--out", str(cache / "detector.onnx"),
+                  "--no-embedder"],
+                 ["embedder", "export", "--weights", str(SETTINGS.embedder_weights), "--out", str(cache / "embedder.onnx")]):
+        result = runner.invoke(main, args)
+        assert result.exit_code == 0, result.output
+    torch.set_num_threads(before)
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch = pytest.importorskip("torch")
@@ -47,13 +69,14 @@ def _one_thread():
 
 
 @pytest.mark.slow
-def test_embedder_graph_matches_eager(tmp_path):
+def test_embedder_graph_matches_eager(data_dir):
+    from sorterbot_cloud.onnx_runtime import sha256_file
     from vectorizer.embedder import Embedder
-    from vectorizer.onnx_embedder import OnnxEmbedder, export_embedder
+    from vectorizer.onnx_embedder import OnnxEmbedder
 
-    graph = export_embedder(SETTINGS.embedder_weights, tmp_path / "embedder.onnx")
-    side = json.loads((tmp_path / "embedder.onnx.json").read_text())
-    assert side["model"] == "embedder" and len(side["source_sha256"]) == 64
+    graph = data_dir / "onnx" / "embedder.onnx"
+    side = json.loads((data_dir / "onnx" / "embedder.onnx.json").read_text())
+    assert side["model"] == "embedder" and side["source_sha256"] == sha256_file(SETTINGS.embedder_weights)
     eager = Embedder.from_weights(SETTINGS.embedder_weights)
     onnx = OnnxEmbedder(graph, threads=1)
     rng = np.random.default_rng(0)
@@ -84,18 +107,12 @@ def _frames() -> list[np.ndarray]:
 
 
 @pytest.mark.slow
-def test_detector_graph_matches_eager(tmp_path):
-    from click.testing import CliRunner
-
+def test_detector_graph_matches_eager(data_dir):
     from locator.onnx_detector import OnnxDetector
     from locator.torchvision_detector import TorchvisionDetector
-    from sorterbot_cloud.cli import main
 
-    graph = tmp_path / "detector.onnx"
-    result = CliRunner().invoke(main, ["detector", "export", "--weights", str(SETTINGS.detector_weights),
-                                       "--out", str(graph), "--no-embedder"])
-    assert result.exit_code == 0, result.output
-    side = json.loads((tmp_path / "detector.onnx.json").read_text())
+    graph = data_dir / "onnx" / "detector.onnx"
+    side = json.loads((data_dir / "onnx" / "detector.onnx.json").read_text())
     assert side["refine_head_in_graph"] is True  # the shipped weights carry a refine head, used at refine step 1
     assert side["operating_point"]["min_size_px"] == SETTINGS.detector_min_size_px
     eager = TorchvisionDetector.from_settings(SETTINGS)
@@ -110,3 +127,53 @@ def test_detector_graph_matches_eager(tmp_path):
         np.testing.assert_allclose(got.scores, expected.scores, atol=1e-3)
         found += len(got)
     assert found >= len(frames), "the frames hold objects, so the comparison covers boxes"
+
+
+#: Loads both models the service's way with torch unimportable, runs them on a photo, prints a summary.
+_WITHOUT_TORCH = """
+import json, sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTorch())
+import cv2
+from locator import load_detector
+from sorterbot_cloud.config import Settings
+from vectorizer import crop_items, load_embedder
+settings = Settings.load(environ={}, data_dir=sys.argv[1], inference_runtime="onnxruntime", torch_threads=1)
+settings.apply_torch_threads()
+detector, embedder = load_detector(settings), load_embedder(settings)
+image = cv2.cvtColor(cv2.imread(sys.argv[2]), cv2.COLOR_BGR2RGB)
+detections = detector.detect(image)
+embeddings = embedder.embed(crop_items(image, detections.boxes_xyxy))
+print(json.dumps({"detector": type(detector).__name__, "embedder": type(embedder).__name__,
+                  "boxes": detections.boxes_xyxy.tolist(), "embeddings_shape": list(embeddings.shape),
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_service_runs_the_graphs_without_torch(data_dir):
+    import subprocess
+    import sys
+
+    from locator.torchvision_detector import TorchvisionDetector
+
+    photo = _real_photos(1)[0]
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(data_dir), str(photo)], capture_output=True,
+                          text=True, timeout=120, cwd=PROJECT_ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["detector"] == "OnnxDetector" and out["embedder"] == "OnnxEmbedder" and not out["torch_imported"]
+    expected = TorchvisionDetector.from_settings(SETTINGS).detect(_rgb(photo))
+    assert len(expected) >= 1
+    np.testing.assert_allclose(np.array(out["boxes"], np.float32).reshape(-1, 4), expected.boxes_xyxy, atol=1.0)
+    assert out["embeddings_shape"] == [len(expected), 512]
+
+
+def test_inference_runtime_setting():
+    assert Settings.load(environ={}).inference_runtime == "torch"
+    assert Settings.load(environ={"INFERENCE_RUNTIME": "onnxruntime"}).inference_runtime == "onnxruntime"
+    with pytest.raises(ValueError, match="INFERENCE_RUNTIME"):
+        Settings.load(environ={"INFERENCE_RUNTIME": "tensorrt"})
