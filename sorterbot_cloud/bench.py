@@ -42,6 +42,7 @@ import click
 import numpy as np
 
 from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.load_test import load as load_command
 
 #: Frame size of the reference arm's camera (Raspberry Pi camera v2, DESIGN.md).
 FRAME_WIDTH_PX, FRAME_HEIGHT_PX = 1640, 1232
@@ -417,6 +418,9 @@ def _set_threads(threads: int | None) -> None:
 def bench(threads: int | None) -> None:
     """Speed benchmarks of the service (medians; see also evaluate-sessions)."""
     _set_threads(threads)
+
+
+bench.add_command(load_command)  # bench load: simulated arms against a running service (load_test.py)
 
 
 @bench.command("ingest")

@@ -108,6 +108,14 @@ class Settings:
         intra-op threads. Default torch.
     pool_max_size : int
         Database connection pool size.
+    ingest_max_in_flight : int
+        Model requests (ingest, ``/predict``) one worker process runs at once; more wait in
+        line (:mod:`sorterbot_cloud.api.admission`). 0 turns admission control off.
+    ingest_max_queued : int
+        Model requests that may wait for a slot per worker process; more are answered 503
+        with ``Retry-After`` (nothing stored; the client posts again).
+    ingest_queue_timeout_s : float
+        Longest wait for a slot, seconds; a request still waiting then is answered 503.
     """
 
     mode: str = "local"
@@ -140,6 +148,9 @@ class Settings:
     torch_threads: int | None = None
     inference_runtime: str = "torch"
     log_json: bool | None = None
+    ingest_max_in_flight: int = 2
+    ingest_max_queued: int = 8
+    ingest_queue_timeout_s: float = 10.0
 
     ENV = {
         "MODE": "mode",
@@ -159,6 +170,9 @@ class Settings:
         "TORCH_THREADS": "torch_threads",
         "INFERENCE_RUNTIME": "inference_runtime",
         "LOG_JSON": "log_json",
+        "INGEST_MAX_IN_FLIGHT": "ingest_max_in_flight",
+        "INGEST_MAX_QUEUED": "ingest_max_queued",
+        "INGEST_QUEUE_TIMEOUT_S": "ingest_queue_timeout_s",
     }
 
     def __post_init__(self) -> None:
@@ -180,6 +194,11 @@ class Settings:
             raise ValueError(f"crop_margin must be in [0, 1], got {self.crop_margin}")
         if self.detector_box_refine_steps not in (0, 1):
             raise ValueError(f"detector_box_refine_steps must be 0 or 1, got {self.detector_box_refine_steps}")
+        if self.ingest_max_in_flight < 0 or self.ingest_max_queued < 0:
+            raise ValueError("ingest_max_in_flight and ingest_max_queued must be >= 0 "
+                             f"(got {self.ingest_max_in_flight} and {self.ingest_max_queued})")
+        if not (math.isfinite(self.ingest_queue_timeout_s) and self.ingest_queue_timeout_s > 0):
+            raise ValueError(f"ingest_queue_timeout_s must be a positive number of seconds, got {self.ingest_queue_timeout_s}")
         if self.grouping_distance is not None and not 0.0 < self.grouping_distance <= 2.0:
             raise ValueError(f"grouping_distance must be in (0, 2] or null, got {self.grouping_distance}")
 

@@ -115,7 +115,9 @@ def create_app(
         # first, so request ids and auth run before anything of ours (ops's contract)
         ops.init_app(app, settings)
     register_error_handlers(app)
-    from sorterbot_cloud.api import compat, health, v1
+    from sorterbot_cloud.api import admission, compat, health, v1
+
+    admission.init_app(app, settings)  # after the ops hooks: unauthenticated requests take no slot
 
     app.register_blueprint(compat.bp)
     app.register_blueprint(v1.bp)
