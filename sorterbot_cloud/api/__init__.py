@@ -115,7 +115,7 @@ def create_app(
         # first, so request ids and auth run before anything of ours (ops's contract)
         ops.init_app(app, settings)
     register_error_handlers(app)
-    from sorterbot_cloud.api import admission, compat, health, v1
+    from sorterbot_cloud.api import admission, compat, health, v1, websocket
 
     admission.init_app(app, settings)  # after the ops hooks: unauthenticated requests take no slot
 
@@ -123,6 +123,7 @@ def create_app(
     app.register_blueprint(v1.bp)
     app.register_blueprint(v1.predict_bp)
     app.register_blueprint(health.bp)
+    websocket.init_app(app)  # the later arm client's WebSocket protocol on /
     return app
 
 
