@@ -6,7 +6,8 @@ connection per exchange and waits for one reply to each message:
 - a frame: ONE binary message ``JSON header + b"___SPLIT___" + encoded image``, header
   ``{"command": "recv_img_proc" | "recv_img_after", "arm_id", "session_id",
   "image_name"}``. ``recv_img_proc`` ingests the frame exactly as ``POST /process_image``
-  (:meth:`Service.process_frame <sorterbot_cloud.service.Service.process_frame>`);
+  (:meth:`Service.process_frame <sorterbot_cloud.service.Service.process_frame>`, through
+  the same bounded line of :mod:`~sorterbot_cloud.api.admission`: ``503`` when busy);
   ``recv_img_after``, a frame taken after sorting, is checked like a frame and kept under
   ``DATA_DIR/after_images/<arm_id>/<session_id>/<image_name>`` (in the aws modes also
   copied to S3 at ``<arm_id>/<session_id>/after_<image_name>``, the original service's
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from flask import current_app
@@ -43,6 +45,7 @@ from flask_sock import Sock
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import WebsocketMismatch
 
+from sorterbot_cloud.api import admission
 from sorterbot_cloud.api.compat import resolve_arm_id
 from sorterbot_cloud.api.errors import PROBLEM_TYPE_BASE, handle_http_exception, problem_response, request_id
 from sorterbot_cloud.api.health import readiness_checks
@@ -241,11 +244,25 @@ def _frame_ids(header: dict) -> tuple[str, str, str]:
             validate_image_name(header.get("image_name")))
 
 
-def _recv_img_proc(header: dict, image: bytes) -> bool:
+def _recv_img_proc(header: dict, image: bytes) -> Any:
     arm_id, session_id, image_name = _frame_ids(header)
     if not image:
         raise InvalidImage("the frame message's image part is empty: send the encoded frame after b'___SPLIT___'")
-    state().service.process_frame(arm_id, session_id, image_name, image)
+    control = current_app.extensions.get(admission.EXTENSION_KEY)
+    if control is None:
+        state().service.process_frame(arm_id, session_id, image_name, image)
+        return True
+    # the bounded line of POST /process_image: a frame waits there, or is refused (503)
+    refusal = control.acquire()
+    if refusal is not None:
+        logger.info("websocket frame refused: server busy (%s)", refusal.reason,
+                    extra={"arm_id": arm_id, "session_id": session_id, "status": 503})
+        return _problem(admission.refusal_response(refusal, control).get_json(force=True), "recv_img_proc")
+    admitted_s = time.perf_counter()
+    try:
+        state().service.process_frame(arm_id, session_id, image_name, image)
+    finally:
+        control.release(time.perf_counter() - admitted_s)
     return True
 
 

@@ -11,6 +11,7 @@ the migrations. The models are not under test: :class:`FakeDetector` and
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from types import SimpleNamespace
 
@@ -94,12 +95,13 @@ def n_detections(base_url: str, session_id: str) -> int:
 
 @pytest.fixture
 def serve(make_settings):
-    """``serve(**settings_overrides) -> base URL``: the app under the threaded Werkzeug server."""
+    """``serve(detector=None, **settings_overrides) -> base URL``: the app under the threaded
+    Werkzeug server (with :class:`FakeDetector` unless another detector is given)."""
     stack = []
 
-    def start(**overrides) -> str:
+    def start(detector=None, **overrides) -> str:
         settings = make_settings(**overrides)
-        app = create_app(settings, detector=FakeDetector(), embedder=FakeEmbedder())
+        app = create_app(settings, detector=detector or FakeDetector(), embedder=FakeEmbedder())
         server = running_server(app)
         url = server.__enter__()
         stack.append((server, app))
@@ -286,6 +288,37 @@ def test_image_over_the_body_limit_gets_413_and_a_longer_message_closes_1009(ser
     # nothing of either was stored, and the service goes on
     assert exchange(url, frame_message("1200.jpg", "S-big")) == "true"
     assert n_detections(url, "S-big") == len(SESSION_FRAMES["1200.jpg"])
+
+
+class BlockingFakeDetector(FakeDetector):
+    """:class:`FakeDetector` that holds each call until :attr:`go` is set (to keep a slot busy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def detect(self, image):
+        self.entered.set()
+        assert self.go.wait(60), "the test never released the detector"
+        return super().detect(image)
+
+
+def test_frames_share_the_bounded_ingest_line_of_the_http_routes(serve):
+    detector = BlockingFakeDetector()
+    url = serve(detector=detector, ingest_max_in_flight=1, ingest_max_queued=0)
+    held = threading.Thread(target=http_frame, args=(url, "1400.jpg", "S-busy"))
+    held.start()
+    try:
+        assert detector.entered.wait(60)  # the HTTP frame holds the only slot
+        problem = json.loads(exchange(url, frame_message("1200.jpg", "S-busy")))
+    finally:
+        detector.go.set()
+        held.join(60)
+    assert problem["status"] == 503 and problem["reason"] == "queue_full", problem
+    assert problem["command"] == "recv_img_proc" and problem["retry_after_s"] >= 1
+    assert n_detections(url, "S-busy") == len(SESSION_FRAMES["1400.jpg"])  # the refused frame stored nothing
+    assert exchange(url, frame_message("1200.jpg", "S-busy")) == "true"  # admitted once the slot is free
+    assert n_detections(url, "S-busy") == len(SESSION_FRAMES["1200.jpg"]) + len(SESSION_FRAMES["1400.jpg"])
 
 
 def test_bearer_token_is_checked_at_the_handshake(serve):
