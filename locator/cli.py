@@ -141,8 +141,11 @@ def export_detector(checkpoint, out_path):
 @click.option("--threads", type=int, default=None)
 @click.option("--box-refine-steps", type=click.IntRange(0, 1), default=None,
               help="Regress the final boxes once more (default: the file's setting).")
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="onnxruntime: export the detector at this operating point to OUT/detector.onnx and evaluate "
+                   "that graph in ONNX Runtime (docs/onnx.rst).")
 def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min_size_px, max_images, name, threads,
-                      box_refine_steps):
+                      box_refine_steps, runtime):
     """AP50 per class, COCO mAP, precision / recall / F1, confusion matrix and plots on a COCO dataset."""
     import torch
 
@@ -164,14 +167,23 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
     if min_size_px:
         overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
     threshold = TorchvisionDetector._peek_config(weights).score_threshold if score_threshold is None else score_threshold
-    detector = TorchvisionDetector.load(weights, fuse=True, **overrides)
+    detector = TorchvisionDetector.load(weights, fuse=runtime == "torch", **overrides)
+    model = detector
+    if runtime == "onnxruntime":
+        from .onnx_detector import OnnxDetector, export_loaded_detector
+
+        c = detector.config
+        graph = export_loaded_detector(detector, weights, Path(out_dir) / "detector.onnx",
+                                       {"score_threshold": c.score_threshold, "nms_iou": c.nms_iou,
+                                        "min_size_px": c.min_size_px, "box_refine_steps": c.box_refine_steps})
+        model = OnnxDetector(graph, threads=threads)
     records = load_coco(spec.annotations, spec.images_dir, cmap, detector.config.class_names)
     if max_images:
         records = records[:max_images]
     t0 = time.perf_counter()
-    metrics = evaluate_records(detector, records, detector.config.class_names, threshold, progress=True)
+    metrics = evaluate_records(model, records, detector.config.class_names, threshold, progress=True)
     metrics.update(weights=str(weights), dataset=dataset, min_size_px=detector.config.min_size_px,
-                   box_refine_steps=detector.config.box_refine_steps,
+                   box_refine_steps=detector.config.box_refine_steps, runtime=runtime,
                    seconds=round(time.perf_counter() - t0, 1))
     paths = write_report(metrics, out_dir, title=name or "")
     ap = metrics["ap50_per_class"]
@@ -180,6 +192,7 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
              for k, v in metrics["box_side_errors"].items()}
     click.echo(json.dumps({"ap50_per_class": ap, "map": round(metrics["map"], 4), "precision": round(op["precision"], 4),
                            "box_side_mean_abs_px": sides, "box_refine_steps": detector.config.box_refine_steps,
+                           "runtime": runtime,
                            "box_errors_by_type": {t: {k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()}
                                                   for t, e in metrics["box_errors_by_type"].items()},
                            "box_errors_by_texture": {t: {k: round(v, 3) if isinstance(v, float) else v for k, v in e.items()}
@@ -237,14 +250,15 @@ def bench_detector(weights: Path | None = None, frames_dir: Path | None = None, 
     import torch
     import torchvision
 
-    from .data import read_rgb
+    from sorterbot_cloud.imaging import read_image_file
+
     from .torchvision_detector import TorchvisionDetector, backbone_channels_last, fuse_conv_bn
 
     if threads:
         torch.set_num_threads(threads)
     if frames_dir:
         paths = sorted(p for p in Path(frames_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        images = [read_rgb(p) for p in paths[:n_frames]]
+        images = [read_image_file(p) for p in paths[:n_frames]]
     else:
         import cv2
 

@@ -33,7 +33,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from locator.data import Record, read_rgb
+from locator.data import Record
+from sorterbot_cloud.imaging import read_image_file
 
 #: Procedural background families drawn by :func:`random_background`.
 BACKGROUND_FAMILIES: tuple[str, ...] = (
@@ -153,7 +154,7 @@ def cutouts_from_records(records: Sequence[Record], class_id: int = 0, max_cutou
     for rec, box in jobs:
         if rec.path not in cache:
             cache.clear()
-            image = read_rgb(rec.path)
+            image = read_image_file(rec.path)
             sx, sy = image.shape[1] / rec.width_px, image.shape[0] / rec.height_px
             cache[rec.path] = (image, sx, sy)
         image, sx, sy = cache[rec.path]
@@ -201,7 +202,7 @@ def _real_region(rng: np.random.Generator, records: Sequence[Record], h: int, w:
         b = rec.boxes_xyxy
         if len(b) and np.any((b[:, 0] < x0 + side_w) & (b[:, 2] > x0) & (b[:, 1] < y0 + side_h) & (b[:, 3] > y0)):
             continue
-        image = read_rgb(rec.path)
+        image = read_image_file(rec.path)
         sx, sy = image.shape[1] / rw, image.shape[0] / rh
         crop = image[int(y0 * sy):int((y0 + side_h) * sy), int(x0 * sx):int((x0 + side_w) * sx)]
         return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
@@ -239,7 +240,7 @@ def random_background(rng: np.random.Generator, h: int, w: int, family: str | No
             return img, family
         family = "speckle"
     if family == "real_table" and table_frames:
-        frame = read_rgb(table_frames[int(rng.integers(len(table_frames)))])
+        frame = read_image_file(table_frames[int(rng.integers(len(table_frames)))])
         small = cv2.resize(frame, (160, int(160 * frame.shape[0] / frame.shape[1])), interpolation=cv2.INTER_AREA)
         small = cv2.medianBlur(small, 31)
         img = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC).astype(np.float32) / 255.0

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from sorterbot_cloud.imaging import read_image_file
 from sorterbot_cloud.structures import CLASS_NAMES
 
 
@@ -156,18 +157,6 @@ def load_coco(annotations: str | Path, images_dir: str | Path, class_map: Mappin
     return records
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to an (H, W, 3) uint8 RGB array.
-
-    Raises
-    ------
-    FileNotFoundError
-        If it cannot be read or decoded.
-    """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"cannot read image {path}")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 @dataclass(frozen=True)
@@ -295,7 +284,7 @@ class MixedSampler:
         k = int(self.rng.choice(len(self.datasets), p=self.probabilities))
         spec, records = self.datasets[k]
         rec = records[int(self.rng.integers(len(records)))]
-        image = read_rgb(rec.path)
+        image = read_image_file(rec.path)
         scale = spec.scale if spec.scale is not None else self.min_size_px / min(image.shape[:2])
         boxes = rec.boxes_xyxy * np.float32([image.shape[1] / rec.width_px, image.shape[0] / rec.height_px] * 2)
         image, boxes, class_ids = augment(image, boxes, rec.class_ids, scale, self.augment_config, self.rng)

@@ -17,22 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sorterbot_cloud.structures import CLASS_NAMES, Detections
+from sorterbot_cloud.imaging import read_image_file
+from sorterbot_cloud.structures import CLASS_NAMES, Detections, pairwise_iou
 
-from .data import Record, read_rgb
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), XYXY pixels -> (N, M) float64."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+from .data import Record
 
 
 def _coco_dicts(records: Sequence[Record], predictions: Sequence[Detections], class_names: Sequence[str]):
@@ -131,7 +119,7 @@ def confusion_at_threshold(records: Sequence[Record], predictions: Sequence[Dete
         keep = pred.scores >= score_threshold
         boxes, scores, cls = pred.boxes_xyxy[keep], pred.scores[keep], pred.class_ids[keep]
         order = np.argsort(-scores, kind="stable")
-        iou = box_iou(boxes, rec.boxes_xyxy)
+        iou = pairwise_iou(boxes, rec.boxes_xyxy)
         matched = np.zeros(len(rec.boxes_xyxy), bool)
         for d in order:
             cand = np.where(~matched, iou[d], -1.0) if len(rec.boxes_xyxy) else np.zeros(0)
@@ -208,7 +196,7 @@ def recall_margins(records: Sequence[Record], predictions: Sequence[Detections],
     best = {k: [] for k in range(len(class_names))}
     for rec, pred in zip(records, predictions, strict=True):
         boxes, scores, cls = np.asarray(pred.boxes_xyxy), np.asarray(pred.scores), np.asarray(pred.class_ids)
-        iou = box_iou(rec.boxes_xyxy, boxes)  # (G, D); empty sides give empty arrays
+        iou = pairwise_iou(rec.boxes_xyxy, boxes)  # (G, D); empty sides give empty arrays
         for g, k in enumerate(np.asarray(rec.class_ids, np.int64)):
             hit = (iou[g] >= iou_threshold) & (cls == k)
             best[int(k)].append(float(scores[hit].max()) if hit.any() else 0.0)
@@ -256,7 +244,7 @@ def box_side_errors(records: Sequence[Record], predictions: Sequence[Detections]
             cand = np.flatnonzero(class_ids == c)
             if not len(cand):
                 continue
-            iou = box_iou(gt, boxes[cand])
+            iou = pairwise_iou(gt, boxes[cand])
             if iou.max() < iou_threshold:
                 continue
             err = boxes[cand[int(np.argmax(iou))]] - gt
@@ -353,7 +341,7 @@ def _box_errors(records, predictions, score_threshold, key, iou_threshold, borde
                 continue
             entry = rows.setdefault(group, [])
             cand = np.flatnonzero(class_ids == c)
-            iou = box_iou(gt, boxes[cand]) if len(cand) else np.zeros(1)
+            iou = pairwise_iou(gt, boxes[cand]) if len(cand) else np.zeros(1)
             if iou.max() < iou_threshold:
                 entry.append((np.nan, np.nan, np.nan))
                 continue
@@ -384,7 +372,7 @@ def predict_records(detector, records: Sequence[Record], progress: bool = False)
 
     out = []
     for rec in tqdm(records, disable=not progress, desc="detect", dynamic_ncols=True):
-        image = read_rgb(rec.path)
+        image = read_image_file(rec.path)
         det = detector.detect(image)
         sx, sy = rec.width_px / image.shape[1], rec.height_px / image.shape[0]
         if (sx, sy) != (1.0, 1.0):

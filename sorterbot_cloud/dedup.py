@@ -58,7 +58,14 @@ import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, locate_groups, refine_objects
-from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, ArmObject, PolarPoint
+from sorterbot_cloud.structures import (
+    CONTAINER_CLASS_ID,
+    ITEM_CLASS_ID,
+    ArmObject,
+    PolarPoint,
+    box_areas,
+    pairwise_ioa,
+)
 
 #: Default share of the larger object size within which two detections may be one object.
 DEFAULT_DISTANCE_FACTOR = 0.6
@@ -449,10 +456,8 @@ def suppress_contained(
             continue
         boxes = np.array([np.asarray(located[i].detection.box_xyxy, np.float64).reshape(4) for i in members])
         scores = np.array([located[i].detection.score for i in members])
-        area = np.maximum(boxes[:, 2] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 1], 0)
-        wx = np.clip(np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]), 0, None)
-        wy = np.clip(np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]), 0, None)
-        ioa = wx * wy / np.maximum(area[:, None], 1e-9)  # [a, b]: share of box a inside box b
+        area = box_areas(boxes)
+        ioa = pairwise_ioa(boxes, boxes).T  # [a, b]: share of box a inside box b
         for a in range(len(members)):
             for b in range(len(members)):
                 if a != b and ioa[a, b] >= min_ioa and area[b] > area[a]:

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from sorterbot_cloud.errors import BadRequest
-from sorterbot_cloud.structures import CLASS_NAMES
+from sorterbot_cloud.structures import CLASS_NAMES, pairwise_iou
 
 #: Least IoU between a found detection's box and a ground-truth box to vote for it.
 MATCH_IOU = 0.5
@@ -164,17 +164,6 @@ def fold_indices(n: int, folds: int, seed: int = 0) -> list[np.ndarray]:
     return [np.sort(part) for part in np.array_split(order, folds)]
 
 
-def box_iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
-    """IoU of one XYXY box (pixels) with each row of ``b`` (M, 4): ndarray (M,) float64."""
-    a = np.asarray(a, float).reshape(4)
-    b = np.asarray(b, float).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def _require(mapping: Any, key: str, where: str):
     if not isinstance(mapping, Mapping) or key not in mapping:
         raise BadRequest(f"{where} must be an object with key {key!r}")
@@ -211,7 +200,7 @@ def match_objects(ground_truth: Mapping, result: Mapping) -> dict[int, int]:
             if entry is None:
                 continue
             ids, boxes = entry
-            ious = box_iou(det["box_xyxy"], boxes)
+            ious = pairwise_iou(det["box_xyxy"], boxes)[0]
             best = int(np.argmax(ious))
             if ious[best] >= MATCH_IOU:
                 votes[ids[best]] += 1

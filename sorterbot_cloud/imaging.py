@@ -3,12 +3,15 @@
 The wire protocol (docs/design.rst) carries frames as raw encoded bytes. This module is the
 one place that turns those bytes into an RGB image and decides whether they are a
 complete, decodable JPEG or PNG; every rejection raises
-:class:`~sorterbot_cloud.errors.InvalidImage` saying what was wrong.
+:class:`~sorterbot_cloud.errors.InvalidImage` saying what was wrong. It also holds the
+one check of a decoded image array (:func:`check_image`) and the one reader of image
+files on disk (:func:`read_image_file`: training, evaluation and benchmark data).
 """
 
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -169,6 +172,67 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_aspect_ratio:
         raise InvalidImage(f"the decoded image is {bgr.shape[1]}x{bgr.shape[0]}, its header says {width}x{height}")
     if bgr.dtype != np.uint8:  # 16-bit PNG
         bgr = (bgr / 257).round().astype(np.uint8)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Check that ``image`` is an RGB image array and return it C-contiguous.
+
+    Parameters
+    ----------
+    image : ndarray of shape (H, W, 3), uint8, RGB
+    name : str
+        Used in the error message.
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8
+        ``image`` itself when it is C-contiguous already, else a contiguous copy.
+
+    Raises
+    ------
+    InvalidImage
+        On another type, dtype, rank or channel count, or an empty image.
+    """
+    if not isinstance(image, np.ndarray):
+        raise InvalidImage(f"{name} must be a numpy array of shape (H, W, 3), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImage(f"{name} must have shape (H, W, 3), got {image.shape}")
+    if image.dtype != np.uint8:
+        raise InvalidImage(f"{name} must have dtype uint8, got {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InvalidImage(f"{name} must not be empty, got shape {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+def read_image_file(path) -> np.ndarray:
+    """Read an image file (JPEG, PNG or any format OpenCV reads) as RGB.
+
+    Unlike :func:`decode_image` (frames on the wire), the file's EXIF orientation is
+    applied (OpenCV's ``IMREAD_COLOR``), so a photo is read the way image viewers and
+    labelling tools show it and its labelled boxes line up.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    ndarray of shape (H, W, 3), uint8, RGB
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    InvalidImage
+        If the file cannot be decoded as an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise InvalidImage(f"cannot decode image {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -26,6 +26,104 @@ ID_PATTERN = re.compile(r"\A[A-Za-z0-9_.\-]{1,64}\Z")
 IMAGE_NAME_PATTERN = re.compile(r"\A(?P<pw>[0-9]{1,5}(?:\.[0-9]{1,3})?)\.(?P<ext>jpe?g|png)\Z", re.I)
 
 
+def _as_boxes(boxes, name: str) -> np.ndarray:
+    array = np.asarray(boxes, np.float64)
+    if array.size == 0:
+        return array.reshape(0, 4)
+    if array.ndim == 1 and array.shape[0] == 4:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4) (XYXY), got {np.shape(boxes)}")
+    return array
+
+
+def _intersections(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    rb = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    return np.prod(np.clip(rb - lt, 0, None), axis=2)
+
+
+def box_areas(boxes_xyxy) -> np.ndarray:
+    """Areas of XYXY boxes; inverted sides count as zero.
+
+    Parameters
+    ----------
+    boxes_xyxy : array-like of shape (N, 4) or (4,), pixels
+
+    Returns
+    -------
+    ndarray of shape (N,), float64, square pixels
+
+    Raises
+    ------
+    ValueError
+        If the boxes are not of shape (N, 4) or (4,).
+    """
+    boxes = _as_boxes(boxes_xyxy, "boxes_xyxy")
+    return np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
+
+
+def pairwise_iou(boxes_a, boxes_b) -> np.ndarray:
+    """Intersection over union of every box of ``boxes_a`` with every box of ``boxes_b``.
+
+    Named after Detectron2's ``structures.boxes.pairwise_iou``. Pairs whose union is
+    empty (two degenerate boxes) get 0.
+
+    Parameters
+    ----------
+    boxes_a : array-like of shape (N, 4) or (4,), XYXY pixels
+    boxes_b : array-like of shape (M, 4) or (4,), XYXY pixels
+
+    Returns
+    -------
+    ndarray of shape (N, M), float64, in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        If either argument is not of shape (N, 4) or (4,).
+
+    Examples
+    --------
+    >>> pairwise_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10]]).round(3).tolist()
+    [[1.0, 0.333]]
+    """
+    a, b = _as_boxes(boxes_a, "boxes_a"), _as_boxes(boxes_b, "boxes_b")
+    inter = _intersections(a, b)
+    union = box_areas(a)[:, None] + box_areas(b)[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def pairwise_ioa(boxes_a, boxes_b) -> np.ndarray:
+    """Intersection over the area of each ``boxes_b`` box (Detectron2's ``pairwise_ioa``).
+
+    Entry (i, j) is the share of box ``boxes_b[j]`` that lies inside box ``boxes_a[i]``;
+    a degenerate box ``boxes_b[j]`` gets 0.
+
+    Parameters
+    ----------
+    boxes_a : array-like of shape (N, 4) or (4,), XYXY pixels
+    boxes_b : array-like of shape (M, 4) or (4,), XYXY pixels
+
+    Returns
+    -------
+    ndarray of shape (N, M), float64, in [0, 1]
+
+    Raises
+    ------
+    ValueError
+        If either argument is not of shape (N, 4) or (4,).
+
+    Examples
+    --------
+    >>> pairwise_ioa([[0, 0, 20, 20]], [[0, 0, 10, 10], [10, 0, 30, 10]]).tolist()
+    [[1.0, 0.5]]
+    """
+    a, b = _as_boxes(boxes_a, "boxes_a"), _as_boxes(boxes_b, "boxes_b")
+    area_b = box_areas(b)[None, :]
+    return np.where(area_b > 0, _intersections(a, b) / np.where(area_b > 0, area_b, 1.0), 0.0)
+
+
 def class_name(class_id: int) -> str:
     """Return the class name (``item`` or ``container``) of ``class_id``.
 

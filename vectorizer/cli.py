@@ -374,8 +374,10 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed
     import numpy as np
     import torch
 
+    from sorterbot_cloud.imaging import read_image_file
+
     from .crops import crop_items
-    from .data import read_rgb, voc_photo_fold
+    from .data import voc_photo_fold
     from .embedder import Embedder
     from .evaluation import all_crops_ari, photo_grouping
 
@@ -393,7 +395,7 @@ def evaluate_real_grouping(weights, voc_dirs, margin, threads, folds, fold, seed
         except (FileNotFoundError, ValueError) as exc:
             raise click.BadParameter(f"{voc}: {exc}", param_hint="--voc") from exc
         for image_path, boxes, names in labelled:
-            per_photo_emb.append(embedder.embed(crop_items(read_rgb(image_path), boxes, margin=margin)))
+            per_photo_emb.append(embedder.embed(crop_items(read_image_file(image_path), boxes, margin=margin)))
             per_photo_types.append(names)
             all_names.extend(names)
         kinds = sorted(set(all_names))

@@ -11,7 +11,8 @@ import math
 import cv2
 import numpy as np
 
-from sorterbot_cloud.errors import BadRequest, InvalidImage
+from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.imaging import check_image
 
 #: Default context margin, as a fraction of the box's width and height added on each side.
 DEFAULT_MARGIN = 0.1
@@ -19,30 +20,6 @@ DEFAULT_MARGIN = 0.1
 #: Grey that fills the letterbox bands (the ImageNet mean colour, RGB uint8, so the bands
 #: are zero after :data:`vectorizer.embedder.IMAGENET_MEAN` / ``STD`` normalisation).
 PAD_RGB = (124, 116, 104)
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Check that ``image`` is an RGB frame.
-
-    Parameters
-    ----------
-    image : ndarray of shape (H, W, 3), uint8, RGB
-
-    Returns
-    -------
-    ndarray
-        The same array.
-
-    Raises
-    ------
-    InvalidImage
-        If it is not an (H, W, 3) uint8 array with H, W >= 1.
-    """
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-        raise InvalidImage(f"image must be a uint8 ndarray, got {type(image).__name__} of {getattr(image, 'dtype', None)}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise InvalidImage(f"image must have shape (H, W, 3), got {image.shape}")
-    return image
 
 
 def check_boxes(boxes_xyxy: np.ndarray) -> np.ndarray:

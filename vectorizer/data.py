@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from sorterbot_cloud.evaluation import fold_indices
+from sorterbot_cloud.imaging import read_image_file
 
 from .crops import DEFAULT_MARGIN, crop_items
 
@@ -38,18 +39,6 @@ class CropSet:
         return len(self.crops)
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB.
-
-    Raises
-    ------
-    ValueError
-        If the file cannot be decoded.
-    """
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot decode image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def load_crop_folder(root: str | Path, types: list[str] | None = None) -> CropSet:
@@ -76,7 +65,7 @@ def load_crop_folder(root: str | Path, types: list[str] | None = None) -> CropSe
         if not folder.is_dir():
             raise FileNotFoundError(f"no folder {folder} for type {name!r}")
         files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
-        crops.extend(read_rgb(p) for p in files)
+        crops.extend(read_image_file(p) for p in files)
         ids.extend([type_id] * len(files))
     if not crops:
         raise FileNotFoundError(f"no crops under {root}")
@@ -202,7 +191,7 @@ def export_crops_from_voc(photos, out_dir: str | Path, prefix: str = "", margin:
     for image_path, boxes, names in photos:
         if not names:
             continue
-        for name, crop in zip(names, crop_items(read_rgb(image_path), boxes, margin=margin), strict=True):
+        for name, crop in zip(names, crop_items(read_image_file(image_path), boxes, margin=margin), strict=True):
             folder = f"{prefix}{name}"
             if not folder or "/" in folder or folder in (".", ".."):
                 raise ValueError(f"kind {name!r} of {image_path} is not a folder name")
@@ -235,7 +224,7 @@ def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
     """
     crops, labels = [], []
     for image_path, boxes, names in voc_photo_fold(root):
-        crops.extend(crop_items(read_rgb(image_path), boxes, margin=margin))
+        crops.extend(crop_items(read_image_file(image_path), boxes, margin=margin))
         labels.extend(names)
     type_names = sorted(set(labels))
     return CropSet(crops, np.asarray([type_names.index(n) for n in labels], np.int64), type_names)
@@ -319,7 +308,7 @@ def export_crops_from_coco(
         path = Path(images_dir) / image["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"image {path} named by {annotations} does not exist")
-        frame = read_rgb(path)
+        frame = read_image_file(path)
         boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
         for ann, crop in zip(anns, crop_items(frame, boxes, margin=margin), strict=True):
             t = ann["type"]

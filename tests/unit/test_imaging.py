@@ -7,7 +7,16 @@ import numpy as np
 import pytest
 
 from sorterbot_cloud.errors import InvalidImage
-from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, decode_image, encode_jpeg, encode_png, image_size, sniff_format
+from sorterbot_cloud.imaging import (
+    MAX_ASPECT_RATIO,
+    check_image,
+    decode_image,
+    encode_jpeg,
+    encode_png,
+    image_size,
+    read_image_file,
+    sniff_format,
+)
 
 
 @pytest.fixture
@@ -135,3 +144,28 @@ def test_decode_fuzzed_prefixes_never_crash(image):
         except InvalidImage:
             continue
         assert decoded.shape == image.shape
+
+
+def test_read_image_file_reads_rgb_and_says_what_is_wrong(tmp_path):
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    path = tmp_path / "frame.png"
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    np.testing.assert_array_equal(read_image_file(path), rgb)
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        read_image_file(tmp_path / "missing.png")
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    with pytest.raises(InvalidImage, match="cannot decode"):
+        read_image_file(tmp_path / "garbage.png")
+
+
+def test_check_image_returns_a_contiguous_rgb_array():
+    image = np.zeros((5, 8, 3), np.uint8)
+    assert check_image(image) is image
+    strided = image[:, ::2]
+    out = check_image(strided)
+    assert out.flags["C_CONTIGUOUS"] and out.shape == (5, 4, 3)
+    for bad, match in [(np.zeros((5, 8), np.uint8), "shape"), (np.zeros((5, 8, 3), np.float32), "dtype"),
+                       (np.zeros((0, 8, 3), np.uint8), "empty"), ([[0, 0, 0]], "numpy array")]:
+        with pytest.raises(InvalidImage, match=match):
+            check_image(bad, "frame")

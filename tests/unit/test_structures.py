@@ -8,8 +8,11 @@ from sorterbot_cloud.structures import (
     Detections,
     Frame,
     PolarPoint,
+    box_areas,
     class_id_of,
     class_name,
+    pairwise_ioa,
+    pairwise_iou,
     pulse_width_of_image_name,
 )
 
@@ -95,3 +98,29 @@ def test_command_wire_format():
     item = ArmObject(0, 0, PolarPoint(200.0, 10.0, 1582.345, 1433.333), 0, 0, 20, 0.9)
     box = ArmObject(1, 1, PolarPoint(300.0, -5.0, 1421.0, 1666.0), 0, 0, 150, 0.9)
     assert Command(item, box, 0).to_wire() == [[1582.35, 1433.33], [1421.0, 1666.0]]
+
+
+def test_pairwise_iou_known_values_and_shapes():
+    iou = pairwise_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]])
+    np.testing.assert_allclose(iou, [[1.0, 50 / 150, 0.0]])
+    np.testing.assert_allclose(pairwise_iou([0, 0, 10, 10], [[5, 0, 15, 10]]), [[50 / 150]])
+    assert pairwise_iou(np.zeros((0, 4)), [[0, 0, 1, 1]]).shape == (0, 1)
+    assert pairwise_iou([[1, 1, 1, 1]], [[1, 1, 1, 1]]).tolist() == [[0.0]]  # empty union
+
+
+def test_pairwise_ioa_divides_by_the_second_boxes_area():
+    ioa = pairwise_ioa([[0, 0, 20, 20]], [[0, 0, 10, 10], [10, 0, 30, 10], [5, 5, 5, 5]])
+    np.testing.assert_allclose(ioa, [[1.0, 0.5, 0.0]])
+    np.testing.assert_allclose(pairwise_ioa([[0, 0, 10, 10]], [[0, 0, 20, 20]]), [[0.25]])
+
+
+def test_box_areas_clip_inverted_sides():
+    np.testing.assert_allclose(box_areas([[0, 0, 2, 3], [5, 5, 4, 9]]), [6.0, 0.0])
+
+
+@pytest.mark.parametrize("bad", [[[0, 0, 1]], np.zeros((2, 2, 4)), [1, 2, 3]])
+def test_pairwise_box_functions_reject_bad_shapes(bad):
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        pairwise_iou(bad, [[0, 0, 1, 1]])
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        pairwise_ioa([[0, 0, 1, 1]], bad)
