@@ -110,6 +110,9 @@ def create_app(
     st.s3_reader = _s3_reader(settings)
     app.extensions[EXTENSION_KEY] = st
 
+    from sorterbot_cloud import ui
+
+    ui.init_app(app, settings)  # the console (/ui/); before ops: it hands the console's token cookie to ops's check
     ops = _optional_module("sorterbot_cloud.ops")
     if ops is not None and hasattr(ops, "init_app"):
         # first, so request ids and auth run before anything of ours (ops's contract)

@@ -454,6 +454,95 @@ class Repository:
         keys = ("arm_id", "session_id", "n_frames", "n_detections", "created_at", "updated_at")
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
+    def list_arms(self) -> list[dict]:
+        """Return every arm with its number of sessions, the arm with the newest session first.
+
+        Returns
+        -------
+        list of dict
+            ``arm_id``, ``n_sessions``, ``created_at`` (first seen), ``last_session_at``
+            (when its newest session was created; None without sessions).
+        """
+        with self._connection() as conn:
+            rows = conn.execute(
+                """
+                SELECT a.arm_id, count(s.id), a.created_at, max(s.created_at)
+                FROM arms a LEFT JOIN sessions s ON s.arm_id = a.arm_id
+                GROUP BY a.arm_id
+                ORDER BY max(s.created_at) DESC NULLS LAST, a.arm_id
+                """
+            ).fetchall()
+        keys = ("arm_id", "n_sessions", "created_at", "last_session_at")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def session_page(self, arm_id: str | None = None, *, limit: int = 20, offset: int = 0) -> dict:
+        """Return one page of sessions, newest first, with whether commands were computed.
+
+        Parameters
+        ----------
+        arm_id : str, optional
+            Only this arm's sessions.
+        limit : int
+            Sessions per page (1 to 500).
+        offset : int
+            Sessions skipped before the page (0 or more).
+
+        Returns
+        -------
+        dict
+            ``total`` (int, sessions matching ``arm_id``) and ``sessions``: list of dict
+            with ``arm_id``, ``session_id``, ``created_at``, ``n_frames``,
+            ``n_detections``, ``updated_at`` (last frame stored; None without frames),
+            ``n_triggers`` (commands computed so far), ``commands_at`` (when the latest
+            were; None if never) and ``n_commands`` (moves of the latest; None if never).
+            Ordered by creation time, newest first (ties: newest row first).
+
+        Raises
+        ------
+        BadRequest
+            If ``arm_id`` is malformed, ``limit`` is not 1 to 500 or ``offset`` is negative.
+        """
+        if arm_id is not None:
+            _check_ids(arm_id=arm_id)
+        if not 1 <= int(limit) <= 500:
+            raise BadRequest(f"limit must be 1 to 500, got {limit}")
+        if int(offset) < 0:
+            raise BadRequest(f"offset must be 0 or more, got {offset}")
+        params = {"arm_id": arm_id, "limit": int(limit), "offset": int(offset)}
+        with self._connection() as conn, conn.transaction():
+            (total,) = conn.execute(
+                "SELECT count(*) FROM sessions WHERE %(arm_id)s::text IS NULL OR arm_id = %(arm_id)s", params
+            ).fetchone()
+            rows = conn.execute(
+                """
+                SELECT s.arm_id, s.session_id, s.created_at, fr.n_frames, fr.n_detections, fr.updated_at,
+                       cm.n_triggers, cm.commands_at, latest.n_commands
+                FROM sessions s
+                CROSS JOIN LATERAL (
+                    SELECT count(DISTINCT f.id) AS n_frames, count(d.id) AS n_detections, max(f.updated_at) AS updated_at
+                    FROM frames f LEFT JOIN detections d ON d.frame_id = f.id
+                    WHERE f.arm_id = s.arm_id AND f.session_id = s.session_id
+                ) fr
+                CROSS JOIN LATERAL (
+                    SELECT count(*) AS n_triggers, max(c.created_at) AS commands_at
+                    FROM commands c WHERE c.arm_id = s.arm_id AND c.session_id = s.session_id
+                ) cm
+                LEFT JOIN LATERAL (
+                    SELECT CASE WHEN jsonb_typeof(c.result -> 'commands') = 'array'
+                                THEN jsonb_array_length(c.result -> 'commands') END AS n_commands
+                    FROM commands c WHERE c.arm_id = s.arm_id AND c.session_id = s.session_id
+                    ORDER BY c.id DESC LIMIT 1
+                ) latest ON true
+                WHERE %(arm_id)s::text IS NULL OR s.arm_id = %(arm_id)s
+                ORDER BY s.created_at DESC, s.id DESC
+                LIMIT %(limit)s OFFSET %(offset)s
+                """,
+                params,
+            ).fetchall()
+        keys = ("arm_id", "session_id", "created_at", "n_frames", "n_detections", "updated_at",
+                "n_triggers", "commands_at", "n_commands")
+        return {"total": int(total), "sessions": [dict(zip(keys, row, strict=True)) for row in rows]}
+
     def delete_session(self, arm_id: str, session_id: str) -> bool:
         """Delete a session with its frames, detections and commands (foreign keys cascade).
 
