@@ -7,9 +7,10 @@
 #
 # Stage 1 builds a virtual environment (PyTorch CPU wheels from PyTorch's own index,
 # the rest from requirements-runtime.txt, the service's own closure, without the CUDA
-# wheels; the development set of requirements.txt stays out of the image) and downloads the ImageNet
-# ResNet18 weights into the torch cache, so nothing is downloaded at run time.
-# Stage 2 copies the environment, the cache and the code; the code directory is owned
+# wheels; the development set of requirements.txt stays out of the image). The models'
+# weights are the repository's weights/ files, copied with the code: nothing is downloaded
+# at build or run time.
+# Stage 2 copies the environment and the code; the code directory is owned
 # by root and read-only; the service runs as an unprivileged user and writes only
 # under DATA_DIR.
 
@@ -26,9 +27,6 @@ COPY requirements-runtime.txt /tmp/requirements-runtime.txt
 # torch/torchvision are installed above (CPU build); the CUDA wheels of the pinned set are not needed.
 RUN grep -Ev '^(torch|torchvision|triton|nvidia-|cuda-)' /tmp/requirements-runtime.txt > /tmp/requirements-cpu.txt \
  && pip install -r /tmp/requirements-cpu.txt
-# ImageNet ResNet18 weights (torchvision ResNet18_Weights.IMAGENET1K_V1) into the torch cache, at build time.
-RUN python -c "from torchvision.models import resnet18, ResNet18_Weights; resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)" \
- && ls -l /opt/torch-cache/hub/checkpoints/
 
 FROM ${PYTHON_IMAGE} AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -45,7 +43,6 @@ RUN groupadd --system --gid 10001 sorterbot \
  && useradd --system --uid 10001 --gid sorterbot --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin sorterbot \
  && mkdir -p /var/lib/sorterbot && chown sorterbot:sorterbot /var/lib/sorterbot
 COPY --from=deps /opt/venv /opt/venv
-COPY --from=deps /opt/torch-cache /opt/torch-cache
 WORKDIR /app
 COPY pyproject.toml README.md config.yaml ./
 COPY sorterbot_cloud/ sorterbot_cloud/
@@ -55,8 +52,8 @@ COPY weights/ weights/
 # Editable install: settings resolve config.yaml and weights/ relative to /app.
 RUN pip install --no-cache-dir --no-deps -e . \
  && python -m compileall -q sorterbot_cloud locator vectorizer \
- && chown -R root:root /app /opt/venv /opt/torch-cache \
- && chmod -R a-w,a+rX /app /opt/torch-cache
+ && chown -R root:root /app /opt/venv \
+ && chmod -R a-w,a+rX /app
 USER sorterbot:sorterbot
 VOLUME ["/var/lib/sorterbot"]
 EXPOSE 5000
@@ -64,5 +61,7 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '5000'), timeout=4)"]
 # One worker process (models load once, after the fork) with threads; scale out with more containers.
 # /dev/shm for gunicorn's heartbeat files: nothing else in the image needs to be writable.
-CMD ["gunicorn", "--bind", "0.0.0.0:5000", "--workers", "1", "--threads", "4", "--timeout", "120", \
+# The config module sets gunicorn's request limits and the worker answering gunicorn's own errors as JSON problem details.
+CMD ["gunicorn", "--config", "python:sorterbot_cloud.ops.gunicorn_conf", "--bind", "0.0.0.0:5000", "--workers", "1", \
+     "--threads", "4", "--timeout", "120", \
      "--graceful-timeout", "30", "--worker-tmp-dir", "/dev/shm", "sorterbot_cloud.api:create_app()"]

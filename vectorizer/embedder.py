@@ -5,15 +5,17 @@ file ``<name>.pt`` (an fp16 ``state_dict`` of torchvision's ``resnet18`` without
 ``fc`` layer) has a JSON sidecar ``<name>.json`` that states the input size and the
 normalisation it was trained with.
 
-Weights are looked up in this order (issue 3), and nothing is ever downloaded:
+Weights are looked up in this order, and nothing is ever downloaded:
 
 1. a configured path: ``Settings.embedder_weights`` when it differs from the shipped
    file's path (its default); it must exist;
-2. torchvision's ImageNet ResNet18 file, when present in the torch cache
-   (``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth``; a Docker build can
-   download it there);
-3. the project's shipped weights, ``weights/embedder.pt`` (trained by
-   ``sorterbot-cloud train-embedder`` on simulator crops).
+2. the project's shipped weights, ``weights/embedder.pt`` (trained by
+   ``sorterbot-cloud train-embedder`` on simulated, procedural and real item crops;
+   its sidecar carries the distance between kinds the grouping uses);
+3. torchvision's ImageNet ResNet18 file, when present in the torch cache
+   (``torch.hub.get_dir()/checkpoints/resnet18-f37072fd.pth``): a fallback for a
+   checkout without the shipped file. It groups items worse and has no calibrated
+   distance between kinds.
 """
 
 from __future__ import annotations
@@ -131,12 +133,12 @@ def resolve_weights(
         if not path.is_file():
             raise FileNotFoundError(f"configured embedder weights {path} do not exist")
         return WeightsChoice(path, "configured")
+    if shipped.is_file():
+        return WeightsChoice(shipped, "shipped")
     cache = Path(torch_cache_dir if torch_cache_dir is not None else torch.hub.get_dir())
     imagenet = cache / "checkpoints" / IMAGENET_RESNET18_FILE
     if imagenet.is_file():
         return WeightsChoice(imagenet, "torch-cache")
-    if shipped.is_file():
-        return WeightsChoice(shipped, "shipped")
     raise FileNotFoundError(
         f"no embedder weights: none configured, no {imagenet}, no {shipped} "
         "(train them with `sorterbot-cloud train-embedder`)"

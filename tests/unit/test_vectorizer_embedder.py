@@ -99,12 +99,13 @@ def weight_files(tmp_path):
     "configured, with_cache, with_shipped, expected",
     [
         ("configured", True, True, "configured"),
-        ("shipped", True, True, "torch-cache"),
-        (None, True, True, "torch-cache"),
+        ("shipped", True, True, "shipped"),
+        (None, True, True, "shipped"),
+        (None, True, False, "torch-cache"),
         (None, False, True, "shipped"),
-        ("shipped", False, True, "shipped"),
     ],
-    ids=["configured-wins", "default-setting-is-not-configured", "cache-before-shipped", "shipped-last", "default-to-shipped"],
+    ids=["configured-wins", "default-setting-is-the-shipped-file", "shipped-before-cache", "cache-without-shipped",
+         "shipped-without-cache"],
 )
 def test_resolve_weights_order(weight_files, tmp_path, configured, with_cache, with_shipped, expected):
     cache = weight_files["cache"] if with_cache else tmp_path / "empty-hub"
