@@ -3,7 +3,11 @@
 Development: ``sorterbot-cloud serve``. Production (one app, models loaded once per
 worker process, after the fork)::
 
-    gunicorn --workers 1 --threads 4 --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
+    gunicorn --config python:sorterbot_cloud.ops.gunicorn_conf --workers 1 --threads 4 \\
+        --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
+
+(the config module sets gunicorn's request limits and answers their refusals as problem
+details, :mod:`sorterbot_cloud.ops.gunicorn_conf`).
 
 Blueprints: :mod:`~sorterbot_cloud.api.compat` (the original client's routes),
 :mod:`~sorterbot_cloud.api.v1` (versioned routes and ``/predict``) and
