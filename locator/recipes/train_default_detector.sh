@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Recipe of the shipped weights/detector.pt (see weights/README.md). Run from the repo root.
+# Recipe of weights/detector_sim.pt, the detector the shipped weights/detector.pt was fine-tuned from
+# (weights/README.md; stage by stage: docs/model_history.rst). Run from the repo root.
 # Data: simulated frames (train split item types and table textures) rendered by
 #   .venv/bin/sorterbot-cloud simulate dataset --out data/det/sim_train_a --images 400 --seed 1000 --split train
 # (1024x768), plus the real microcontroller photos (train split, all boards = item), converted with
@@ -23,7 +24,7 @@
 #     --dataset data/det/sim_train_c/annotations.json:data/det/sim_train_c:1.0
 # Stages 4 and 5 (data/det/run3 and run4): warm restarts (--init-from) on
 # sim_train_a, _c and _d (1600 frames rendered by render_detector_data.sh, seed 9000); the exact
-# commands are in weights/README.md and in each detector.json "recipe".
+# commands are in docs/model_history.rst and in each detector.json "recipe".
 # One torch thread: on this shared 2-core machine two OpenMP threads measured ~5x less work per CPU-second
 # (spinning while the sibling thread is descheduled).
 set -eu
