@@ -3,7 +3,11 @@
 - ``sorterbot-cloud serve``: the Flask development server. In production run gunicorn
   instead (models load once per worker process, after the fork)::
 
-      gunicorn --workers 1 --threads 4 --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
+      gunicorn --config python:sorterbot_cloud.ops.gunicorn_conf --workers 1 --threads 4 \\
+          --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
+
+  ``serve --debug`` runs Werkzeug's interactive debugger (loopback only unless ``--host``
+  is given).
 
 - ``sorterbot-cloud replay DIR --url URL``: post a recorded or simulated session the way
   the arm does (every ``<pw>.jpg`` to ``/process_image``, then the trigger to
@@ -156,12 +160,25 @@ def _check(response, what: str):
     return response.json()
 
 
+def make_dev_server(host: str, port: int, app):
+    """The threaded Werkzeug server of ``serve`` and ``demo`` for the WSGI app ``app``.
+
+    Requests the server refuses while parsing them (a request line or header line over
+    65,536 bytes, more than 100 header fields) are answered with JSON problem details
+    (:class:`~sorterbot_cloud.ops.server_errors.ProblemRequestHandler`), like gunicorn's
+    in production.
+    """
+    from werkzeug.serving import make_server
+
+    from sorterbot_cloud.ops.server_errors import ProblemRequestHandler
+
+    return make_server(host, port, app, threaded=True, request_handler=ProblemRequestHandler)
+
+
 @contextmanager
 def running_server(app, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` on a background thread (threaded Werkzeug server); yields its base URL."""
-    from werkzeug.serving import make_server
-
-    server = make_server(host, port, app, threaded=True)
+    server = make_dev_server(host, port, app)
     thread = threading.Thread(target=server.serve_forever, name="sorterbot-demo-server", daemon=True)
     thread.start()
     try:
@@ -224,7 +241,8 @@ def close_app(app) -> None:
         logger.info("embedded PostgreSQL released", extra={"pg_data_dir": str(embedded.pg_data_dir)})
 
 
-def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOWN_GRACE_S) -> None:
+def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOWN_GRACE_S, wsgi_app=None,
+                          banner: str = "development server; use gunicorn in production") -> None:
     """Serve ``app`` (threaded Werkzeug server) until SIGTERM or SIGINT, then shut down cleanly.
 
     On the signal the server stops accepting connections, the requests in flight get up
@@ -240,11 +258,14 @@ def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOW
         0 picks a free port.
     grace_s : float
         Seconds to wait for requests in flight.
+    wsgi_app : WSGI application, optional
+        What to serve instead of ``app`` (``app`` wrapped, e.g. by :func:`debug_application`);
+        ``app`` is still the one closed.
+    banner : str
+        Said after the address when the server starts.
     """
-    from werkzeug.serving import make_server
-
-    counted = _InFlight(app)
-    server = make_server(host, port, counted, threaded=True)
+    counted = _InFlight(wsgi_app if wsgi_app is not None else app)
+    server = make_dev_server(host, port, counted)
     stopping = threading.Event()
 
     def on_signal(signum, _frame) -> None:
@@ -256,8 +277,7 @@ def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOW
         threading.Thread(target=server.shutdown, name="sorterbot-shutdown", daemon=True).start()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    click.echo(f"SorterBot Cloud listening on http://{host}:{server.server_port} "
-               "(development server; use gunicorn in production)")
+    click.echo(f"SorterBot Cloud listening on http://{host}:{server.server_port} ({banner})")
     try:
         server.serve_forever()
     finally:
@@ -268,6 +288,50 @@ def serve_until_signalled(app, host: str, port: int, *, grace_s: float = SHUTDOW
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo("SorterBot Cloud stopped")
+
+
+def debug_application(app, host: str | None = None):
+    """``app`` under Werkzeug's interactive debugger (``serve --debug``).
+
+    The app's JSON handler of unexpected errors (:mod:`sorterbot_cloud.api.errors`) would
+    answer them as an opaque 500 before the debugger saw them: here it lets them propagate
+    (``app.debug`` is set), so the debugger shows the traceback and its console, behind
+    Werkzeug's PIN. Werkzeug's HTTP errors (404, 405, 413) and the project's errors keep
+    their problem-detail answers.
+
+    Parameters
+    ----------
+    app : flask.Flask
+    host : str, optional
+        An address given with ``--host``: the debugger also answers requests naming it in
+        their ``Host`` header (Werkzeug's own list holds only ``127.0.0.1`` and
+        ``localhost``).
+
+    Returns
+    -------
+    werkzeug.debug.DebuggedApplication
+        With ``evalex=True`` (the in-browser console) and the PIN.
+    """
+    from werkzeug.debug import DebuggedApplication
+    from werkzeug.exceptions import HTTPException
+
+    from sorterbot_cloud.api.errors import handle_http_exception
+
+    def reraise_unexpected(error: Exception):
+        if isinstance(error, HTTPException):
+            return handle_http_exception(error)
+        raise error
+
+    app.debug = True
+    app.register_error_handler(Exception, reraise_unexpected)
+    debugged = DebuggedApplication(app, evalex=True, pin_security=True)
+    if host is not None:
+        debugged.trusted_hosts.append(host)
+    return debugged
+
+
+#: Addresses that only this machine can reach.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def format_commands(wire: list) -> str:
@@ -300,20 +364,38 @@ def _build_app(settings):
 
 # --------------------------------------------------------------------------- commands
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--host", default=None, help="Address to listen on.  [default: 127.0.0.1]")
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--config", type=click.Path(dir_okay=False), help="YAML config file (default: config.yaml).")
-@click.option("--debug", is_flag=True, help="Flask debug mode (reloader off).")
-def serve(host: str, port: int, config: str | None, debug: bool) -> None:
+@click.option("--debug", is_flag=True,
+              help="Werkzeug's interactive debugger on unexpected errors (reloader off). It runs code "
+                   "for whoever has its PIN: loopback only unless --host is given.")
+def serve(host: str | None, port: int, config: str | None, debug: bool) -> None:
     """Run the service with Flask's development server.
 
     SIGTERM or SIGINT stops it cleanly: no new connections, requests in flight finish,
-    the embedded PostgreSQL stops. For production use gunicorn: gunicorn --workers 1
-    --threads 4 --bind 0.0.0.0:5000 'sorterbot_cloud.api:create_app()'
+    the embedded PostgreSQL stops. For production use gunicorn: gunicorn --config
+    python:sorterbot_cloud.ops.gunicorn_conf --workers 1 --threads 4 --bind 0.0.0.0:5000
+    'sorterbot_cloud.api:create_app()'
     """
     app = _build_app(_settings(config))
-    app.debug = debug
-    serve_until_signalled(app, host, port)
+    if not debug:
+        serve_until_signalled(app, host or "127.0.0.1", port)
+        return
+    explicit_host = host is not None
+    host = host or "127.0.0.1"
+    if host in LOOPBACK_HOSTS:
+        click.echo(f"WARNING: debug mode: Werkzeug's interactive debugger is on, on {host} only"
+                   f"{'' if explicit_host else ' (give --host to listen elsewhere)'}. Never use it in production.",
+                   err=True)
+    else:
+        click.echo(f"WARNING: debug mode on {host}: whoever can reach this address and has the debugger's PIN "
+                   "can run code on this machine. Never use it in production.", err=True)
+    debugged = debug_application(app, host if explicit_host else None)
+    # Werkzeug prints the PIN only under its reloader, which serve does not run
+    click.echo(f"Debugger PIN (unlocks the in-browser console): {debugged.pin}", err=True)
+    serve_until_signalled(app, host, port, wsgi_app=debugged,
+                          banner="development server with Werkzeug's interactive debugger")
 
 
 @click.command()

@@ -5,7 +5,8 @@ config module :mod:`sorterbot_cloud.ops.gunicorn_conf`, one worker, threads), on
 loopback, serving the real app on a real PostgreSQL; the models are not under test, so
 :func:`tests.integration.test_scaleout.fake_app` gives it :class:`FakeDetector` and
 :class:`FakeEmbedder`. Requests are written on raw sockets, so that exactly the bytes
-under test reach the server.
+under test reach the server. The same limits of Werkzeug's development server (``serve``)
+are checked too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ import pytest
 import requests
 import websocket
 
+from sorterbot_cloud.api import create_app
 from sorterbot_cloud.ops import gunicorn_conf
+from sorterbot_cloud.service_cli import running_server
+from tests.integration.conftest_service import FakeDetector, FakeEmbedder
 from tests.integration.test_scaleout import free_port
 from tests.unit.test_ops_deploy_files import dockerfile_instructions
 
@@ -147,3 +151,35 @@ def test_gunicorn_within_the_limits_still_serves_the_app(gunicorn_port):
         assert json.loads(ws.recv()) == {"status": 1}
     finally:
         ws.close()
+
+
+#: Werkzeug's development server (http.server): request and header lines up to 65,536
+#: bytes, at most 100 header fields.
+DEV_OVER_LIMITS = {
+    "long-url": (get("/healthz?pad=" + "a" * 65_537), 414),
+    "too-many-headers": (get("/healthz", [f"X-Pad-{i}: {i}" for i in range(101)]), 431),
+    "long-header": (get("/healthz", ["X-Pad: " + "a" * 65_537]), 431),
+}
+
+
+@pytest.fixture(scope="module")
+def dev_port(pg_server, migrated_template, tmp_path_factory):
+    from sorterbot_cloud.config import Settings
+
+    name = f"test_dev_limits_{os.urandom(8).hex()}"
+    settings = Settings.load(environ={}, pg_conn=pg_server.ensure_database(name, template=migrated_template),
+                             data_dir=tmp_path_factory.mktemp("dev") / "data", pool_max_size=2)
+    app = create_app(settings, detector=FakeDetector(), embedder=FakeEmbedder())
+    try:
+        with running_server(app) as url:
+            yield int(url.rsplit(":", 1)[1])
+    finally:
+        app.extensions["sorterbot"].close()
+        pg_server.drop_database(name)
+
+
+@pytest.mark.parametrize(("request_bytes", "expected_status"), DEV_OVER_LIMITS.values(), ids=DEV_OVER_LIMITS.keys())
+def test_dev_server_refusals_are_problem_json(dev_port, request_bytes, expected_status):
+    status, headers, body = raw_exchange(dev_port, request_bytes)
+    assert_problem(status, headers, body, expected_status)
+    assert raw_exchange(dev_port, get("/healthz"))[0] == 200
