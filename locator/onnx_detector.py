@@ -134,7 +134,7 @@ def export_detector(weights: str | Path, out_path: str | Path, settings) -> Path
     settings : sorterbot_cloud.config.Settings
         ``detector_score_threshold``, ``detector_nms_iou``, ``detector_min_size_px`` and
         ``detector_box_refine_steps`` are baked into the graph
-        (:func:`detector_operating_point`).
+        (:func:`detector_operating_point`), as :meth:`TorchvisionDetector.from_settings` applies them.
 
     Returns
     -------
@@ -148,18 +148,41 @@ def export_detector(weights: str | Path, out_path: str | Path, settings) -> Path
     ValueError
         If it is not a detector file, or is a Detectron2 model (not exported).
     """
-    import torch
-
     from .torchvision_detector import TorchvisionDetector
 
-    weights, out_path = Path(weights), Path(out_path)
+    weights = Path(weights)
     if weights.suffix in (".pth", ".pkl"):
         raise ValueError(f"{weights}: only the torchvision detector (.pt) is exported to ONNX, not Detectron2 models")
-    # the settings' operating point, on the unfused model: ONNX Runtime folds BatchNorm itself
     config = TorchvisionDetector.from_settings(dataclasses.replace(settings, detector_weights=weights)).config
+    # the same operating point on the unfused model: ONNX Runtime folds BatchNorm itself
     detector = TorchvisionDetector.load(weights, score_threshold=config.score_threshold, nms_iou=config.nms_iou,
                                         min_size_px=config.min_size_px, max_size_px=config.max_size_px,
                                         box_refine_steps=config.box_refine_steps)
+    return export_loaded_detector(detector, weights, out_path, detector_operating_point(settings))
+
+
+def export_loaded_detector(detector, weights: str | Path, out_path: str | Path, operating_point: dict) -> Path:
+    """Export a loaded :class:`~locator.torchvision_detector.TorchvisionDetector` at its own configuration.
+
+    Parameters
+    ----------
+    detector : TorchvisionDetector
+        Not fused (:meth:`~locator.torchvision_detector.TorchvisionDetector.fuse`); its
+        config's threshold, NMS IoU, input sizes and ``box_refine_steps`` are baked in.
+    weights : path
+        The file it was loaded from (its SHA-256 goes to the sidecar).
+    out_path : path
+    operating_point : dict
+        Stored in the sidecar as the key that :func:`sorterbot_cloud.onnx_runtime.find_graph` compares.
+
+    Returns
+    -------
+    Path
+        ``out_path``.
+    """
+    import torch
+
+    weights, out_path, config = Path(weights), Path(out_path), detector.config
     # an example frame at the model's input scale (the graph's height and width are dynamic)
     generator = torch.Generator().manual_seed(0)
     example = torch.randint(0, 256, (config.min_size_px, int(config.min_size_px * 4 / 3), 3), dtype=torch.uint8,
@@ -179,7 +202,7 @@ def export_detector(weights: str | Path, out_path: str | Path, settings) -> Path
                              "frame_shrink": "cv2.INTER_AREA to the model's input scale, outside the graph",
                              "min_size_px": config.min_size_px, "max_size_px": config.max_size_px,
                              "pad_multiple_px": 32}},
-        operating_point=detector_operating_point(settings),
+        operating_point=operating_point,
         extra={"class_names": list(config.class_names), "detector_config": config.to_dict(),
                "refine_head_in_graph": bool(config.box_refine_steps == 1 and config.refine_head)},
     )
@@ -217,9 +240,15 @@ class OnnxDetector:
         self.session = onnx_runtime.make_session(self.graph_path, threads)
 
     @classmethod
-    def from_settings(cls, settings) -> "OnnxDetector":
+    def from_settings(cls, settings, cache_dir: str | Path | None = None) -> "OnnxDetector":
         """The graph of ``settings.detector_weights`` at the settings' operating point, found or
         exported by :func:`sorterbot_cloud.onnx_runtime.find_graph`.
+
+        Parameters
+        ----------
+        settings : sorterbot_cloud.config.Settings
+        cache_dir : path, optional
+            Where graphs are exported when none matches; default ``<settings.data_dir>/onnx``.
 
         Raises
         ------
@@ -231,7 +260,8 @@ class OnnxDetector:
         weights = Path(settings.detector_weights)
         if weights.suffix in (".pth", ".pkl"):
             raise ValueError(f"{weights}: inference_runtime onnxruntime runs the torchvision detector (.pt) only")
-        graph = onnx_runtime.find_graph(weights, detector_operating_point(settings), Path(settings.data_dir) / "onnx",
+        cache_dir = Path(settings.data_dir) / "onnx" if cache_dir is None else Path(cache_dir)
+        graph = onnx_runtime.find_graph(weights, detector_operating_point(settings), cache_dir,
                                         lambda out: export_detector(weights, out, settings))
         return cls(graph, threads=settings.torch_threads)
 

@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from sorterbot_cloud import onnx_runtime
+from sorterbot_cloud.config import PROJECT_ROOT
 from sorterbot_cloud.errors import BadRequest
 
 from .crops import check_image, letterbox
 
 log = logging.getLogger(__name__)
 
+#: The shipped weights and torchvision's ImageNet file name (:mod:`vectorizer.embedder`).
+SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "embedder.pt"
+IMAGENET_RESNET18_FILE = "resnet18-f37072fd.pth"
 #: Width of an embedding (:data:`vectorizer.embedder.EMBEDDING_DIM`).
 EMBEDDING_DIM = 512
 #: Name of the graph's input: (B, 3, S, S) uint8, RGB, letterboxed crops.
@@ -115,6 +120,40 @@ def embedder_operating_point() -> dict:
     return {}
 
 
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch: ``$TORCH_HOME/hub``, else
+    ``$XDG_CACHE_HOME/torch/hub``, else ``~/.cache/torch/hub`` (torch's own rule)."""
+    home = os.getenv("TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(home)) / "hub"
+
+
+def resolve_weights(configured: str | Path | None, *, shipped: str | Path = SHIPPED_WEIGHTS) -> tuple[Path, str]:
+    """The embedder weights the eager service would pick (:func:`vectorizer.embedder.resolve_weights`,
+    same order: configured, shipped, torchvision's ImageNet file in the torch cache), without importing torch.
+
+    Returns
+    -------
+    (path, source)
+        ``source`` is ``configured``, ``shipped`` or ``torch-cache``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a configured path does not exist, or no weights file is found at all.
+    """
+    shipped = Path(shipped)
+    if configured is not None and Path(configured).resolve() != shipped.resolve():
+        if not Path(configured).is_file():
+            raise FileNotFoundError(f"configured embedder weights {configured} do not exist")
+        return Path(configured), "configured"
+    if shipped.is_file():
+        return shipped, "shipped"
+    imagenet = torch_hub_dir() / "checkpoints" / IMAGENET_RESNET18_FILE
+    if imagenet.is_file():
+        return imagenet, "torch-cache"
+    raise FileNotFoundError(f"no embedder weights: none configured, no {shipped}, no {imagenet}")
+
+
 class OnnxEmbedder:
     """Batched item embedder on an exported graph (interface of :class:`vectorizer.embedder.Embedder`).
 
@@ -155,25 +194,24 @@ class OnnxEmbedder:
         self.session = onnx_runtime.make_session(self.graph_path, threads)
 
     @classmethod
-    def from_settings(cls, settings) -> "OnnxEmbedder":
-        """The graph of the weights ``settings`` asks for (:func:`vectorizer.embedder.resolve_weights`
-        where torch is installed, else ``settings.embedder_weights``), found or exported by
-        :func:`sorterbot_cloud.onnx_runtime.find_graph`.
+    def from_settings(cls, settings, cache_dir: str | Path | None = None) -> "OnnxEmbedder":
+        """The graph of the weights ``settings`` asks for (:func:`resolve_weights`), found or
+        exported by :func:`sorterbot_cloud.onnx_runtime.find_graph`.
+
+        Parameters
+        ----------
+        settings : sorterbot_cloud.config.Settings
+        cache_dir : path, optional
+            Where graphs are exported when none matches; default ``<settings.data_dir>/onnx``.
 
         Raises
         ------
         FileNotFoundError
             If the weights are missing, or no graph matches and torch is not installed.
         """
-        weights, source = Path(settings.embedder_weights), "configured"
-        try:
-            from .embedder import resolve_weights
-        except ImportError:  # no torch: the configured file
-            pass
-        else:
-            choice = resolve_weights(settings.embedder_weights)
-            weights, source = choice.path, choice.source
-        graph = onnx_runtime.find_graph(weights, embedder_operating_point(), Path(settings.data_dir) / "onnx",
+        weights, source = resolve_weights(settings.embedder_weights)
+        cache_dir = Path(settings.data_dir) / "onnx" if cache_dir is None else Path(cache_dir)
+        graph = onnx_runtime.find_graph(weights, embedder_operating_point(), cache_dir,
                                         lambda out: export_embedder(weights, out, source=source))
         log.info("embedder graph: %s (%s)", graph, source)
         return cls(graph, threads=settings.torch_threads)

@@ -177,3 +177,24 @@ def test_inference_runtime_setting():
     assert Settings.load(environ={"INFERENCE_RUNTIME": "onnxruntime"}).inference_runtime == "onnxruntime"
     with pytest.raises(ValueError, match="INFERENCE_RUNTIME"):
         Settings.load(environ={"INFERENCE_RUNTIME": "tensorrt"})
+
+
+def test_embedder_weights_are_resolved_as_the_eager_service_does(tmp_path, monkeypatch):
+    from vectorizer import embedder as eager
+    from vectorizer import onnx_embedder
+
+    def both(configured, shipped):
+        choice = eager.resolve_weights(configured, shipped=shipped)
+        return (choice.path, choice.source), onnx_embedder.resolve_weights(configured, shipped=shipped)
+
+    expected, got = both(SETTINGS.embedder_weights, SETTINGS.embedder_weights)
+    assert got == expected == (SETTINGS.embedder_weights, "shipped")
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / eager.IMAGENET_RESNET18_FILE).write_bytes(b"")  # only its presence is looked at
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    missing = tmp_path / "no_shipped.pt"
+    expected, got = both(missing, missing)
+    assert got == expected == (checkpoints / eager.IMAGENET_RESNET18_FILE, "torch-cache")
+    expected, got = both(SETTINGS.embedder_weights, missing)
+    assert got == expected == (SETTINGS.embedder_weights, "configured")
