@@ -12,6 +12,7 @@ details, :mod:`sorterbot_cloud.ops.gunicorn_conf`).
 Blueprints: :mod:`~sorterbot_cloud.api.compat` (the original client's routes),
 :mod:`~sorterbot_cloud.api.v1` (versioned routes and ``/predict``) and
 :mod:`~sorterbot_cloud.api.health` (``/healthz``, ``/readyz``, ``/openapi.json``).
+The operator console's pages under ``/ui/`` come from :mod:`sorterbot_cloud.ui`.
 Errors leave as RFC 9457 problem details (:mod:`~sorterbot_cloud.api.errors`).
 """
 

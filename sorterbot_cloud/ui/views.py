@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import metadata
@@ -36,7 +37,7 @@ from flask_wtf.csrf import CSRFError
 from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
-from sorterbot_cloud.api import v1
+from sorterbot_cloud.api import admission, v1
 from sorterbot_cloud.api.errors import handle_http_exception, handle_project_error
 from sorterbot_cloud.api.health import readiness_checks
 from sorterbot_cloud.api.state import state
@@ -199,8 +200,19 @@ def try_photo():
 
 @bp.post("/predict")
 def predict():
-    """``POST /predict`` for the try page (multipart field ``file``): the same view, the same JSON."""
-    return v1.predict()
+    """``POST /predict`` for the try page (multipart field ``file``): the same view, the same
+    JSON, through the same ingest line (:mod:`sorterbot_cloud.api.admission`) when there is one."""
+    control = current_app.extensions.get(admission.EXTENSION_KEY)
+    if control is None:
+        return v1.predict()
+    refusal = control.acquire()
+    if refusal is not None:
+        return admission.refusal_response(refusal, control)
+    start_s = time.perf_counter()
+    try:
+        return v1.predict()
+    finally:
+        control.release(time.perf_counter() - start_s)
 
 
 @bp.get("/arms")
@@ -395,22 +407,32 @@ def health():
     uploads = getattr(ops_state, "uploads", None)
     checks = readiness_checks(st)
     models = [
-        model_record("detector", st.service.detector, settings.detector_weights),
-        model_record("embedder", st.service.embedder, _embedder_file(st.service.embedder, settings.embedder_weights)),
+        model_record("detector", st.service.detector, model_file(st.service.detector, settings.detector_weights)),
+        model_record("embedder", st.service.embedder, model_file(st.service.embedder, settings.embedder_weights)),
     ]
     return render_template(
         "ui/health.html", models=models, database_ok=checks["database"], mode=settings.mode,
         bucket=getattr(aws, "bucket", None) or settings.s3_bucket, archive=type(st.service.archive).__name__,
         image_dir=settings.image_dir, queue_length=None if uploads is None else int(uploads.pending),
+        ingest=current_app.extensions.get(admission.EXTENSION_KEY),
         version=service_version(), token_required=bool(settings.api_token),
     )
 
 
-def _embedder_file(embedder: Any, configured: Path) -> Path:
-    """The weights file the embedder was loaded from (its ``source`` is ``"<how>:<path>"``), else the configured one."""
-    source = str(getattr(embedder, "source", "") or "")
-    _, _, path = source.partition(":")
-    return Path(path) if path else Path(configured)
+def model_file(model: Any, configured: Path | str) -> Path:
+    """The file a loaded model runs from.
+
+    An ONNX Runtime model's ``graph_path``; else the weights named by its ``source``
+    (``"<how>:<path>"``, as :class:`vectorizer.embedder.Embedder` keeps it) when that file
+    exists; else the configured weights file.
+    """
+    graph_path = getattr(model, "graph_path", None)
+    if graph_path:
+        return Path(graph_path)
+    _, _, path = str(getattr(model, "source", "") or "").partition(":")
+    if path and Path(path).is_file():
+        return Path(path)
+    return Path(configured)
 
 
 def model_record(stage: str, model: Any, path: Path | str) -> dict:

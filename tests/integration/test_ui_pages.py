@@ -183,6 +183,25 @@ def test_console_predict_needs_the_csrf_header_and_answers_what_predict_answers(
     assert len(console.get_json()["detections"]) == 3
 
 
+def test_console_predict_waits_in_the_ingest_line(make_app):
+    app = make_app(api_token=TOKEN, ingest_max_in_flight=1, ingest_max_queued=0)
+    client = app.test_client()
+    sign_in(client)
+    token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/ui/try").get_data(as_text=True)).group(1)
+    control = app.extensions["sorterbot_admission"]
+    assert control.acquire() is None  # a frame being detected holds the only slot
+    try:
+        busy = client.post("/ui/predict", data={"file": (_io(frame_bytes(SESSION_FRAMES["1200.jpg"])), "f.png", "image/png")},
+                           headers={"X-CSRFToken": token})
+        assert busy.status_code == 503 and int(busy.headers["Retry-After"]) >= 1
+        assert "1 of 1 model requests running, 0 of at most 0 waiting" in client.get("/ui/health").get_data(as_text=True)
+    finally:
+        control.release()
+    done = client.post("/ui/predict", data={"file": (_io(frame_bytes(SESSION_FRAMES["1200.jpg"])), "f.png", "image/png")},
+                       headers={"X-CSRFToken": token})
+    assert done.status_code == 200 and control.in_flight == 0
+
+
 def test_api_posts_need_no_csrf_token(client):
     post_session(client)  # bearer header, no CSRF token: the arms' routes are unchanged
     response = client.post("/v1/arms/ARM001/sessions/S1/commands", json=legacy_constants(), headers=AUTH)
@@ -346,6 +365,26 @@ def test_health_page_names_the_models_and_their_files(make_app, tmp_path):
     assert "18 bytes" in html
     assert 'id="database-status">reachable<' in html
     assert "none in this mode" in html
+
+
+class FakeGraphDetector(FakeDetector):
+    """The colour fake, naming the graph file it would run from as an ONNX Runtime detector does."""
+
+    def __init__(self, graph_path):
+        super().__init__()
+        self.graph_path = graph_path
+
+
+def test_health_page_names_the_graph_an_onnx_model_runs_from(make_settings, repository, tmp_path):
+    graph = tmp_path / "detector.onnx"
+    graph.write_bytes(b"graph bytes")
+    app = create_app(make_settings(), detector=FakeGraphDetector(graph), embedder=FakeEmbedder(),
+                     repository=repository, archive=FakeArchive())
+    try:
+        html = app.test_client().get("/ui/health").get_data(as_text=True)
+    finally:
+        app.extensions["sorterbot_ops"].close()
+    assert str(graph) in html and hashlib.sha256(b"graph bytes").hexdigest() in html
 
 
 def test_table_svg_draws_one_shape_per_object_and_one_arrow_per_command():
