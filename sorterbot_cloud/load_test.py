@@ -352,6 +352,44 @@ def started_replicas(
         yield replicas, pg_conn
 
 
+def cpu_seconds(root_pids: list[int]) -> float:
+    """User + system CPU seconds used so far by these processes and their live children.
+
+    Processes that exited are no longer counted, so measure the difference over a phase in
+    which the server's processes live throughout (gunicorn workers, pooled database
+    backends). Processes that are gone or not readable count 0.
+    """
+    import psutil
+
+    seen: dict[int, float] = {}
+    for pid in root_pids:
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        for proc in family:
+            try:
+                times = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            seen[proc.pid] = times.user + times.system
+    return float(sum(seen.values()))
+
+
+def postmaster_pid(repository) -> int | None:
+    """The PostgreSQL server's process id when it runs on this machine (the parent of a backend), else None."""
+    import psutil
+
+    try:
+        with repository.pool.connection() as conn:
+            (backend,) = conn.execute("SELECT pg_backend_pid()").fetchone()
+        proc = psutil.Process(int(backend))
+        return proc.ppid() if "postgres" in proc.name().lower() else None
+    except Exception:  # noqa: BLE001 - a remote or foreign server: no CPU figure for it
+        return None
+
+
 # --------------------------------------------------------------------------- arms
 @dataclasses.dataclass
 class Attempt:
@@ -470,35 +508,51 @@ def _percentiles_ms(values_s: list[float]) -> dict:
 
 
 def run_load(scenes: list[Scene], urls: list[str], n_arms: int, rate_fps: float, run_id: str, *,
-             duration_limit_s: float, max_retries: int = 10, token: str | None = None) -> dict:
+             duration_limit_s: float, max_retries: int = 10, token: str | None = None,
+             cpu_pids: dict[str, list[int]] | None = None) -> dict:
     """Drive ``n_arms`` arms at once (arm i posts scene ``i % len(scenes)``) and summarise.
+
+    Parameters
+    ----------
+    cpu_pids : dict of str to list of int, optional
+        Server processes on this machine by role (``{"gunicorn": [...], "postgres": [...]}``):
+        the CPU seconds they use during the phase (with their children) are reported.
 
     Returns
     -------
     dict
-        ``n_arms``, ``rate_fps_per_arm``, ``offered_fps``, ``wall_s``, ``sustained_fps``
-        (frames stored / seconds from the first request to the last answer),
+        ``n_arms``, ``rate_fps_per_arm``, ``offered_fps``, ``wall_s`` (from the first
+        frame sent to the last frame answered), ``sustained_fps`` (frames stored / ``wall_s``;
+        for a load the service keeps up with, about ``offered_fps * F / (F - 1)`` for F frames
+        an arm),
         ``ingest_ms`` and ``trigger_ms`` (``p50``, ``p95``, ``p99``, ``max`` of 200 answers),
         ``frame_ms`` (first try to stored, retries included), ``status_counts``
         (``{"ingest": {"200": n, "503": m, ...}, "trigger": ...}``; ``"0"`` = no answer),
-        ``frames_stored``, ``frames_failed``, ``max_schedule_lag_s``, ``arms`` (per arm:
-        ids, scene, frames, trigger status, wire answer).
+        ``frames_stored``, ``frames_failed``, ``max_schedule_lag_s``, ``server_cpu_s`` (by
+        role) and ``frames_per_server_cpu_s`` (frames stored per CPU second of the server's
+        processes: frames/s one fully used vCPU gives), ``arms`` (per arm: ids, scene,
+        frames, trigger status, wire answer).
     """
+    load_before = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     attempts: list[Attempt] = []
     lock = threading.Lock()
     start_s = time.monotonic() + 0.2
     deadline_s = start_s + duration_limit_s
+    cpu_before = {role: cpu_seconds(pids) for role, pids in (cpu_pids or {}).items()}
     with ThreadPoolExecutor(max_workers=n_arms, thread_name_prefix="arm") as pool:
         futures = [pool.submit(run_arm, i, scenes[i % len(scenes)], urls, run_id, rate_fps, start_s, deadline_s,
                                attempts, lock, max_retries=max_retries, token=token) for i in range(n_arms)]
         arms = [f.result() for f in futures]
-    end_s = max((a.sent_s + a.latency_s for a in attempts), default=0.0)
-    first_s = min((a.sent_s for a in attempts), default=0.0)
+    ingest = [a for a in attempts if a.kind == "ingest"]
+    end_s = max((a.sent_s + a.latency_s for a in ingest), default=0.0)
+    first_s = min((a.sent_s for a in ingest), default=0.0)
     wall_s = max(end_s - first_s, 1e-9)
     counts: dict[str, dict[str, int]] = {"ingest": {}, "trigger": {}}
     for a in attempts:
         counts[a.kind][str(a.status)] = counts[a.kind].get(str(a.status), 0) + 1
     stored = sum(len(a.accepted) for a in arms)
+    cpu_s = {role: round(cpu_seconds(pids) - cpu_before[role], 3) for role, pids in (cpu_pids or {}).items()}
+    total_cpu_s = sum(cpu_s.values())
     return {
         "n_arms": n_arms,
         "rate_fps_per_arm": rate_fps,
@@ -513,6 +567,9 @@ def run_load(scenes: list[Scene], urls: list[str], n_arms: int, rate_fps: float,
         "frames_failed": sum(len(a.failed) for a in arms),
         "max_schedule_lag_s": round(max((a.schedule_lag_s for a in arms), default=0.0), 3),
         "timed_out": time.monotonic() >= deadline_s,
+        "load_average_before_1_5_15": load_before,
+        "server_cpu_s": cpu_s or None,
+        "frames_per_server_cpu_s": round(stored / total_cpu_s, 3) if total_cpu_s > 0 else None,
         "arms": [dataclasses.asdict(a) | {"frame_latency_s": None} for a in arms],
     }
 
@@ -526,7 +583,8 @@ def run_reference(scenes: list[Scene], url: str, run_id: str, *, token: str | No
     -------
     list of dict
         Per scene: ``arm_id``, ``session_id``, ``scene``, ``ingest`` (answers by image
-        name) and ``wire``.
+        name), ``ingest_latency_s`` (per frame, one request at a time: the baseline of the
+        same run) and ``wire``.
 
     Raises
     ------
@@ -541,20 +599,22 @@ def run_reference(scenes: list[Scene], url: str, run_id: str, *, token: str | No
             http.headers["Authorization"] = f"Bearer {token}"
         for k, scene in enumerate(scenes):
             session_id = f"{run_id}_ref{k:02d}"
-            ingest = {}
+            ingest, latencies_s = {}, []
             for image_name, data, content_type in scene.frames:
+                started_s = time.perf_counter()
                 response = http.post(f"{url}/process_image", timeout=timeout_s, data=data,
                                      params={"arm_id": REFERENCE_ARM_ID, "session_id": session_id,
                                              "image_name": image_name}, headers={"Content-Type": content_type})
                 if response.status_code != 200:
                     raise click.ClickException(f"reference ingest answered {response.status_code}: {response.text[:300]}")
+                latencies_s.append(time.perf_counter() - started_s)
                 ingest[image_name] = response.json()
             response = http.post(f"{url}/get_commands_of_session", params={"session_id": session_id}, timeout=timeout_s,
                                  json={**scene.constants, "arm_id": REFERENCE_ARM_ID})
             if response.status_code != 200:
                 raise click.ClickException(f"reference trigger answered {response.status_code}: {response.text[:300]}")
             out.append({"arm_id": REFERENCE_ARM_ID, "session_id": session_id, "scene": scene.name,
-                        "ingest": ingest, "wire": response.json()})
+                        "ingest": ingest, "ingest_latency_s": latencies_s, "wire": response.json()})
     return out
 
 
@@ -666,6 +726,7 @@ def _print_run(fig: dict) -> None:
                f"ingest p50/p95/p99 {ing['p50']}/{ing['p95']}/{ing['p99']} ms  "
                f"trigger p50/p95/p99 {trig['p50']}/{trig['p95']}/{trig['p99']} ms  "
                f"stored {fig['frames_stored']} failed {fig['frames_failed']}  [{statuses}]"
+               + (f"  {fig['frames_per_server_cpu_s']} frames per server CPU-s" if fig.get("frames_per_server_cpu_s") else "")
                + ("  check ok" if fig.get("check", {}).get("ok") else "  CHECK FAILED" if "check" in fig else ""))
 
 
@@ -755,17 +816,23 @@ def load(ctx, arms_text, frames_per_arm, rate_fps, urls, serve, replicas, worker
             urls = [r.url for r in started]
             config["command"] = started[0].command
         repository = None
-        if pg_conn and not no_check:
+        if pg_conn:
             from sorterbot_cloud.db import Database, Repository
 
             database = Database(pg_conn, max_size=2, run_migrations=False)
             stack.callback(database.close)
             repository = Repository(database.pool)
+        cpu_pids = {}
+        if serve:
+            cpu_pids["gunicorn"] = [r.process.pid for r in started]
+            pg_pid = postmaster_pid(repository) if repository is not None else None
+            if pg_pid is not None:
+                cpu_pids["postgres"] = [pg_pid]
         _warm_up(urls, scenes[0], run_id, workers, token)
         runs = []
         for n_arms in arm_counts:
             fig = run_load(scenes, urls, n_arms, rate_fps, f"{run_id}_n{n_arms}", duration_limit_s=duration_limit_s,
-                           max_retries=max_retries, token=token)
+                           max_retries=max_retries, token=token, cpu_pids=cpu_pids)
             _print_run(fig)
             runs.append(fig)
         check = None
@@ -774,11 +841,14 @@ def load(ctx, arms_text, frames_per_arm, rate_fps, urls, serve, replicas, worker
                 click.echo("consistency check skipped: no database to read (give --pg-conn)")
             else:
                 references = run_reference(scenes, urls[0], run_id, token=token)
+                baseline = _percentiles_ms([t for r in references for t in r["ingest_latency_s"]])
+                click.echo(f"sequential reference (one frame at a time): ingest p50 {baseline['p50']} ms, "
+                           f"{1000.0 / baseline['p50']:.2f} frames/s")
                 problems = []
                 for fig in runs:
                     fig["check"] = check_consistency(fig["arms"], references, scenes, repository)
                     problems += fig["check"]["problems"]
-                check = {"ok": not problems, "problems": problems,
+                check = {"ok": not problems, "problems": problems, "sequential_ingest_ms": baseline,
                          "n_sessions": sum(f["check"]["n_sessions"] for f in runs)}
                 if not serve or config.get("external_db"):
                     _delete_sessions(repository, runs, references, run_id, workers)
