@@ -64,7 +64,8 @@ WS_PATH = "/"
 SPLIT_MARKER = b"___SPLIT___"
 #: Longest JSON header of a frame message (bytes); the original client's is under 200.
 MAX_HEADER_BYTES = 16 * 1024
-#: Seconds a connection may stay without a message before the service closes it.
+#: Seconds a connection may stay without a message before the service closes it (the
+#: app's ``config["WS_IDLE_TIMEOUT_S"]`` overrides it).
 IDLE_TIMEOUT_S = 60.0
 #: Bytes read from the socket at a time.
 RECEIVE_BYTES = 64 * 1024
@@ -112,10 +113,11 @@ def arm_connection(ws) -> None:
     ----------
     ws : simple_websocket.Server
     """
+    idle_timeout_s = float(current_app.config.get("WS_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S))
     while True:
-        message = ws.receive(timeout=IDLE_TIMEOUT_S)
+        message = ws.receive(timeout=idle_timeout_s)
         if message is None:
-            ws.close(reason=CLOSE_NORMAL, message=f"no message for {IDLE_TIMEOUT_S:g} s")
+            ws.close(reason=CLOSE_NORMAL, message=f"no message for {idle_timeout_s:g} s")
             return
         ws.send(json.dumps(answer(message)))
 

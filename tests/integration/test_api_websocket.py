@@ -99,9 +99,11 @@ def serve(make_settings):
     Werkzeug server (with :class:`FakeDetector` unless another detector is given)."""
     stack = []
 
-    def start(detector=None, **overrides) -> str:
+    def start(detector=None, idle_timeout_s=None, **overrides) -> str:
         settings = make_settings(**overrides)
         app = create_app(settings, detector=detector or FakeDetector(), embedder=FakeEmbedder())
+        if idle_timeout_s is not None:
+            app.config["WS_IDLE_TIMEOUT_S"] = idle_timeout_s
         server = running_server(app)
         url = server.__enter__()
         stack.append((server, app))
@@ -319,6 +321,17 @@ def test_frames_share_the_bounded_ingest_line_of_the_http_routes(serve):
     assert n_detections(url, "S-busy") == len(SESSION_FRAMES["1400.jpg"])  # the refused frame stored nothing
     assert exchange(url, frame_message("1200.jpg", "S-busy")) == "true"  # admitted once the slot is free
     assert n_detections(url, "S-busy") == len(SESSION_FRAMES["1200.jpg"]) + len(SESSION_FRAMES["1400.jpg"])
+
+
+def test_an_idle_connection_is_closed_with_a_reason(serve):
+    url = serve(idle_timeout_s=0.5)
+    ws = websocket.create_connection(ws_url(url), timeout=30)
+    try:
+        opcode, data = ws.recv_data(control_frame=True)
+    finally:
+        ws.close()
+    assert opcode == websocket.ABNF.OPCODE_CLOSE
+    assert int.from_bytes(data[:2], "big") == 1000 and data[2:] == b"no message for 0.5 s"
 
 
 def test_bearer_token_is_checked_at_the_handshake(serve):
