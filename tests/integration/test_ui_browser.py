@@ -13,6 +13,7 @@ chromium-driver``; ``.ci/run`` does it): without them these tests fail, they nev
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -201,6 +202,20 @@ def test_try_a_photo_draws_boxes_and_filters_them_without_the_model(signed_in, s
     wait_for(signed_in, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#try-frame g.box")) == 3, "boxes should return")
     assert service["detector"].calls == calls + 2  # the API call above; the slider never ran the model
     signed_in.save_screenshot(str(tmp_path / "try-threshold-0.png"))
+
+
+def test_try_a_photo_takes_a_dropped_file(signed_in, service, tmp_path):
+    signed_in.get(service["url"] + "/ui/try")
+    dropped = frame_bytes(SESSION_FRAMES["1400.jpg"])
+    signed_in.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));"
+        "const data = new DataTransfer(); data.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));"
+        "document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true, cancelable: true}));",
+        base64.b64encode(dropped).decode("ascii"),
+    )
+    wait_for(signed_in, lambda d: "dropped.png" in d.find_element(By.ID, "try-status").text, "the drop should be detected")
+    assert len(signed_in.find_elements(By.CSS_SELECTOR, "#try-frame g.box")) == 3
+    signed_in.save_screenshot(str(tmp_path / "try-dropped.png"))
 
 
 def test_session_page_follows_the_arm_and_shows_objects_and_commands(signed_in, service, axe_source, tmp_path):
