@@ -823,13 +823,13 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
 
     from sorterbot_cloud import evaluation, geometry, planner
     from sorterbot_cloud.camera import ArmConstants
-    from sorterbot_cloud.service import _command_record, _object_record
+    from sorterbot_cloud.trigger import command_record, object_record
     from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
 
     prepared = []
     for gt, stored, frames in sessions:
         constants = ArmConstants.from_mapping(gt["arm_constants"])
-        objects = service.merge(geometry.locate(stored, constants), frames, constants)
+        objects = service.trigger.merge(geometry.locate(stored, constants), frames, constants)
         prepared.append((gt, {d.detection_id: d for d in stored}, objects))
     rows = []
     for ws, wh, gd, wc in itertools.product(size_weights, height_weights, group_distances, colour_weights):
@@ -839,12 +839,12 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
             containers = [o for o in objects if o.class_id == CONTAINER_CLASS_ID]
             cluster_of_item, commands = {}, []
             if items and containers:
-                cluster_ids = service.group(items, len(containers), True, size_weight=ws, height_weight=wh, group_distance=gd,
-                                            colour_weight=wc)
+                cluster_ids = service.trigger.group(items, len(containers), True, size_weight=ws, height_weight=wh,
+                                                    group_distance=gd, colour_weight=wc)
                 cluster_of_item = {o.object_id: int(c) for o, c in zip(items, cluster_ids, strict=True)}
                 commands = planner.plan(items, containers, cluster_ids)
-            result = {"mode": "calibrated", "objects": [_object_record(o, cluster_of_item.get(o.object_id), by_id) for o in objects],
-                      "commands": [_command_record(c) for c in commands]}
+            result = {"mode": "calibrated", "objects": [object_record(o, cluster_of_item.get(o.object_id), by_id) for o in objects],
+                      "commands": [command_record(c) for c in commands]}
             scores.append(evaluation.score_session(gt, result))
         agg = evaluation.aggregate(scores)
         rows.append({"size_weight": ws, "height_weight": wh, "group_distance": gd, "colour_weight": wc,
@@ -912,7 +912,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
     table: dict[str, list[dict]] = {}
     seeds_used: dict[str, list[int]] = {}
     with bench_context(data_dir=data_dir, detector=detector) as ctx:
-        gd_grid = _floats(group_distances) if group_distances else [ctx.service.kinds_distance(shapes_appended=True)]
+        gd_grid = _floats(group_distances) if group_distances else [ctx.service.trigger.kinds_distance(shapes_appended=True)]
         wc_grid = wc_grid or [ctx.service.settings.grouping_colour_weight]
         for kinds in kind_sets:
             heldout = kinds == "heldout"
@@ -928,7 +928,7 @@ def tune_grouping(n_sessions: int, kind_sets: tuple[str, ...], size_weights: str
                 session_id = f"tune_{kinds}_{seed}"
                 if stored_frame_count(ctx.service, arm_id, session_id) != len(_frames(folder)):
                     ingest_session(ctx.service, folder, arm_id, session_id)
-                sessions.append((gt, ctx.service.repository.load_session(arm_id, session_id), ctx.service.frame_views(arm_id, session_id)))
+                sessions.append((gt, ctx.service.repository.load_session(arm_id, session_id), ctx.service.trigger.frame_views(arm_id, session_id)))
                 seeds_used.setdefault(kinds, []).append(seed)
             table[kinds] = tune_grouping_scores(ctx.service, sessions, ws_grid, wh_grid, gd_grid, wc_grid)
     header = f"{'size w':>6} {'height w':>8} {'distance':>8} {'colour w':>8} " + " ".join(f"{k + ' sorted':>15}" for k in kind_sets) + f" {'mean':>6}"

@@ -83,7 +83,7 @@ class Settings:
         camera (:meth:`sorterbot_cloud.camera.ArmConstants.reference`, with the session's
         rotation range) is assumed wherever metric geometry is needed besides positions,
         which keep the legacy formulas: each item's size and height for grouping
-        (``service._with_nominal_shapes``) and which frames should show an object for
+        (``trigger.with_nominal_shapes``) and which frames should show an object for
         view support (:func:`sorterbot_cloud.dedup.merge`). ``none``: legacy sessions
         group on embeddings alone and count frames by a bearing window.
     api_token : str or None

@@ -369,7 +369,7 @@ def merge(
     legacy_placed : mapping of int to LocatedDetection, optional
         The session's detections already placed through ``legacy_camera``
         (:func:`geometry.locate`), by ``detection_id``: the trigger places them once and
-        also measures the items' shapes from them (``service._with_nominal_shapes``).
+        also measures the items' shapes from them (``trigger.with_nominal_shapes``).
         Default: placed here, one batched fit of the kept groups' detections.
 
     Returns

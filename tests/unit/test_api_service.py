@@ -110,7 +110,7 @@ def _same_embedding_items(colours):
 def test_group_tells_same_embedding_items_apart_by_colour_only_when_weighted(tmp_path, weight, colours, expected_groups):
     svc = Service(Settings.load(environ={}, data_dir=tmp_path, grouping_colour_weight=weight, grouping_distance=0.125),
                   detector=FakeDetector(), embedder=FakeEmbedder(), repository=FakeRepository(), archive=FakeArchive())
-    labels = svc.group(_same_embedding_items(colours), 4, True)
+    labels = svc.trigger.group(_same_embedding_items(colours), 4, True)
     assert len(set(labels.tolist())) == expected_groups
     if expected_groups == 2:
         assert labels[0] == labels[1] != labels[2] == labels[3]
@@ -180,24 +180,24 @@ def _cubes_and_discs(constants):
 
 
 @pytest.mark.parametrize("camera, expected_groups", [("reference", 2), ("none", 1)])
-def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tmp_path, camera, expected_groups):
+def test_legacy_items_are_grouped_on_shapes_seen_through_thereference_camera(tmp_path, camera, expected_groups):
     from sorterbot_cloud import dedup, geometry
     from sorterbot_cloud.camera import ArmConstants
-    from sorterbot_cloud.service import _with_nominal_shapes
+    from sorterbot_cloud.trigger import with_nominal_shapes
 
     legacy = ArmConstants.reference(calibrated=False)
     dets = _cubes_and_discs(ArmConstants.reference())
     items = dedup.merge(geometry.locate(dets, legacy), constants=legacy)
     assert len(items) == 4 and all(o.height_mm is None for o in items)
-    measured = _with_nominal_shapes(items, dets, legacy)
+    measured = with_nominal_shapes(items, dets, legacy)
     heights = sorted(o.height_mm for o in measured)
     assert heights[:2] == pytest.approx([3.0, 3.0], abs=4.0) and heights[2:] == pytest.approx([30.0, 30.0], abs=4.0)
     assert [(o.x_mm, o.y_mm, o.position) for o in measured] == [(o.x_mm, o.y_mm, o.position) for o in items]  # legacy positions kept
     # with the detections placed through the reference camera beforehand (as the trigger does): the same shapes
-    from sorterbot_cloud.service import _reference_camera
+    from sorterbot_cloud.trigger import reference_camera
 
-    placed = {d.detection.detection_id: d for d in geometry.locate(dets, _reference_camera(legacy))}
-    handed = _with_nominal_shapes(items, dets, legacy, placed=placed)
+    placed = {d.detection.detection_id: d for d in geometry.locate(dets, reference_camera(legacy))}
+    handed = with_nominal_shapes(items, dets, legacy, placed=placed)
     assert [v for o in handed for v in (o.size_mm, o.height_mm)] == pytest.approx([v for o in measured for v in (o.size_mm, o.height_mm)], abs=1e-6)
 
     # weights fixed here (not the tuned defaults): identical embeddings, 30 mm vs 3 mm tall
@@ -205,7 +205,7 @@ def test_legacy_items_are_grouped_on_shapes_seen_through_the_reference_camera(tm
                                 grouping_height_weight=1.0), detector=FakeDetector(),
                   embedder=FakeEmbedder(), repository=FakeRepository(), archive=FakeArchive())
     svc.embedder.group_distance = 0.175
-    labels = svc.group(_with_nominal_shapes(items, dets, legacy) if camera == "reference" else items, 4, camera == "reference")
+    labels = svc.trigger.group(with_nominal_shapes(items, dets, legacy) if camera == "reference" else items, 4, camera == "reference")
     assert len(set(labels.tolist())) == expected_groups
     if expected_groups == 2:
         tall = [o.height_mm > 15 for o in measured]
