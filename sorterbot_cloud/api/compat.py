@@ -19,7 +19,7 @@ from sorterbot_cloud.api.health import readiness_checks
 from sorterbot_cloud.api.state import frame_bytes, read_json_body, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, UnknownSession
-from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
+from sorterbot_cloud.ids import check_body_arm_id, validate_id, validate_image_name
 
 bp = Blueprint("compat", __name__)
 

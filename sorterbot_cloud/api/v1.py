@@ -20,7 +20,7 @@ from flask import Blueprint, Response, jsonify, request
 from sorterbot_cloud.api.state import IMAGE_MEDIA_TYPES, frame_bytes, read_image_body, read_json_body, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, UnknownSession, UnsupportedMediaType
-from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
+from sorterbot_cloud.ids import check_body_arm_id, validate_id, validate_image_name
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
 predict_bp = Blueprint("predict", __name__)

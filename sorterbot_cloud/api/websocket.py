@@ -52,8 +52,8 @@ from sorterbot_cloud.api.health import readiness_checks
 from sorterbot_cloud.api.state import MAX_JSON_DEPTH, _json_depth, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError
+from sorterbot_cloud.ids import validate_id, validate_image_name
 from sorterbot_cloud.imaging import MAX_ASPECT_RATIO, decode_image
-from sorterbot_cloud.service import validate_id, validate_image_name
 from sorterbot_cloud.storage import DiskArchive
 
 logger = logging.getLogger(__name__)
