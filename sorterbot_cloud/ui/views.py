@@ -72,7 +72,24 @@ def _require_token_and_csrf() -> None:
         csrf.protect()
 
 
+#: Content Security Policy of the console's answers: scripts only from ``/ui/static``, no
+#: plug-ins, no framing, forms only to this site; images also from ``blob:`` (the try page
+#: shows the chosen file through an object URL) and inline styles (the page's own sheet).
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+                           "frame-ancestors 'none'; form-action 'self'")
+
+
 @bp.after_request
+def _console_headers(response: Response) -> Response:
+    """Hardening headers on every console answer; a page refused for its token gets the login form."""
+    response = _login_for_refused_pages(response)
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
 def _login_for_refused_pages(response: Response) -> Response:
     """A page request refused for its token gets the login form (or is sent to it)."""
     if response.status_code != 401 or request.endpoint in DATA_ENDPOINTS:
@@ -338,7 +355,9 @@ def frame_image(arm_id: str, session_id: str, image_name: str):
         raise UnknownSession(f"no archived frame {image_name!r} in session {session_id!r} of arm {arm_id!r}") from None
     mimetype = "image/png" if image_name.lower().endswith(".png") else "image/jpeg"
     response = Response(data, mimetype=mimetype)
-    response.headers["Cache-Control"] = "private, no-cache"  # a re-posted frame replaces the image
+    # a re-posted frame replaces the image: the session page asks with ?v=<updated_at>, and
+    # such a versioned URL may be kept; any other is checked again
+    response.headers["Cache-Control"] = "private, max-age=3600" if request.args.get("v") else "private, no-cache"
     return response
 
 

@@ -141,6 +141,16 @@ def test_logout_forgets_the_cookie(client):
     assert client.get("/ui/arms").status_code == 303
 
 
+def test_console_answers_carry_a_content_security_policy(client):
+    sign_in(client)
+    for path in ("/ui/arms", "/ui/login", "/ui/static/console.js"):
+        headers = client.get(path).headers
+        assert "script-src 'self'" in headers["Content-Security-Policy"], path
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"], path
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+    assert "Content-Security-Policy" not in client.get("/readyz", headers=AUTH).headers  # the API is unchanged
+
+
 def test_the_cookie_is_no_credential_outside_the_console(client):
     sign_in(client)
     client.set_cookie(TOKEN_COOKIE, TOKEN, path="/")  # even if a browser sent it there

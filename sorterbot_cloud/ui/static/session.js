@@ -36,6 +36,10 @@
   }
 
   async function poll() {
+    if (document.visibilityState === "hidden") {  // a tab in the background asks again once shown
+      document.addEventListener("visibilitychange", poll, { once: true });
+      return;
+    }
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
       if (response.ok) render(await response.json());
