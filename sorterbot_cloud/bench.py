@@ -358,8 +358,8 @@ def _models_rss(runtime: str, threads: int | None, frame: str, onnx_cache: str) 
     from sorterbot_cloud.imaging import decode_image
     from vectorizer import crop_items
 
-    settings = dataclasses.replace(Settings.load(), torch_threads=threads)
-    settings.apply_torch_threads()
+    settings = dataclasses.replace(Settings.load(), torch_threads=threads, inference_runtime=runtime)
+    settings.apply_torch_threads()  # a no-op with onnxruntime: torch stays unloaded
     detector, embedder = load_models(runtime, settings, Path(onnx_cache))
     image = decode_image(Path(frame).read_bytes())
     detections = detector.detect(image)

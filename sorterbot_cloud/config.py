@@ -266,14 +266,12 @@ class Settings:
 
         Called once by every entry point that loads the models (the app, ``db reembed``);
         unset, torch keeps its default (one thread per core, or ``OMP_NUM_THREADS``).
+        With ``inference_runtime`` ``onnxruntime`` it does nothing (ONNX Runtime's sessions
+        are given ``torch_threads`` when they are built) and torch is not imported.
         """
-        if self.torch_threads:
-            try:
-                import torch
-            except ImportError:  # an ONNX Runtime install: its sessions take TORCH_THREADS themselves
-                if self.inference_runtime == "onnxruntime":
-                    return
-                raise
+        if self.torch_threads and self.inference_runtime == "torch":
+            import torch  # with onnxruntime, the sessions take TORCH_THREADS themselves and torch stays unloaded
+
             torch.set_num_threads(int(self.torch_threads))
 
     @property
