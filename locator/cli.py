@@ -500,21 +500,3 @@ def adapt_detector_command(voc_dir, coco_spec, out_dir, weights, class_map, time
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     click.echo(format_report(report))
-
-
-#: the lead wires this one as ``bench-detector``.
-bench_detector_cmd = bench_detector_command
-
-
-@click.group("locator")
-def locator_group():
-    """Detector commands (also reachable as ``python -m locator.cli``)."""
-
-
-for _cmd in (train_detector, train_refine_head_command, evaluate_detector, bench_detector_command, export_detector, convert_voc,
-             merge_coco_command, average_detectors_command, synth_frames, adapt_detector_command):
-    locator_group.add_command(_cmd)
-
-
-if __name__ == "__main__":
-    locator_group()

@@ -538,6 +538,24 @@ def bench(threads: int | None) -> None:
 bench.add_command(load_command)  # bench load: simulated arms against a running service (load_test.py)
 
 
+@bench.command("ops")
+def bench_ops() -> None:
+    """Operations-layer overheads: request middleware, S3 upload queue, control-panel logging."""
+    from sorterbot_cloud.ops.bench import main as run_ops_bench
+
+    run_ops_bench()
+
+
+@bench.command("oracle")
+@click.option("--n", "n_sessions", default=20, show_default=True, type=int, help="Sessions per geometry mode.")
+@click.option("--seed-start", default=1000, show_default=True, type=int)
+def bench_oracle(n_sessions: int, seed_start: int) -> None:
+    """Trigger-core CPU time and scores on oracle-box sessions (no rendering, no models)."""
+    from sorterbot_cloud.evaluation import oracle_benchmark
+
+    oracle_benchmark(n_sessions, seed_start)
+
+
 @bench.command("ingest")
 @click.option("--frames", "n_frames", default=5, show_default=True, type=int)
 @click.option("--repeats", default=3, show_default=True, type=int)
@@ -823,8 +841,8 @@ def tune_grouping_scores(service, sessions: list[tuple[dict, list, list]], size_
 
     from sorterbot_cloud import evaluation, geometry, planner
     from sorterbot_cloud.camera import ArmConstants
-    from sorterbot_cloud.trigger import command_record, object_record
     from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID
+    from sorterbot_cloud.trigger import command_record, object_record
 
     prepared = []
     for gt, stored, frames in sessions:

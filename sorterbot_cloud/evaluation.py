@@ -557,21 +557,28 @@ def run_trigger_core(constants_mapping: Mapping, detections: list, random_state:
     return result_to_dict(objects, commands, mode, reason, detections, clusters)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m sorterbot_cloud.evaluation [N_SESSIONS] [FIRST_SEED]``: oracle-box benchmark.
+def oracle_benchmark(n_sessions: int = 20, first_seed: int = 1000) -> dict[str, float]:
+    """Oracle-box benchmark (``sorterbot-cloud bench oracle``).
 
     Prints, per geometry mode, the aggregate scores of :func:`oracle_session` sessions
     and the median CPU time of :func:`run_trigger_core`, with the legacy / calibrated
     time ratio.
+
+    Parameters
+    ----------
+    n_sessions : int
+        Sessions per geometry mode, seeds ``first_seed`` .. ``first_seed + n_sessions - 1``.
+    first_seed : int
+
+    Returns
+    -------
+    dict
+        Median trigger-core CPU time per mode, ms (``calibrated``, ``legacy``).
     """
-    import sys
     import time
 
     from sorterbot_cloud.errors import SorterBotError
 
-    args = list(sys.argv[1:] if argv is None else argv)
-    n_sessions = int(args[0]) if args else 20
-    first_seed = int(args[1]) if len(args) > 1 else 1000
     medians = {}
     for calibrated in (True, False):
         scores, times = [], []
@@ -593,12 +600,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         agg = aggregate(scores).to_dict()
         print(f"{mode}: {json_line(agg)}, trigger core CPU median {medians[mode]:.1f} ms over {len(times)} sessions")
     print(f"calibrated / legacy trigger-core time ratio: {medians['calibrated'] / medians['legacy']:.2f}")
+    return medians
 
 
 def json_line(data: Mapping) -> str:
     """Compact one-line rendering of a flat mapping of numbers (3 decimals)."""
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
 
-
-if __name__ == "__main__":
-    main()

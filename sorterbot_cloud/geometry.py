@@ -577,7 +577,7 @@ REFINE_SIGMA_PX_BY_CLASS: dict[int, float] = {CONTAINER_CLASS_ID: 8.0}
 #: Residuals beyond this many sigmas are down-weighted (Huber, by IRLS).
 REFINE_HUBER_SIGMAS = 2.0
 #: Levenberg-Marquardt iterations of each IRLS sweep of the multi-frame refinement.
-#: Measured by ``python -m sorterbot_cloud.evaluation 40 500`` (oracle boxes, 39 sessions):
+#: Measured by ``sorterbot-cloud bench oracle --n 40 --seed-start 500`` (oracle boxes, 39 sessions):
 #: (10, 6, 5) gave position p95 6.72 mm at 73.5 ms trigger core, (8, 4) 6.77 mm at 58.6 ms;
 #: on rendered sessions with the simulator's boxes (``sorterbot-cloud evaluate-sessions
 #: --detector ground-truth``, 20 held-out sessions) p95 5.7 mm -> 7.9 mm ((10, 4): 6.9 mm),

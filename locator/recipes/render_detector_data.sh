@@ -2,7 +2,7 @@
 # Render the simulated detection data used by locator/recipes/train_default_detector.sh.
 # Each chunk is a separate `simulate dataset` call; a chunk whose scene placement fails
 # (sorterbot_cloud.errors.BadRequest "could not place ... without overlap") is retried
-# with the next seed. Chunks are merged with `python -m locator.cli merge-coco`.
+# with the next seed. Chunks are merged with `sorterbot-cloud detector merge-coco`.
 # Usage: locator/recipes/render_detector_data.sh SPLIT OUT_DIR CHUNKS IMAGES_PER_CHUNK FIRST_SEED
 set -u
 split=$1; out=$2; chunks=$3; per=$4; seed=$5
@@ -21,4 +21,4 @@ for ((i = 0; i < chunks; i++)); do
     echo "chunk $i: seed $s failed, retrying"
   done
 done
-.venv/bin/python -m locator.cli merge-coco --out "$out/annotations.json" "${specs[@]}"
+.venv/bin/sorterbot-cloud detector merge-coco --out "$out/annotations.json" "${specs[@]}"

@@ -4,7 +4,7 @@
 # Data: simulated frames (train split item types and table textures) rendered by
 #   .venv/bin/sorterbot-cloud simulate dataset --out data/det/sim_train_a --images 400 --seed 1000 --split train
 # (1024x768), plus the real microcontroller photos (train split, all boards = item), converted with
-#   .venv/bin/python -m locator.cli convert-voc --xml-dir ../shared/realdata/microcontrollers/images/train --out data/real/train.json
+#   .venv/bin/sorterbot-cloud detector convert-voc --xml-dir ../shared/realdata/microcontrollers/images/train --out data/real/train.json
 # Real photos are scaled by 0.25 so that the boards (median 265 px wide at 800x600) get the size in
 # pixels of items at the detector's 512 px input (about 30..90 px).
 # Stage 1 (until 2600 s of the 76 min budget, iteration 3700): 384 px crops at the model's scale.

@@ -15,7 +15,6 @@ Prints medians (ms) over ``--repeats`` runs and the ratios to the references.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import tempfile
@@ -101,32 +100,38 @@ def run(conninfo: str, *, n_frames: int = 20, n_detections: int = 10, repeats: i
     return {"medians_ms": medians, "ratios": ratios}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pg-conn", default=None, help="libpq URI; default: a throw-away embedded server")
-    parser.add_argument("--frames", type=int, default=20)
-    parser.add_argument("--detections", type=int, default=10, help="per frame (2 containers, the rest items)")
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args(argv)
+def run_and_print(pg_conn: str | None = None, frames: int = 20, detections: int = 10, repeats: int = 30) -> dict:
+    """Run :func:`run` (on a throw-away embedded server when ``pg_conn`` is None) and print it.
+
+    Parameters
+    ----------
+    pg_conn : str, optional
+        libpq URI of the database to measure.
+    frames, detections, repeats : int
+        Frames of the benchmark session, detections per frame (2 containers, the rest
+        items), repeats per measured call.
+
+    Returns
+    -------
+    dict
+        :func:`run`'s result.
+    """
     tmp = None
     server = None
-    conninfo = args.pg_conn
+    conninfo = pg_conn
     if conninfo is None:
         tmp = Path(tempfile.mkdtemp(prefix="sorterbot-bench-pg-"))
         server = start_embedded(tmp / "pgdata")
         conninfo = server.ensure_database("bench")
     try:
-        result = run(conninfo, n_frames=args.frames, n_detections=args.detections, repeats=args.repeats)
+        result = run(conninfo, n_frames=frames, n_detections=detections, repeats=repeats)
     finally:
         if server is not None:
             server.release()
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"store benchmark: {args.frames} frames x {args.detections} detections, {args.repeats} repeats")
+    print(f"store benchmark: {frames} frames x {detections} detections, {repeats} repeats")
     for name, value in result["medians_ms"].items():
         print(f"  {name:<20} median {value:8.2f} ms")
     for name, value in result["ratios"].items():
         print(f"  {name:<34} {value:8.2f}")
-
-
-if __name__ == "__main__":
-    main()
+    return result

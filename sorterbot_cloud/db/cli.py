@@ -81,10 +81,9 @@ def sessions_command(config_file, arm_id, limit) -> None:
 @click.option("--repeats", type=int, default=30, show_default=True)
 def bench_command(pg_conn, frames, detections, repeats) -> None:
     """Median save_frame / load_session times and their ratios to reference queries."""
-    from sorterbot_cloud.db.bench import main
+    from sorterbot_cloud.db.bench import run_and_print
 
-    args = ["--frames", str(frames), "--detections", str(detections), "--repeats", str(repeats)]
-    main(args + (["--pg-conn", pg_conn] if pg_conn else []))
+    run_and_print(pg_conn, frames=frames, detections=detections, repeats=repeats)
 
 
 @db.command("reembed")

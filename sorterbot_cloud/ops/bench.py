@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the operations layer: ``python -m sorterbot_cloud.ops.bench``.
+"""Micro-benchmarks of the operations layer: ``sorterbot-cloud bench ops``.
 
 Prints medians over repeated runs and ratios against a reference measured in the same
 process, so the figures carry across machines:
@@ -132,6 +132,3 @@ def main() -> None:
     print(f"logging  shipped to a dead control panel {c['shipped_us']:.1f} us vs unshipped {c['plain_us']:.1f} us "
           f"(x{c['ratio']:.2f}); {c['dropped']} dropped (queue full), {c['failed']} failed POSTs")
 
-
-if __name__ == "__main__":
-    main()
