@@ -43,8 +43,8 @@ from sorterbot_cloud.api.health import readiness_checks
 from sorterbot_cloud.api.state import state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, SorterBotError, Unauthorized, UnknownSession
+from sorterbot_cloud.ids import check_body_arm_id, validate_id, validate_image_name
 from sorterbot_cloud.ops.auth import check_bearer
-from sorterbot_cloud.service import check_body_arm_id, validate_id, validate_image_name
 from sorterbot_cloud.storage import DiskArchive
 
 from . import TOKEN_COOKIE, TOKEN_FIELD, URL_PREFIX, bp, csrf
