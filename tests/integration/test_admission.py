@@ -288,3 +288,48 @@ def test_consistency_check_fails_when_a_frame_is_deleted_behind_its_back(pg_conn
     assert not check["ok"]
     assert any(f"session {victim['session_id']}: frames not stored: {lost}" in p for p in check["problems"])
     assert all(victim["session_id"] in p for p in check["problems"])  # the other arm's session still matches
+
+
+def test_a_released_slot_goes_to_the_longest_waiting_request():
+    from sorterbot_cloud.api.admission import AdmissionControl
+
+    control = AdmissionControl(max_in_flight=1, max_queued=3, queue_timeout_s=30.0)
+    assert control.acquire() is None
+    order: list[int] = []
+
+    def wait(k: int) -> None:
+        assert control.acquire() is None
+        order.append(k)
+        control.release(0.01)
+
+    threads = []
+    for k in range(3):  # they join the line in this order
+        threads.append(threading.Thread(target=wait, args=(k,)))
+        threads[-1].start()
+        wait_for(lambda k=k: control.queued == k + 1)
+    refusal = control.acquire()  # the line is full
+    assert refusal is not None and refusal.reason == "queue_full" and refusal.queued == 3
+    control.release(0.01)
+    for thread in threads:
+        thread.join(30)
+    assert order == [0, 1, 2]
+    assert control.in_flight == 0 and control.queued == 0
+
+
+@pytest.mark.parametrize(("url", "allow_remote", "ok"), [
+    ("http://127.0.0.1:5000/", False, True),
+    ("http://[::1]:5000", False, True),
+    ("http://10.1.2.3:5000", False, False),
+    ("http://10.1.2.3:5000", True, True),
+    ("ftp://127.0.0.1/", False, False),
+], ids=["ipv4-loopback", "ipv6-loopback", "private-refused", "private-allowed", "not-http"])
+def test_bench_load_refuses_urls_off_this_machine(url, allow_remote, ok):
+    import click
+
+    from sorterbot_cloud.load_test import check_url
+
+    if ok:
+        assert check_url(url, allow_remote) == url.rstrip("/")
+    else:
+        with pytest.raises(click.BadParameter, match="loopback|not an http"):
+            check_url(url, allow_remote)
