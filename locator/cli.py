@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from sorterbot_cloud.config import Settings
+
 _DATASET_HELP = ("COCO dataset 'annotations.json:images_dir[:weight[:scale]]'; repeat to mix datasets by weight. "
                  "scale = factor from the dataset's pixels to model-input pixels (default: the model's own resize).")
 
@@ -42,8 +44,9 @@ def _recipe() -> str:
 @click.option("--backbone", default="mobilenet_v3_large", show_default=True)
 @click.option("--fpn-channels", type=int, default=128, show_default=True)
 @click.option("--box-head-units", type=int, default=256, show_default=True)
-@click.option("--min-size-px", type=int, default=608, show_default=True, help="Inference short side.")
-@click.option("--max-size-px", type=int, default=1024, show_default=True)
+@click.option("--min-size-px", type=int, default=Settings.detector_min_size_px, show_default=True,
+              help="Input short side (the service's detector_min_size_px).")
+@click.option("--max-size-px", type=int, default=864, show_default=True, help="Input long-side cap.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=None, help="torch.set_num_threads on CPU.")
@@ -165,7 +168,9 @@ def evaluate_detector(weights, dataset, class_map, out_dir, score_threshold, min
         raise click.BadParameter(str(exc)) from None
     overrides = {"score_threshold": 0.01, "box_refine_steps": box_refine_steps}
     if min_size_px:
-        overrides.update(min_size_px=min_size_px, max_size_px=max(min_size_px, int(min_size_px * 1024 / 608)))
+        own = TorchvisionDetector._peek_config(weights)  # the long side keeps the weights' own ratio
+        overrides.update(min_size_px=min_size_px,
+                         max_size_px=max(min_size_px, int(round(min_size_px * own.max_size_px / own.min_size_px))))
     threshold = TorchvisionDetector._peek_config(weights).score_threshold if score_threshold is None else score_threshold
     detector = TorchvisionDetector.load(weights, fuse=runtime == "torch", **overrides)
     model = detector

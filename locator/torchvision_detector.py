@@ -39,6 +39,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from sorterbot_cloud.config import Settings
 from sorterbot_cloud.structures import CLASS_NAMES, Detections
 
 from .base import check_image
@@ -65,7 +66,10 @@ class DetectorConfig:
         Channels of every FPN level.
     min_size_px, max_size_px : int
         Frames are resized (inside the model) so that the short side is ``min_size_px``
-        unless the long side would exceed ``max_size_px``.
+        unless the long side would exceed ``max_size_px``. The operating-point defaults
+        (input size, ``score_threshold``, ``nms_iou``, ``box_refine_steps``) are the
+        service's (:class:`sorterbot_cloud.config.Settings`); 864 px is the long-side
+        cap of the shipped weights at 512.
     anchor_sizes_px : tuple of tuple of int
         Anchor sizes (square-root of the area, in resized-input pixels) per pyramid
         level, strides 8, 16, 32 and 64; every level must have as many sizes.
@@ -99,14 +103,14 @@ class DetectorConfig:
 
     backbone: str = "mobilenet_v3_large"
     fpn_channels: int = 128
-    min_size_px: int = 608
-    max_size_px: int = 1024
+    min_size_px: int = Settings.detector_min_size_px
+    max_size_px: int = 864
     anchor_sizes_px: tuple = ((16, 24, 32), (48, 64, 96), (128, 176, 240), (320, 440, 600))
     aspect_ratios: tuple = (0.5, 1.0, 2.0)
     box_head_units: int = 256
     class_names: tuple = CLASS_NAMES
-    score_threshold: float = 0.5
-    nms_iou: float = 0.5
+    score_threshold: float = Settings.detector_score_threshold
+    nms_iou: float = Settings.detector_nms_iou
     detections_per_image: int = 100
     rpn_pre_nms_top_n_test: int = 500
     rpn_post_nms_top_n_test: int = 200
@@ -114,7 +118,7 @@ class DetectorConfig:
     rpn_post_nms_top_n_train: int = 300
     rpn_batch_size_per_image: int = 128
     box_batch_size_per_image: int = 64
-    box_refine_steps: int = 0
+    box_refine_steps: int = Settings.detector_box_refine_steps
     refine_head: bool = False
 
     def __post_init__(self) -> None:

@@ -152,28 +152,6 @@ class Settings:
     ingest_max_queued: int = 8
     ingest_queue_timeout_s: float = 10.0
 
-    ENV = {
-        "MODE": "mode",
-        "PG_CONN": "pg_conn",
-        "DATA_DIR": "data_dir",
-        "MAX_BODY_BYTES": "max_body_bytes",
-        "DETECTOR_WEIGHTS": "detector_weights",
-        "EMBEDDER_WEIGHTS": "embedder_weights",
-        "DETECTOR_SCORE_THRESHOLD": "detector_score_threshold",
-        "DETECTOR_BOX_REFINE_STEPS": "detector_box_refine_steps",
-        "API_TOKEN": "api_token",
-        "CONTROL_PANEL_HOST": "control_panel_host",
-        "DEPLOY_REGION": "deploy_region",
-        "S3_BUCKET": "s3_bucket",
-        "AWS_ENDPOINT_URL": "aws_endpoint_url",
-        "POOL_MAX_SIZE": "pool_max_size",
-        "TORCH_THREADS": "torch_threads",
-        "INFERENCE_RUNTIME": "inference_runtime",
-        "LOG_JSON": "log_json",
-        "INGEST_MAX_IN_FLIGHT": "ingest_max_in_flight",
-        "INGEST_MAX_QUEUED": "ingest_max_queued",
-        "INGEST_QUEUE_TIMEOUT_S": "ingest_queue_timeout_s",
-    }
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -246,7 +224,7 @@ class Settings:
         for name, value in values.items():
             # the field's declared type, optional or not (``int | None`` converts as int)
             kinds = set(get_args(hints[name])) or {hints[name]}
-            if value is None and type(None) in kinds:
+            if type(None) in kinds and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
                 typed[name] = None
             elif Path in kinds:
                 p = Path(value)
@@ -288,3 +266,8 @@ class Settings:
     def pg_data_dir(self) -> Path:
         """Embedded PostgreSQL data directory."""
         return self.data_dir / "pgdata"
+
+
+#: Environment variable of every setting: its name in upper case (``detector_nms_iou`` is
+#: ``DETECTOR_NMS_IOU``). ``SORTERBOT_CONFIG`` names the config file.
+Settings.ENV = {f.name.upper(): f.name for f in fields(Settings)}

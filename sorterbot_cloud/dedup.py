@@ -57,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sorterbot_cloud.camera import ArmConstants
+from sorterbot_cloud.config import Settings
 from sorterbot_cloud.geometry import LocatedDetection, ObjectShape, locate_groups, refine_objects
 from sorterbot_cloud.structures import (
     CONTAINER_CLASS_ID,
@@ -67,8 +68,9 @@ from sorterbot_cloud.structures import (
     pairwise_ioa,
 )
 
-#: Default share of the larger object size within which two detections may be one object.
-DEFAULT_DISTANCE_FACTOR = 0.6
+#: Default share of the larger object size within which two detections may be one object
+#: (the service's setting ``dedup_distance_factor``).
+DEFAULT_DISTANCE_FACTOR = Settings.dedup_distance_factor
 #: Detections below this score are weak: linked last, and a group of at most
 #: :data:`MAX_NOISE_FRAMES` of them is dropped as noise.
 DEFAULT_MIN_SINGLE_FRAME_SCORE = 0.6
@@ -96,7 +98,8 @@ MIN_REFINE_SHIFT_MM = 30.0
 #: show a container near the end of the sweep (a real container on 8 of 11 "expected"
 #: frames, support 0.67, tests/unit/test_dedup.py). Items get a lower bar: missing a
 #: real item costs a whole pick, a phantom item only a wasted move.
-DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: 0.25, CONTAINER_CLASS_ID: 0.6}
+DEFAULT_MIN_VIEW_SUPPORT = {ITEM_CLASS_ID: Settings.dedup_min_view_support_item,
+                            CONTAINER_CLASS_ID: Settings.dedup_min_view_support_container}
 #: Least median view support over a legacy session's objects for the camera assumed in
 #: legacy mode (``merge(legacy_camera=...)``) to be used; below it, the bearing window.
 MIN_ASSUMED_CAMERA_SUPPORT = 0.5

@@ -11,11 +11,13 @@ import math
 import cv2
 import numpy as np
 
+from sorterbot_cloud.config import Settings
 from sorterbot_cloud.errors import BadRequest
 from sorterbot_cloud.imaging import check_image
 
-#: Default context margin, as a fraction of the box's width and height added on each side.
-DEFAULT_MARGIN = 0.1
+#: Default context margin, as a fraction of the box's width and height added on each side
+#: (the service's setting ``crop_margin``).
+DEFAULT_MARGIN = Settings.crop_margin
 
 #: Grey that fills the letterbox bands (the ImageNet mean colour, RGB uint8, so the bands
 #: are zero after :data:`vectorizer.embedder.IMAGENET_MEAN` / ``STD`` normalisation).

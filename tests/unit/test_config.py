@@ -1,8 +1,13 @@
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sorterbot_cloud.config import PROJECT_ROOT, Settings
+from locator.torchvision_detector import DetectorConfig
+from sorterbot_cloud import dedup
+from sorterbot_cloud.config import DEFAULT_CONFIG_FILE, PROJECT_ROOT, Settings
+from vectorizer.crops import DEFAULT_MARGIN
 
 
 def test_environment_overrides_file(tmp_path):
@@ -65,3 +70,20 @@ def test_grouping_distance_null_in_the_file_means_the_embedders(tmp_path):
     assert Settings.load(config_file=path, environ={}).grouping_distance is None
     path.write_text("grouping_distance: '0.2'\n")
     assert Settings.load(config_file=path, environ={}).grouping_distance == 0.2
+
+
+def test_every_setting_is_read_from_the_environment_by_its_upper_case_name(tmp_path):
+    assert Settings.ENV == {f.name.upper(): f.name for f in fields(Settings)}
+    s = Settings.load(tmp_path / "none.yaml", environ={"DETECTOR_NMS_IOU": "0.3", "CROP_MARGIN": "0.2",
+                                                      "GROUPING_DISTANCE": "null", "KMEANS_N_INIT": "3"})
+    assert (s.detector_nms_iou, s.crop_margin, s.grouping_distance, s.kmeans_n_init) == (0.3, 0.2, None, 3)
+
+
+def test_the_shipped_config_file_holds_no_values_and_defaults_come_from_settings():
+    assert yaml.safe_load(DEFAULT_CONFIG_FILE.read_text()) is None
+    assert Settings.load(environ={}) == Settings()
+    config = DetectorConfig()
+    assert (config.min_size_px, config.score_threshold, config.nms_iou, config.box_refine_steps) == (
+        Settings.detector_min_size_px, Settings.detector_score_threshold, Settings.detector_nms_iou,
+        Settings.detector_box_refine_steps)
+    assert dedup.DEFAULT_DISTANCE_FACTOR == Settings.dedup_distance_factor and DEFAULT_MARGIN == Settings.crop_margin

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 TINY = DetectorConfig(backbone="mobilenet_v3_small", fpn_channels=32, box_head_units=64, min_size_px=120,
                       max_size_px=160, anchor_sizes_px=((8, 12, 16), (24, 32, 48), (64, 96, 128), (160, 200, 256)),
-                      score_threshold=0.0, detections_per_image=20, rpn_post_nms_top_n_test=100)
+                      score_threshold=0.0, detections_per_image=20, rpn_post_nms_top_n_test=100, box_refine_steps=0)
 
 
 @pytest.fixture(scope="module")
