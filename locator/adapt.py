@@ -201,7 +201,7 @@ def adapt_detector(records: Sequence[Record], base_weights: str | Path, out_dir:
 
     from .copy_paste import cutouts_from_records, write_dataset
     from .torchvision_detector import TorchvisionDetector
-    from .train import TrainConfig, train
+    from .train import DetectorTrainConfig, train
 
     cfg = config or AdaptConfig()
     base_weights = Path(base_weights)
@@ -243,7 +243,7 @@ def adapt_detector(records: Sequence[Record], base_weights: str | Path, out_dir:
         spent = (time.time() - t_start) / 60.0
         log(f"{name}: fine-tuning on {len(train_records)} frames + {n_synth if cutouts else 0} cut-paste frames "
             f"for {budget_min:.1f} min ({spent:.1f} min spent so far)")
-        tc = TrainConfig(iterations=1_000_000, batch_size=cfg.batch_size, lr=cfg.lr,
+        tc = DetectorTrainConfig(iterations=1_000_000, batch_size=cfg.batch_size, lr=cfg.lr,
                          warmup_iterations=cfg.warmup_iterations, checkpoint_every=10_000_000, log_every=10,
                          time_budget_min=budget_min, seed=seed, threads=cfg.threads)
         ac = AugmentConfig(crop_px=cfg.crop_px, scale_jitter=tuple(cfg.scale_jitter))

@@ -27,11 +27,12 @@ def _recipe() -> str:
 @click.option("--dataset", "datasets", multiple=True, required=True, help=_DATASET_HELP)
 @click.option("--class-map", multiple=True, help="'source=item|container|ignore', repeatable.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
-@click.option("--iterations", type=int, default=2000, show_default=True)
+@click.option("--steps", "--iterations", "iterations", type=int, default=2000, show_default=True,
+              help="Optimiser steps of the schedule (at most, with --time-budget-min).")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
-@click.option("--warmup", type=int, default=200, show_default=True, help="Warm-up iterations.")
+@click.option("--warmup-steps", "--warmup", "warmup", type=int, default=200, show_default=True, help="Warm-up steps.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
 @click.option("--log-every", type=int, default=10, show_default=True)
 @click.option("--val-dataset", default=None, help="COCO 'annotations.json:images_dir' validated during training.")
@@ -64,7 +65,7 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
     """Train the Faster R-CNN detector from scratch on COCO dataset(s); writes OUT/detector.pt + .json."""
     from .data import AugmentConfig, DatasetSpec, parse_class_map
     from .torchvision_detector import DetectorConfig
-    from .train import TrainConfig, train
+    from .train import DetectorTrainConfig, train
 
     try:
         specs = [DatasetSpec.parse(d) for d in datasets]
@@ -74,7 +75,7 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
                             min_size_px=min_size_px, max_size_px=max_size_px)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    tc = TrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+    tc = DetectorTrainConfig(iterations=iterations, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      warmup_iterations=warmup, checkpoint_every=checkpoint_every, log_every=log_every,
                      val_every=val_every, time_budget_min=time_budget_min, seed=seed, device=device,
                      threads=threads, train_only=tuple(train_only))
@@ -92,7 +93,8 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--fg-iou", type=float, default=0.6, show_default=True,
               help="First-stage boxes with at least this IoU with a true box are training samples.")
-@click.option("--iterations", type=int, default=4000, show_default=True)
+@click.option("--steps", "--iterations", "iterations", type=int, default=4000, show_default=True,
+              help="Optimiser steps (at most, with --time-budget-min).")
 @click.option("--batch-size", type=int, default=2, show_default=True)
 @click.option("--lr", type=float, default=2e-4, show_default=True, help="Peak AdamW learning rate (cosine decay).")
 @click.option("--crop-px", type=int, default=704, show_default=True, help="Random crop side, model-input pixels.")

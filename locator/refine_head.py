@@ -32,6 +32,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import boxes as box_ops
 
+from sorterbot_cloud import schedule
+
 #: Box coder weights of the second stage (Cascade R-CNN's second stage: its regression
 #: targets are about half those of the first stage, so they are scaled up twice as much).
 REFINE_BOX_WEIGHTS = (20.0, 20.0, 10.0, 10.0)
@@ -267,13 +269,11 @@ def train_refine_head(detector_path: str | Path, datasets: Sequence, out_dir: st
     t0 = time.time()
     it, window = 0, []
     while True:
-        progress = it / iterations
-        if time_budget_min:
-            progress = max(progress, (time.time() - t0) / (60.0 * time_budget_min))
+        progress = schedule.progress(it, iterations, time.time() - t0, 60.0 * time_budget_min if time_budget_min else None)
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = lr * 0.5 * (1.0 + np.cos(np.pi * progress))
+            group["lr"] = lr * schedule.lr_factor(it, progress, warmup_steps=0)
         images, targets = next(batches)
         with torch.no_grad():
             image_list, targets = model.transform(images, targets)

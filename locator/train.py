@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import platform
 import random
 import time
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sorterbot_cloud import schedule
+
 from .data import AugmentConfig, DatasetSpec, MixedSampler, load_coco
 from .torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector, build_model
 
@@ -33,7 +34,7 @@ BEST = "checkpoint_best.pt"
 
 
 @dataclass
-class TrainConfig:
+class DetectorTrainConfig:
     """Optimisation settings of :func:`train`.
 
     Parameters
@@ -85,11 +86,9 @@ class TrainConfig:
     train_only: tuple[str, ...] = ()
 
 
-def lr_factor(progress: float, it: int, config: TrainConfig) -> float:
-    """Learning-rate multiplier: linear warm-up, then cosine decay to 1 % at ``progress = 1``."""
-    if it < config.warmup_iterations:
-        return 0.01 + 0.99 * it / max(1, config.warmup_iterations)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def lr_factor(progress: float, it: int, config: DetectorTrainConfig) -> float:
+    """Learning-rate multiplier at iteration ``it``: :func:`sorterbot_cloud.schedule.lr_factor`."""
+    return schedule.lr_factor(it, progress, config.warmup_iterations)
 
 
 def _seed_everything(seed: int) -> None:
@@ -147,7 +146,7 @@ def train(
     *,
     class_map: dict | None = None,
     detector_config: DetectorConfig | None = None,
-    train_config: TrainConfig | None = None,
+    train_config: DetectorTrainConfig | None = None,
     augment_config: AugmentConfig | None = None,
     val_dataset: DatasetSpec | None = None,
     val_max_images: int = 60,
@@ -198,7 +197,7 @@ def train(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tc = train_config or TrainConfig()
+    tc = train_config or DetectorTrainConfig()
     ac = augment_config or AugmentConfig()
     dc = detector_config or DetectorConfig()
     if tc.threads:
@@ -273,9 +272,7 @@ def train(
     t_window = time.time()
     while True:
         elapsed = elapsed_prev + time.time() - t_start
-        prog = it / tc.iterations
-        if tc.time_budget_min:
-            prog = max(prog, elapsed / (60.0 * tc.time_budget_min))
+        prog = schedule.progress(it, tc.iterations, elapsed, 60.0 * tc.time_budget_min if tc.time_budget_min else None)
         if prog >= 1.0:
             break
         factor = lr_factor(prog, it, tc)
@@ -395,7 +392,7 @@ def export_checkpoint(checkpoint: str | Path, out_path: str | Path, recipe: str 
     dc = DetectorConfig.from_dict(state["detector_config"])
     model = build_model(dc)
     model.load_state_dict(state["model"])
-    tc = TrainConfig(**state["train_config"])
+    tc = DetectorTrainConfig(**state["train_config"])
     ac = AugmentConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["augment_config"].items()})
     metadata = _metadata(recipe or state.get("recipe"), [], state.get("class_map", {}), tc, ac, dc,
                          int(state["iteration"]), float(state.get("elapsed_s", 0.0)),
@@ -421,4 +418,4 @@ def _validate(model, dc: DetectorConfig, records, device) -> dict:
     return {"ap50_per_class": ap, "ap50_mean": float(np.mean(list(ap.values()))), "map": metrics["map"]}
 
 
-__all__ = ["TrainConfig", "export_checkpoint", "lr_factor", "train"]
+__all__ = ["DetectorTrainConfig", "export_checkpoint", "lr_factor", "train"]

@@ -60,9 +60,12 @@ def _recipe() -> str:
               help="Checkpoints, history and log.")
 @click.option("--export", "export_path", type=click.Path(path_type=Path), default=DEFAULT_WEIGHTS, show_default=True,
               help="Where the fp16 weights (+ .json sidecar) are written at the end.")
-@click.option("--steps", type=int, default=4000, show_default=True, help="Optimiser steps (at most, with --time-budget-s).")
+@click.option("--steps", "--iterations", "steps", type=int, default=4000, show_default=True,
+              help="Optimiser steps (at most, with --time-budget-min).")
+@click.option("--time-budget-min", type=click.FloatRange(min=0.0), default=None,
+              help="Stop after this many minutes; the cosine schedule follows the elapsed time.")
 @click.option("--time-budget-s", type=float, default=0.0, show_default=True,
-              help="Stop after this many seconds; the cosine schedule follows the elapsed time. 0: off.")
+              help="The same budget in seconds (0: off); --time-budget-min wins when both are given.")
 @click.option("--input-size", "input_size_px", type=int, default=64, show_default=True, help="Input side in pixels.")
 @click.option("--types-per-batch", type=int, default=8, show_default=True)
 @click.option("--crops-per-type", type=int, default=4, show_default=True)
@@ -91,15 +94,18 @@ def _recipe() -> str:
 @click.option("--export-only", is_flag=True, help="Export <out-dir>/last.pt without training.")
 @click.option("--allow-heldout-types", is_flag=True, help="Allow the simulator's held-out item types in --train-dir.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_s, input_size_px, types_per_batch, crops_per_type, lr,
+def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_min, time_budget_s, input_size_px, types_per_batch, crops_per_type, lr,
                    warmup_steps, temperature, instance_weight, colour_permutations, focus_radii, background_swap, type_share_specs, no_focus, init_from, seed, threads, checkpoint_every, eval_every, resume,
                    export_only, allow_heldout_types, progress):
     """Train the item embedder (ResNet18 from scratch, supervised contrastive) on crops per type."""
     import numpy as np
+
+    if time_budget_min is not None:
+        time_budget_s = 60.0 * time_budget_min
     import torch
 
     from .data import load_crop_folder
-    from .training import TrainConfig, export_weights
+    from .training import EmbedderTrainConfig, export_weights
     from .training import train_embedder as run
 
     type_shares = {}
@@ -115,7 +121,7 @@ def train_embedder(train_dir, val_dir, out_dir, export_path, steps, time_budget_
     leaked = sorted(set(_heldout_types()) & {p.name for p in train_dir.iterdir() if p.is_dir()})
     if leaked and not allow_heldout_types:
         raise click.UsageError(f"--train-dir holds held-out item types {leaked}; they must stay out of training")
-    cfg = TrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
+    cfg = EmbedderTrainConfig(input_size_px=input_size_px, steps=steps, types_per_batch=types_per_batch, crops_per_type=crops_per_type,
                       lr=lr, warmup_steps=min(warmup_steps, steps), temperature=temperature, instance_weight=instance_weight,
                       colour_permutations=colour_permutations, time_budget_s=time_budget_s,
                       focus_radii=None if no_focus else tuple(focus_radii), background_swap=background_swap, type_shares=type_shares, init_from=str(init_from) if init_from else None,

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sorterbot_cloud import schedule
+
 from .crops import letterbox
 from .data import CropSet
 from .embedder import (
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class EmbedderTrainConfig:
     """Hyper-parameters of :func:`train_embedder`.
 
     Parameters
@@ -352,7 +354,7 @@ def swap_background(image: np.ndarray, fg_mask: np.ndarray, background: np.ndarr
 
 
 def class_draw_weights(class_type_names: list[str], type_shares: dict) -> np.ndarray | None:
-    """Draw weight of each training class from :attr:`TrainConfig.type_shares` (prefix -> share).
+    """Draw weight of each training class from :attr:`EmbedderTrainConfig.type_shares` (prefix -> share).
 
     A class belongs to the group of its longest matching prefix. Each group's classes
     together get the group's share of the draw probability, split equally among them; the
@@ -429,18 +431,11 @@ class BatchSampler:
 # -------------------------------------------------------------------------- training
 
 
-def _lr_factor(step: int, elapsed_s: float, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then cosine decay to 0 over the run.
-
-    The run's progress is ``step / steps``, or ``elapsed_s / time_budget_s`` when a time
-    budget is set (whichever is further along).
-    """
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    if cfg.time_budget_s > 0:
-        t = max(t, elapsed_s / cfg.time_budget_s)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+def lr_factor(step: int, elapsed_s: float, cfg: EmbedderTrainConfig) -> float:
+    """Learning-rate multiplier at ``step``: :func:`sorterbot_cloud.schedule.lr_factor` at the
+    run's :func:`~sorterbot_cloud.schedule.progress` (steps, or the time budget when set)."""
+    run_progress = schedule.progress(step, cfg.steps, elapsed_s, cfg.time_budget_s or None)
+    return schedule.lr_factor(step, run_progress, cfg.warmup_steps)
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -452,7 +447,7 @@ def _save_atomic(obj, path: Path) -> None:
 def train_embedder(
     train: CropSet,
     out_dir: str | Path,
-    cfg: TrainConfig,
+    cfg: EmbedderTrainConfig,
     *,
     val: CropSet | None = None,
     resume: bool = False,
@@ -466,7 +461,7 @@ def train_embedder(
         Training crops with their type; at least two types.
     out_dir : path
         Receives ``last.pt`` (checkpoint), ``history.json`` and ``train.log`` lines via logging.
-    cfg : TrainConfig
+    cfg : EmbedderTrainConfig
     val : CropSet, optional
         Crops of types never used for training; their grouping ARI is logged every
         ``cfg.eval_every`` steps (monitoring only: the last step's model is kept).
@@ -551,7 +546,7 @@ def train_embedder(
         if cfg.time_budget_s > 0 and elapsed_s >= cfg.time_budget_s:
             log.info("time budget of %.0f s reached after %d steps", cfg.time_budget_s, step)
             break
-        lr = cfg.lr * _lr_factor(step, elapsed_s, cfg)
+        lr = cfg.lr * lr_factor(step, elapsed_s, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
         classes = class_sampler()

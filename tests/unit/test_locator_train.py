@@ -11,7 +11,7 @@ import torch
 from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
 from locator.torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector
 from locator.toydata import write_toy_coco
-from locator.train import TrainConfig, export_checkpoint, freeze_except, lr_factor, train, train_mode
+from locator.train import DetectorTrainConfig, export_checkpoint, freeze_except, lr_factor, train, train_mode
 
 torch.set_num_threads(1)
 
@@ -103,14 +103,14 @@ def test_mixed_sampler_weights(toy):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    tc = TrainConfig(iterations=100, warmup_iterations=10)
+    tc = DetectorTrainConfig(iterations=100, warmup_iterations=10)
     assert lr_factor(0.0, 0, tc) == pytest.approx(0.01)
     assert lr_factor(0.1, 10, tc) > lr_factor(0.9, 90, tc) > lr_factor(1.0, 100, tc) == pytest.approx(0.01)
 
 
 def test_tiny_training_run_checkpoints_resumes_and_exports(toy, tmp_path):
     spec = DatasetSpec(toy, toy.parent)
-    tc = TrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2, val_every=2)
+    tc = DetectorTrainConfig(iterations=4, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2, val_every=2)
     out = tmp_path / "run"
     path = train([spec], out, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128),
                  val_dataset=spec, val_max_images=2, recipe="pytest", progress=False)
@@ -123,7 +123,7 @@ def test_tiny_training_run_checkpoints_resumes_and_exports(toy, tmp_path):
     assert meta["recipe"] == "pytest" and meta["iterations_done"] == 4 and meta["data"][0]["images"] == 6
     assert TorchvisionDetector.load(path).config.fpn_channels == 32
 
-    tc_more = TrainConfig(iterations=6, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    tc_more = DetectorTrainConfig(iterations=6, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
     train([spec], out, detector_config=TINY, train_config=tc_more, augment_config=AugmentConfig(crop_px=128),
           resume=True, progress=False)
     state = torch.load(out / "checkpoint_last.pt", weights_only=False)
@@ -157,14 +157,14 @@ def test_merge_coco_renumbers_ids_and_keeps_files(tmp_path):
 def test_init_from_is_a_warm_restart(toy, tmp_path):
     """--init-from takes the weights and detector config, but a fresh iteration count and schedule."""
     spec = DatasetSpec(toy, toy.parent)
-    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    tc = DetectorTrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
     first = tmp_path / "first"
     train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
     source = torch.load(first / "checkpoint_last.pt", weights_only=False)
 
     other_config = DetectorConfig(backbone="mobilenet_v3_small", fpn_channels=16, box_head_units=32, min_size_px=120, max_size_px=160)
     # lr 0: one step that leaves the weights where the checkpoint put them
-    tc_still = TrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
+    tc_still = DetectorTrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
     second = tmp_path / "second"
     train([spec], second, detector_config=other_config, train_config=tc_still, augment_config=AugmentConfig(crop_px=128),
           init_from=first / "checkpoint_last.pt", progress=False)
@@ -185,13 +185,13 @@ def test_init_from_an_exported_detector_file(toy, tmp_path):
     """--init-from also takes an exported fp16 detector.pt (the shipped weights): the
     fine-tune starts from those weights, cast back to float32."""
     spec = DatasetSpec(toy, toy.parent)
-    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    tc = DetectorTrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
     first = tmp_path / "first"
     train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
     exported = torch.load(first / "detector.pt", weights_only=True)
     assert exported["format"] == FORMAT
 
-    tc_still = TrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
+    tc_still = DetectorTrainConfig(iterations=1, batch_size=2, lr=0.0, warmup_iterations=0, checkpoint_every=2, log_every=2)
     second = tmp_path / "second"
     train([spec], second, train_config=tc_still, augment_config=AugmentConfig(crop_px=128), init_from=first / "detector.pt", progress=False)
     state = torch.load(second / "checkpoint_last.pt", weights_only=False)
@@ -208,13 +208,13 @@ def test_train_only_changes_the_named_layers_and_nothing_else(toy, tmp_path):
     """--train-only: the named parameters move, every other tensor (BatchNorm running
     statistics included) stays exactly as in the starting file."""
     spec = DatasetSpec(toy, toy.parent)
-    tc = TrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
+    tc = DetectorTrainConfig(iterations=2, batch_size=2, warmup_iterations=1, checkpoint_every=2, log_every=2)
     first = tmp_path / "first"
     train([spec], first, detector_config=TINY, train_config=tc, augment_config=AugmentConfig(crop_px=128), progress=False)
     start = torch.load(first / "checkpoint_last.pt", weights_only=False)["model"]
 
     prefix = "roi_heads.box_predictor."
-    tc_head = TrainConfig(iterations=3, batch_size=2, lr=1e-2, warmup_iterations=0, checkpoint_every=3, log_every=3,
+    tc_head = DetectorTrainConfig(iterations=3, batch_size=2, lr=1e-2, warmup_iterations=0, checkpoint_every=3, log_every=3,
                           train_only=(prefix,))
     second = tmp_path / "second"
     train([spec], second, train_config=tc_head, augment_config=AugmentConfig(crop_px=128),
@@ -224,7 +224,7 @@ def test_train_only_changes_the_named_layers_and_nothing_else(toy, tmp_path):
     assert moved and all(name.startswith(prefix) for name in moved), moved
     assert any("running_mean" in name for name in start)  # the backbone's BatchNorm statistics were there to move
     with pytest.raises(ValueError, match="matches no parameter"):
-        train([spec], tmp_path / "third", train_config=TrainConfig(iterations=1, batch_size=2, train_only=("nope.",)),
+        train([spec], tmp_path / "third", train_config=DetectorTrainConfig(iterations=1, batch_size=2, train_only=("nope.",)),
               init_from=first / "checkpoint_last.pt", progress=False)
 
 

@@ -17,7 +17,7 @@ from vectorizer.training import (
     GREY,
     Augmenter,
     BatchSampler,
-    TrainConfig,
+    EmbedderTrainConfig,
     centre_mask,
     class_draw_weights,
     colour_classes,
@@ -148,12 +148,12 @@ def test_batch_sampler_draws_p_types_k_crops():
 
 def test_tiny_training_run_checkpoints_resumes_and_exports(tmp_path):
     train, val = synthetic_set(4, seed=0), synthetic_set(3, seed=1)
-    history = run_training(train, tmp_path / "run", TrainConfig(**TINY), val=val, progress=False)
+    history = run_training(train, tmp_path / "run", EmbedderTrainConfig(**TINY), val=val, progress=False)
     assert [row[0] for row in history["losses"]] == [1, 2, 3]
     assert all(np.isfinite(row[1]) for row in history["losses"])
     assert history["val"] and 0 <= history["val"][-1][0] == 3
     assert (tmp_path / "run" / "last.pt").is_file()
-    resumed = run_training(train, tmp_path / "run", TrainConfig(**{**TINY, "steps": 5}), val=None, resume=True, progress=False)
+    resumed = run_training(train, tmp_path / "run", EmbedderTrainConfig(**{**TINY, "steps": 5}), val=None, resume=True, progress=False)
     assert [row[0] for row in resumed["losses"]] == [1, 2, 3, 4, 5]
     path = export_weights(resumed["model"], tmp_path / "w" / "e.pt", {"input_size_px": 32, "recipe": "test"})
     assert {v.dtype for v in torch.load(path).values() if v.is_floating_point()} == {torch.float16}
@@ -166,7 +166,7 @@ def test_tiny_training_run_checkpoints_resumes_and_exports(tmp_path):
 
 def test_training_changes_the_weights(tmp_path):
     torch.manual_seed(0)
-    history = run_training(synthetic_set(3), tmp_path, TrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
+    history = run_training(synthetic_set(3), tmp_path, EmbedderTrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
 
     torch.manual_seed(0)
     init = build_resnet18().state_dict()
@@ -175,7 +175,7 @@ def test_training_changes_the_weights(tmp_path):
 
 def test_training_needs_two_types(tmp_path):
     with pytest.raises(ValueError, match="two types"):
-        run_training(synthetic_set(3, names=("red_disc",)), tmp_path, TrainConfig(**TINY), progress=False)
+        run_training(synthetic_set(3, names=("red_disc",)), tmp_path, EmbedderTrainConfig(**TINY), progress=False)
 
 
 def test_load_crop_folder_reads_types_in_order(tmp_path):
@@ -244,28 +244,26 @@ def test_cli_train_refuses_heldout_types(tmp_path):
 
 
 def test_time_budget_stops_training_and_checkpoints(tmp_path):
-    cfg = TrainConfig(**{**TINY, "steps": 1000, "eval_every": 0, "checkpoint_every": 1000, "time_budget_s": 1e-3})
+    cfg = EmbedderTrainConfig(**{**TINY, "steps": 1000, "eval_every": 0, "checkpoint_every": 1000, "time_budget_s": 1e-3})
     history = run_training(synthetic_set(3), tmp_path, cfg, progress=False)
     assert 1 <= history["steps_done"] < 1000
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == history["steps_done"]
 
 
-@pytest.mark.parametrize(
-    "step, elapsed_s, budget_s, expected",
-    [(0, 0.0, 0.0, 0.5), (1, 0.0, 0.0, 1.0), (6, 0.0, 0.0, 0.0), (4, 0.0, 0.0, 0.5), (2, 50.0, 100.0, 0.5), (2, 200.0, 100.0, 0.0)],
-    ids=["warmup-1", "warmup-end", "end", "cosine-mid", "time-mid", "time-over"],
-)
-def test_lr_schedule(step, elapsed_s, budget_s, expected):
-    from vectorizer.training import _lr_factor
+def test_the_embedder_follows_the_shared_schedule():
+    from sorterbot_cloud import schedule
+    from vectorizer.training import lr_factor
 
-    cfg = TrainConfig(steps=6, warmup_steps=2, time_budget_s=budget_s)
-    assert _lr_factor(step, elapsed_s, cfg) == pytest.approx(expected, abs=1e-9)
+    cfg = EmbedderTrainConfig(steps=6, warmup_steps=2, time_budget_s=100.0)
+    assert lr_factor(0, 0.0, cfg) == pytest.approx(schedule.FLOOR)
+    assert lr_factor(2, 0.0, cfg) == pytest.approx(schedule.lr_factor(2, 2 / 6, 2))
+    assert lr_factor(2, 90.0, cfg) == pytest.approx(schedule.lr_factor(2, 0.9, 2))  # the budget is further along
 
 
 def test_init_from_starts_at_the_given_model(tmp_path):
     train = synthetic_set(3)
-    first = run_training(train, tmp_path / "a", TrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
-    cfg = TrainConfig(**{**TINY, "steps": 1, "eval_every": 0, "lr": 0.0, "weight_decay": 0.0, "init_from": str(tmp_path / "a" / "last.pt")})
+    first = run_training(train, tmp_path / "a", EmbedderTrainConfig(**{**TINY, "steps": 2, "eval_every": 0}), progress=False)
+    cfg = EmbedderTrainConfig(**{**TINY, "steps": 1, "eval_every": 0, "lr": 0.0, "weight_decay": 0.0, "init_from": str(tmp_path / "a" / "last.pt")})
     second = run_training(train, tmp_path / "b", cfg, progress=False)
     assert torch.equal(second["model"]["conv1.weight"], first["model"]["conv1.weight"])
 
@@ -284,7 +282,7 @@ def test_foreground_masks_find_the_item_and_swap_background():
 
 
 def test_training_with_background_swap_runs(tmp_path):
-    cfg = TrainConfig(**{**TINY, "steps": 2, "eval_every": 0, "background_swap": 1.0})
+    cfg = EmbedderTrainConfig(**{**TINY, "steps": 2, "eval_every": 0, "background_swap": 1.0})
     history = run_training(synthetic_set(3), tmp_path, cfg, progress=False)
     assert history["steps_done"] == 2 and all(np.isfinite(r[1]) for r in history["losses"])
 
