@@ -60,8 +60,10 @@ EXPOSE 5000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '5000'), timeout=4)"]
 # One worker process (models load once, after the fork) with threads; scale out with more containers.
+# 12 threads: the admission line's 2 in flight + 8 queued + 2 for triggers and health checks
+# (docs/capacity.rst); fewer threads would queue requests inside gunicorn, unbounded.
 # /dev/shm for gunicorn's heartbeat files: nothing else in the image needs to be writable.
 # The config module sets gunicorn's request limits and the worker answering gunicorn's own errors as JSON problem details.
 CMD ["gunicorn", "--config", "python:sorterbot_cloud.ops.gunicorn_conf", "--bind", "0.0.0.0:5000", "--workers", "1", \
-     "--threads", "4", "--timeout", "120", \
+     "--threads", "12", "--timeout", "120", \
      "--graceful-timeout", "30", "--worker-tmp-dir", "/dev/shm", "sorterbot_cloud.api:create_app()"]
