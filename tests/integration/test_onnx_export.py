@@ -119,7 +119,11 @@ def test_detector_graph_matches_eager(data_dir):
     onnx = OnnxDetector(graph, threads=1)
     frames = _frames()
     found = 0
-    for frame in frames + [np.zeros((1232, 1640, 3), np.uint8)]:
+    # the graph's height and width are dynamic: a frame smaller than the input (resized up
+    # inside the graph), a portrait one and a black one besides the photos
+    extra = [cv2.resize(frames[0], (410, 230), interpolation=cv2.INTER_AREA),
+             np.ascontiguousarray(frames[0].transpose(1, 0, 2)), np.zeros((1232, 1640, 3), np.uint8)]
+    for frame in frames + extra:
         expected, got = eager.detect(frame), onnx.detect(frame)
         assert len(got) == len(expected), frame.shape
         np.testing.assert_array_equal(got.class_ids, expected.class_ids)
