@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +36,6 @@ log = logging.getLogger(__name__)
 SIDECAR_FORMAT = "sorterbot-onnx/1"
 #: ONNX opset of the exported graphs (torch's TorchScript exporter, ``dynamo=False``).
 OPSET = 17
-#: Values of ``Settings.inference_runtime``.
-RUNTIMES = ("torch", "onnxruntime")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -141,7 +141,8 @@ def find_graph(weights: str | Path, operating_point: dict, cache_dir: str | Path
     """The graph to run for ``weights`` at ``operating_point``, exported into the cache if needed.
 
     Looks at ``<weights stem>.onnx`` beside the weights, then in ``cache_dir``; a graph
-    counts when :func:`graph_matches`. Otherwise calls ``export(cache_dir / name)``.
+    counts when :func:`graph_matches`. Otherwise ``export`` writes it under a temporary
+    name in ``cache_dir`` and it is moved to ``cache_dir / <weights stem>.onnx``.
 
     Parameters
     ----------
@@ -152,7 +153,8 @@ def find_graph(weights: str | Path, operating_point: dict, cache_dir: str | Path
     cache_dir : path
         Written only when no matching graph exists.
     export : callable
-        ``export(graph_path)`` writes the graph and its sidecar; it needs torch.
+        ``export(graph_path)`` writes the graph and its sidecar (:func:`write_sidecar`);
+        it needs torch.
 
     Returns
     -------
@@ -184,7 +186,16 @@ def find_graph(weights: str | Path, operating_point: dict, cache_dir: str | Path
     target = Path(cache_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX at %s (no matching graph found)", weights, target)
-    export(target)
+    # written aside, then moved in place graph first and sidecar last: another process
+    # (a second gunicorn worker) never reads a half-written graph as a matching one
+    aside = target.with_name(f".{target.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.onnx")
+    try:
+        export(aside)
+        os.replace(aside, target)
+        os.replace(sidecar_of(aside), sidecar_of(target))
+    finally:
+        for leftover in (aside, sidecar_of(aside)):
+            leftover.unlink(missing_ok=True)
     return target
 
 
@@ -212,16 +223,3 @@ def make_session(graph_path: str | Path, threads: int | None = None):
     if threads:
         options.intra_op_num_threads = int(threads)
     return ort.InferenceSession(str(graph_path), options, providers=["CPUExecutionProvider"])
-
-
-def check_runtime(value: str) -> str:
-    """Validate an ``inference_runtime`` value.
-
-    Raises
-    ------
-    ValueError
-        If it is not one of :data:`RUNTIMES`.
-    """
-    if value not in RUNTIMES:
-        raise ValueError(f"inference_runtime must be one of {RUNTIMES}, got {value!r}")
-    return value
