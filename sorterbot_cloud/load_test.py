@@ -103,8 +103,8 @@ class Scene:
 
 def _simulated_folders(cache: str, n_scenes: int) -> list[str]:
     """Folders of the first ``n_scenes`` simulated scenes that lay out (run in a child process)."""
-    from sorterbot_cloud.bench import session_spec, simulated_session
     from sorterbot_cloud.errors import BadRequest
+    from sorterbot_cloud.sim.sessions import session_spec, simulated_session
 
     folders, seed = [], SCENE_SEED_START
     while len(folders) < n_scenes and seed < SCENE_SEED_START + 10 * n_scenes + 20:

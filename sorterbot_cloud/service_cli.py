@@ -432,7 +432,7 @@ def replay(session_dir, url, arm_id, session_id, arm_config, legacy, token, json
 def demo(out_dir: Path, seed: int, heldout: bool, legacy: bool) -> None:
     """Simulate a session, serve it with the embedded database, replay it over HTTP, score it."""
     from sorterbot_cloud import evaluation
-    from sorterbot_cloud.bench import simulate_isolated
+    from sorterbot_cloud.sim.sessions import simulate_isolated
 
     out_dir = Path(out_dir)
     session_dir = out_dir / "session"

@@ -165,7 +165,7 @@ def read_json_body() -> Any:
         raise BadRequest(_too_deep_detail()) from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from None
-    if _json_depth(value) > MAX_JSON_DEPTH:
+    if json_depth(value) > MAX_JSON_DEPTH:
         raise BadRequest(_too_deep_detail())
     return value
 
@@ -175,7 +175,7 @@ def _too_deep_detail() -> str:
             "arm constants need 2 (the camera block)")
 
 
-def _json_depth(value: Any) -> int:
+def json_depth(value: Any) -> int:
     """Levels of nested arrays and objects in a parsed JSON value (0 for a scalar), counted
     without recursion."""
     depth, stack = 0, [(value, 1)]

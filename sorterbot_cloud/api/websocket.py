@@ -49,7 +49,7 @@ from sorterbot_cloud.api import admission
 from sorterbot_cloud.api.compat import resolve_arm_id
 from sorterbot_cloud.api.errors import PROBLEM_TYPE_BASE, handle_http_exception, problem_response, request_id
 from sorterbot_cloud.api.health import readiness_checks
-from sorterbot_cloud.api.state import MAX_JSON_DEPTH, _json_depth, state
+from sorterbot_cloud.api.state import MAX_JSON_DEPTH, json_depth, state
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest, InvalidImage, SorterBotError
 from sorterbot_cloud.ids import validate_id, validate_image_name
@@ -223,7 +223,7 @@ def parse_text_message(message: str) -> dict:
         raise BadRequest(f"the message nests JSON arrays or objects deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
         raise BadRequest(f"the message is not valid JSON: {exc}") from None
-    if _json_depth(payload) > MAX_JSON_DEPTH:
+    if json_depth(payload) > MAX_JSON_DEPTH:
         raise BadRequest(f"the message nests JSON arrays or objects deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(payload, dict):
         raise BadRequest(f"a text message must be a JSON object with a 'command', got {type(payload).__name__}")

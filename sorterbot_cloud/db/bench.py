@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sorterbot_cloud.db.database import Database
-from sorterbot_cloud.db.repository import _LOAD_SESSION, EMBEDDING_DIM, Repository
+from sorterbot_cloud.db.repository import EMBEDDING_DIM, LOAD_SESSION_SQL, Repository
 from sorterbot_cloud.db.server import start_embedded
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, Detections, Frame
 
@@ -77,7 +77,7 @@ def run(conninfo: str, *, n_frames: int = 20, n_detections: int = 10, repeats: i
 
         def load_text() -> None:
             with database.pool.connection() as conn:
-                rows = conn.execute(_LOAD_SESSION, ("BENCH", session_id)).fetchall()
+                rows = conn.execute(LOAD_SESSION_SQL, ("BENCH", session_id)).fetchall()
             [np.array(r[-1].to_numpy(), np.float32) for r in rows if r[-1] is not None]
 
         loaded = repository.load_session("BENCH", session_id)

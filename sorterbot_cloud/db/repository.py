@@ -38,7 +38,8 @@ INSERT INTO detections (frame_id, det_index, class_id, x_min, y_min, x_max, y_ma
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %b, %s)
 """
 
-_LOAD_SESSION = """
+#: The query behind :meth:`Repository.load_session` (also timed by ``db bench``).
+LOAD_SESSION_SQL = """
 SELECT d.id, f.image_name, f.pw0, f.width_px, f.height_px,
        d.x_min, d.y_min, d.x_max, d.y_max, d.score, d.class_id, d.embedding, d.colour_lab
 FROM frames f
@@ -239,7 +240,7 @@ class Repository:
         """
         _check_ids(arm_id=arm_id, session_id=session_id)
         with self._connection() as conn, conn.cursor(binary=True) as cur:
-            rows = cur.execute(_LOAD_SESSION, (arm_id, session_id)).fetchall()
+            rows = cur.execute(LOAD_SESSION_SQL, (arm_id, session_id)).fetchall()
         if not rows:
             raise UnknownSession(f"no frame stored for arm_id={arm_id!r}, session_id={session_id!r}")
         result = []
