@@ -27,7 +27,7 @@ located detections of one class by constrained single-linkage agglomeration:
    weighted mean of its detections' positions (weights: score, lowered for boxes cut by
    the image border, see :mod:`sorterbot_cloud.geometry`); in calibrated mode replaced
    by the position of one 3D shape fitted to all the object's boxes
-   (:func:`~sorterbot_cloud.geometry.refine_objects`), which resolves what single boxes
+   (:func:`~sorterbot_cloud.geometry.refine.refine_objects`), which resolves what single boxes
    cannot (height against depth); item embedding the weighted mean re-normalised,
    score the highest detection score;
 4. a group of at most :data:`MAX_NOISE_FRAMES` detections, none scoring
@@ -341,7 +341,7 @@ def merge(
     Parameters
     ----------
     located : list of LocatedDetection
-        All detections of one session (both classes), from :func:`geometry.locate`.
+        All detections of one session (both classes), from :func:`geometry.locate <sorterbot_cloud.geometry.placement.locate>`.
     distance_factor : float
         Link threshold as a share of the larger estimated object size (``Settings.dedup_distance_factor``).
     constants : ArmConstants, optional
@@ -354,7 +354,7 @@ def merge(
         them scores at least this.
     refine : bool
         In calibrated mode, place each object by fitting one 3D shape to all its boxes
-        (:func:`geometry.refine_objects`) instead of averaging single-frame estimates.
+        (:func:`geometry.refine_objects <sorterbot_cloud.geometry.refine.refine_objects>`) instead of averaging single-frame estimates.
     frames : sequence of FrameView, optional
         Every frame of the session, those without detections included. When given,
         objects whose :func:`view_support` is below ``min_view_support`` are dropped.
@@ -371,7 +371,7 @@ def merge(
         the legacy formulas'.
     legacy_placed : mapping of int to LocatedDetection, optional
         The session's detections already placed through ``legacy_camera``
-        (:func:`geometry.locate`), by ``detection_id``: the trigger places them once and
+        (:func:`geometry.locate <sorterbot_cloud.geometry.placement.locate>`), by ``detection_id``: the trigger places them once and
         also measures the items' shapes from them (``trigger.with_nominal_shapes``).
         Default: placed here, one batched fit of the kept groups' detections.
 
@@ -564,7 +564,7 @@ def merge_group(dets: list[LocatedDetection], constants: ArmConstants | None, sh
         Calibrated constants give pulse widths from the position; otherwise the weighted
         mean of the detections' pulse widths.
     shape : ObjectShape, optional
-        From :func:`geometry.refine_objects`.
+        From :func:`geometry.refine_objects <sorterbot_cloud.geometry.refine.refine_objects>`.
 
     Returns
     -------

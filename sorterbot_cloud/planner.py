@@ -218,7 +218,7 @@ def item_features(
     The embedding of a crop sees colour, texture and silhouette, but not scale: a white
     die and a pale washer of similar size in pixels can embed close together while one
     stands 15 mm tall and the other 3 mm. In calibrated mode each item also has a size and
-    height in millimetres (fitted to all its boxes, :func:`sorterbot_cloud.geometry.refine_objects`;
+    height in millimetres (fitted to all its boxes, :func:`sorterbot_cloud.geometry.refine_objects <sorterbot_cloud.geometry.refine.refine_objects>`;
     in legacy mode through the reference camera, ``trigger.with_nominal_shapes``),
     which are appended as ``size_weight * log(size_mm)`` and ``height_weight * log(height_mm)``
     (both floored at :data:`SHAPE_FLOOR_MM`): half the squared Euclidean distance between

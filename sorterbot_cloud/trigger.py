@@ -177,7 +177,7 @@ class SessionTrigger:
         Parameters
         ----------
         located : list of LocatedDetection
-            The session's detections, from :func:`geometry.locate`.
+            The session's detections, from :func:`geometry.locate <sorterbot_cloud.geometry.placement.locate>`.
         frame_views : list of dedup.FrameView
             Every frame of the session.
         arm_constants : ArmConstants
@@ -290,7 +290,7 @@ def with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], a
     pulse widths stay those of the legacy formulas), each item's boxes are fitted again
     with the reference arm's camera (:meth:`CameraModel.reference`, docs/design.rst: the
     Raspberry Pi camera v2 and the simulator's mounting) and the arm's own rotation
-    range: :func:`geometry.locate` and :func:`geometry.refine_objects` as in calibrated
+    range: :func:`geometry.locate <sorterbot_cloud.geometry.placement.locate>` and :func:`geometry.refine_objects <sorterbot_cloud.geometry.refine.refine_objects>` as in calibrated
     mode. On an arm mounted differently every size is off, but by similar factors for
     items at similar distances, and grouping compares the items of one session; the
     evaluation's sessions use the reference camera, so this is not measured there.
@@ -304,7 +304,7 @@ def with_nominal_shapes(items: list[ArmObject], stored: list[StoredDetection], a
         The session's (legacy) constants.
     placed : mapping of int to LocatedDetection, optional
         ``stored`` already placed through the reference camera
-        (:func:`geometry.locate` with :func:`reference_camera`), by ``detection_id``;
+        (:func:`geometry.locate <sorterbot_cloud.geometry.placement.locate>` with :func:`reference_camera`), by ``detection_id``;
         placed here when not given.
 
     Returns

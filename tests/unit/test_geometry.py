@@ -17,6 +17,9 @@ from hypothesis import strategies as st
 from sorterbot_cloud import geometry
 from sorterbot_cloud.camera import ArmConstants
 from sorterbot_cloud.errors import BadRequest
+from sorterbot_cloud.geometry.legacy import legacy_angle_scale
+from sorterbot_cloud.geometry.located import truncation
+from sorterbot_cloud.geometry.shapes import bowl_boxes, cuboid_boxes, frame_terms, revolved_boxes, sphere_boxes
 from sorterbot_cloud.structures import CONTAINER_CLASS_ID, ITEM_CLASS_ID, StoredDetection
 
 WIDTH_PX, HEIGHT_PX = 1640, 1232
@@ -168,12 +171,12 @@ def test_legacy_angle_scale_keeps_still_objects_still(k_true):
                     frame_theta.append(theta_f), gamma.append(g), dist.append(250.0 + 30 * j + 100 * class_id)
                     size.append(20.0), class_ids.append(class_id), pws.append(1000.0 + 50 * f)
     arrays = [np.asarray(a, float) for a in (frame_theta, gamma, dist, size)]
-    scale = geometry._legacy_angle_scale(*arrays, np.asarray(class_ids), np.asarray(pws))
+    scale = legacy_angle_scale(*arrays, np.asarray(class_ids), np.asarray(pws))
     assert scale == pytest.approx(k_true)
 
 
 def _angle_scale_by_definition(frame_theta, gamma, dist, size, class_ids, pws) -> float:
-    """:func:`geometry._legacy_angle_scale`'s rule written out loop by loop (the test oracle)."""
+    """:func:`~sorterbot_cloud.geometry.legacy.legacy_angle_scale`'s rule written out loop by loop (the test oracle)."""
     frames = sorted(set(pws.tolist()))
     best, best_cost = 1.0, math.inf
     for k in geometry.LEGACY_ANGLE_SCALES:
@@ -200,15 +203,15 @@ def test_legacy_angle_scale_follows_its_definition():
         n = int(rng.integers(2, 40))
         pws = rng.choice(np.arange(1000.0, 1400.0, 50.0), n)
         args = ((pws - 1000.0) / 10, rng.uniform(-20, 20, n), rng.uniform(100, 400, n), rng.uniform(5, 50, n), rng.integers(0, 2, n), pws)
-        assert geometry._legacy_angle_scale(*args) == _angle_scale_by_definition(*args)
+        assert legacy_angle_scale(*args) == _angle_scale_by_definition(*args)
 
 
 def test_legacy_angle_scale_is_one_without_pairs():
     """A single frame, or neighbouring frames whose detections share no class, give k = 1."""
     one = np.ones(3)
-    assert geometry._legacy_angle_scale(one * 5, np.array([1.0, 9.0, -4.0]), one * 300, one * 20, np.zeros(3, int), one * 1000) == 1.0
-    assert geometry._legacy_angle_scale(np.array([0.0, 5.0]), np.array([3.0, -7.0]), np.array([300.0, 310.0]), np.array([20.0, 20.0]),
-                                        np.array([0, 1]), np.array([1000.0, 1050.0])) == 1.0
+    assert legacy_angle_scale(one * 5, np.array([1.0, 9.0, -4.0]), one * 300, one * 20, np.zeros(3, int), one * 1000) == 1.0
+    assert legacy_angle_scale(np.array([0.0, 5.0]), np.array([3.0, -7.0]), np.array([300.0, 310.0]), np.array([20.0, 20.0]),
+                              np.array([0, 1]), np.array([1000.0, 1050.0])) == 1.0
 
 
 # ------------------------------------------------------------------- calibrated mode
@@ -268,7 +271,7 @@ def test_truncated_boxes_get_lower_weight():
 def test_border_cut_sides_scale_with_box_size(box, cut):
     boxes = np.array([box], float)
     sizes = np.array([[WIDTH_PX, HEIGHT_PX]], float)
-    assert geometry._truncation(boxes, sizes)[0].tolist() == cut
+    assert truncation(boxes, sizes)[0].tolist() == cut
 
 
 def _position_errors(kinds, n_objects, seed):
@@ -369,7 +372,7 @@ def test_refine_recovers_shapes_it_can_represent(kind, monkeypatch):
     although single boxes leave height and depth open (their average is far off). The
     three-ring solid of revolution (frustums) competes only when REFINE_MODELS names it."""
     if kind == "frustum":
-        monkeypatch.setattr(geometry, "REFINE_MODELS", ("cuboid", "revolved", "sphere"))
+        monkeypatch.setattr(geometry.refine, "REFINE_MODELS", ("cuboid", "revolved", "sphere"))
     constants = ArmConstants.reference()
     rng = np.random.default_rng({"cuboid": 1, "frustum": 2, "sphere": 3, "bowl": 4, "cylinder": 5}[kind])
     groups, truth, expected = [], [], []
@@ -410,22 +413,22 @@ def test_analytic_boxes_match_projected_points(kind):
     constants = ArmConstants.reference()
     thetas = np.array([[-20.0, 0.0, 15.0]])
     sizes = np.full((1, 3, 2), [WIDTH_PX, HEIGHT_PX], float)
-    terms = geometry._frame_terms(thetas, sizes, constants.camera)
+    terms = frame_terms(thetas, sizes, constants.camera)
     if kind == "sphere":
         params = np.array([[280.0, 30.0, 25.0]])
-        got = geometry._sphere_boxes(params, terms)[0]
+        got = sphere_boxes(params, terms)[0]
         i = np.arange(20000) + 0.5
         phi, th = np.arccos(1 - 2 * i / 20000), np.pi * (1 + 5**0.5) * i
         pts = np.stack([np.cos(th) * np.sin(phi), np.sin(th) * np.sin(phi), np.cos(phi)], 1) * 25 + [280, 30, 25]
     elif kind == "cuboid":
         params = np.array([[260.0, 40.0, 70.0, 30.0, math.radians(25.0), 35.0]])  # x, y, L, W, yaw, h
-        got = geometry._cuboid_boxes(params, terms)[0]
+        got = cuboid_boxes(params, terms)[0]
         c, s = math.cos(params[0, 4]), math.sin(params[0, 4])
         local = _cuboid(70.0, 30.0, 35.0)
         pts = np.stack([260 + c * local[:, 0] - s * local[:, 1], 40 + s * local[:, 0] + c * local[:, 1], local[:, 2]], axis=1)
     else:
         params = np.array([[300.0, -20.0, 40.0, 60.0, 50.0, 45.0]])  # x, y, r0, r1, r2, h
-        got = geometry._revolved_boxes(params, terms)[0]
+        got = revolved_boxes(params, terms)[0]
         pts = np.concatenate([_ring(40, 0, 20000) + [300, -20, 0], _ring(60, 22.5, 20000) + [300, -20, 0], _ring(50, 45, 20000) + [300, -20, 0]])
     for f, th in enumerate(thetas[0]):
         uv = constants.camera.project(pts, th, WIDTH_PX, HEIGHT_PX)
@@ -461,9 +464,9 @@ def test_bowl_boxes_follow_the_rounded_wall():
     constants = ArmConstants.reference()
     thetas = np.array([[-20.0, 0.0, 15.0]])
     sizes = np.full((1, 3, 2), [WIDTH_PX, HEIGHT_PX], float)
-    terms = geometry._frame_terms(thetas, sizes, constants.camera)
+    terms = frame_terms(thetas, sizes, constants.camera)
     x, y, r_base, r_rim, h = 260.0, -30.0, 35.0, 70.0, 50.0
-    got = geometry._bowl_boxes(np.array([[x, y, r_base, r_rim, h]]), terms)[0]
+    got = bowl_boxes(np.array([[x, y, r_base, r_rim, h]]), terms)[0]
     s = np.linspace(0.0, 1.0, 201)
     pts = np.concatenate([_ring(r_base + (r_rim - r_base) * np.sqrt(t * (2 - t)), t * h, 2000) for t in s]) + [x, y, 0]
     for f, th in enumerate(thetas[0]):
@@ -484,15 +487,15 @@ def test_refine_box_sigma_is_per_class(monkeypatch):
         groups.append(geometry.locate([stored(i, pw, b, class_id) for i, (pw, b) in enumerate(observe(pts, constants))], constants))
     before = geometry.refine_objects(groups, constants)
     assert before[0] is not None and before[1] is not None
-    monkeypatch.setattr(geometry, "REFINE_SIGMA_PX_BY_CLASS", {CONTAINER_CLASS_ID: 1000.0})
-    monkeypatch.setattr(geometry, "REFINE_MAX_MEAN_COST", float("inf"))
+    monkeypatch.setattr(geometry.refine, "REFINE_SIGMA_PX_BY_CLASS", {CONTAINER_CLASS_ID: 1000.0})
+    monkeypatch.setattr(geometry.refine, "REFINE_MAX_MEAN_COST", float("inf"))
     after = geometry.refine_objects(groups, constants)
     assert after[1] == before[1]
     assert math.hypot(after[0].x_mm - before[0].x_mm, after[0].y_mm - before[0].y_mm) > 1.0
 
 
 def test_refine_rejects_an_empty_model_list(monkeypatch):
-    monkeypatch.setattr(geometry, "REFINE_MODELS", ("cone",))
+    monkeypatch.setattr(geometry.refine, "REFINE_MODELS", ("cone",))
     constants = ArmConstants.reference()
     obs = observe(make_shape("cylinder", np.random.default_rng(5)) + [300, 0, 0], constants)
     located = geometry.locate([stored(i, pw, b) for i, (pw, b) in enumerate(obs)], constants)
@@ -518,7 +521,7 @@ def test_rest_prior_penalises_only_shapes_taller_than_wide(monkeypatch):
     assert r[0] == 0.0 and r[3] == pytest.approx(1.0)
     assert 0.5 < r[1] < 0.7  # a cork standing on end costs little
     assert r[2] > 2.5  # a thin 39 mm column on a 16 mm footprint costs much
-    monkeypatch.setattr(geometry, "REST_LOG_SIGMA", 0.0)
+    monkeypatch.setattr(geometry.refine, "REST_LOG_SIGMA", 0.0)
     assert not geometry.rest_residual(np.array([16.0]), np.array([39.0])).any()
 
 
@@ -548,7 +551,7 @@ _finite = dict(allow_nan=False, allow_infinity=False)
        height=st.floats(0.5, 90.0, **_finite))
 def test_cuboid_boxes_are_the_boxes_of_the_projected_vertices(theta, x, y, length, width, yaw, height):
     """For any upright cuboid in front of the camera, the written-out box function (frame
-    maps of ``_FrameTerms``) gives the box of its 8 vertices projected by ``CameraModel.project``."""
+    maps of ``FrameTerms``) gives the box of its 8 vertices projected by ``CameraModel.project``."""
     camera = ArmConstants.reference().camera
     c, s = math.cos(yaw), math.sin(yaw)
     local = _cuboid(length, width, height)
@@ -556,7 +559,7 @@ def test_cuboid_boxes_are_the_boxes_of_the_projected_vertices(theta, x, y, lengt
     uv = camera.project(pts, theta, WIDTH_PX, HEIGHT_PX)
     if uv[:, 2].min() < 1.0:  # a vertex behind the camera's 1 mm depth floor: the box is not a projection
         return
-    terms = geometry._frame_terms(np.array([[theta]]), np.array([[[WIDTH_PX, HEIGHT_PX]]], float), camera)
-    got = geometry._cuboid_boxes(np.array([[x, y, length, width, yaw, height]]), terms)[0, 0]
+    terms = frame_terms(np.array([[theta]]), np.array([[[WIDTH_PX, HEIGHT_PX]]], float), camera)
+    got = cuboid_boxes(np.array([[x, y, length, width, yaw, height]]), terms)[0, 0]
     want = [uv[:, 0].min(), uv[:, 1].min(), uv[:, 0].max(), uv[:, 1].max()]
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
