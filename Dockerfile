@@ -46,12 +46,12 @@ COPY --from=deps /opt/venv /opt/venv
 WORKDIR /app
 COPY pyproject.toml README.md config.yaml ./
 COPY sorterbot_cloud/ sorterbot_cloud/
-COPY locator/ locator/
-COPY vectorizer/ vectorizer/
 COPY weights/ weights/
-# Editable install: settings resolve config.yaml and weights/ relative to /app.
+# Editable install: settings resolve config.yaml and weights/ relative to /app. The ONNX graphs the
+# service runs (INFERENCE_RUNTIME=onnxruntime, the default) are exported from the weights here.
 RUN pip install --no-cache-dir --no-deps -e . \
- && python -m compileall -q sorterbot_cloud locator vectorizer \
+ && python -m compileall -q sorterbot_cloud \
+ && sorterbot-cloud detector export >/dev/null \
  && chown -R root:root /app /opt/venv \
  && chmod -R a-w,a+rX /app
 USER sorterbot:sorterbot

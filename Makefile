@@ -11,6 +11,7 @@ $(STAMP): requirements.txt requirements-runtime.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(VENV)/bin/sorterbot-cloud detector export >/dev/null
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,7 +35,7 @@ docs: $(STAMP)
 	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sorterbot_cloud locator vectorizer tests
+	$(VENV)/bin/ruff check sorterbot_cloud tests recipes
 
 clean:
 	rm -rf $(VENV) out var docs/_build

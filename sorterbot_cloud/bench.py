@@ -105,8 +105,8 @@ def bench_context(data_dir: Path | None = None, detector=None, embedder=None) ->
         settings = Settings.load(data_dir=str(data_dir or Path(tmp)))
         started = time.perf_counter()
         try:
-            from locator import load_detector
-            from vectorizer import load_embedder
+            from sorterbot_cloud.detection import load_detector
+            from sorterbot_cloud.embedding import load_embedder
 
             detector = detector if detector is not None else load_detector(settings)
             embedder = embedder if embedder is not None else load_embedder(settings)
@@ -250,7 +250,7 @@ def reference_detector_ms(images: list[np.ndarray], repeats: int) -> float:
     import torch
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    from locator.torchvision_detector import backbone_channels_last, fuse_conv_bn
+    from sorterbot_cloud.detection.torchvision_detector import backbone_channels_last, fuse_conv_bn
 
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=3).eval()
     fuse_conv_bn(model)
@@ -291,13 +291,13 @@ def load_models(runtime: str, settings, onnx_cache: Path | None = None) -> tuple
     (detector, embedder)
     """
     if runtime == "onnxruntime":
-        from locator.onnx_detector import OnnxDetector
-        from vectorizer.onnx_embedder import OnnxEmbedder
+        from sorterbot_cloud.detection.onnx_detector import OnnxDetector
+        from sorterbot_cloud.embedding.onnx_embedder import OnnxEmbedder
 
         return (OnnxDetector.from_settings(settings, cache_dir=onnx_cache),
                 OnnxEmbedder.from_settings(settings, cache_dir=onnx_cache))
-    from locator import load_detector
-    from vectorizer import load_embedder
+    from sorterbot_cloud.detection import load_detector
+    from sorterbot_cloud.embedding import load_embedder
 
     settings = dataclasses.replace(settings, inference_runtime="torch")
     return load_detector(settings), load_embedder(settings)
@@ -309,8 +309,8 @@ def _models_rss(runtime: str, threads: int | None, frame: str, onnx_cache: str) 
     import sys
 
     from sorterbot_cloud.config import Settings
+    from sorterbot_cloud.embedding import crop_items
     from sorterbot_cloud.imaging import decode_image
-    from vectorizer import crop_items
 
     settings = dataclasses.replace(Settings.load(), torch_threads=threads, inference_runtime=runtime)
     settings.apply_torch_threads()  # a no-op with onnxruntime: torch stays unloaded

@@ -26,8 +26,8 @@ def _report(path: Path) -> None:
 
 
 def _export_embedder(weights: Path | None, out: Path | None) -> Path:
-    from vectorizer.embedder import resolve_weights
-    from vectorizer.onnx_embedder import export_embedder
+    from sorterbot_cloud.embedding.embedder import resolve_weights
+    from sorterbot_cloud.embedding.onnx_embedder import export_embedder
 
     settings = _settings()
     if weights is None:
@@ -52,7 +52,7 @@ def detector() -> None:
               help="Also export the embedder's weights (as `embedder export` does).")
 def detector_export(weights: Path | None, out: Path | None, with_embedder: bool) -> None:
     """Export the detector (and the embedder) to ONNX at the settings' operating point."""
-    from locator.onnx_detector import export_detector
+    from sorterbot_cloud.detection.onnx_detector import export_detector
 
     settings = _settings()
     weights = weights or settings.detector_weights
@@ -71,7 +71,7 @@ def embedder() -> None:
 
 @embedder.command("export")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Embedder weights (default: those the service picks, vectorizer.embedder.resolve_weights).")
+              help="Embedder weights (default: those the service picks, sorterbot_cloud.embedding.embedder.resolve_weights).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Graph file (default: next to the weights, .onnx).")
 def embedder_export(weights: Path | None, out: Path | None) -> None:

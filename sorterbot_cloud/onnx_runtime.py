@@ -1,10 +1,10 @@
 """Exported (ONNX) models run by ONNX Runtime: files, sidecars and sessions.
 
 The detector and the embedder can be exported from their PyTorch weights files to ONNX
-graphs (:func:`locator.onnx_detector.export_detector`,
-:func:`vectorizer.onnx_embedder.export_embedder`, ``sorterbot-cloud detector export``) and
-run by ONNX Runtime (:class:`locator.onnx_detector.OnnxDetector`,
-:class:`vectorizer.onnx_embedder.OnnxEmbedder`) when ``Settings.inference_runtime`` is
+graphs (:func:`sorterbot_cloud.detection.onnx_detector.export_detector`,
+:func:`sorterbot_cloud.embedding.onnx_embedder.export_embedder`, ``sorterbot-cloud detector export``) and
+run by ONNX Runtime (:class:`sorterbot_cloud.detection.onnx_detector.OnnxDetector`,
+:class:`sorterbot_cloud.embedding.onnx_embedder.OnnxEmbedder`) when ``Settings.inference_runtime`` is
 ``onnxruntime``. Every graph ``<stem>.onnx`` has a JSON sidecar ``<stem>.onnx.json``
 with the source weights file and its SHA-256, the opset, the input sizes, the operating
 point baked into the graph and the library versions that wrote it.

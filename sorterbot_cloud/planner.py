@@ -108,7 +108,7 @@ def group_items(
 ) -> np.ndarray:
     """Item groups: :func:`choose_n_clusters` groups, found by K-Means (one K-Means run).
 
-    Equal to ``vectorizer.cluster_embeddings(embeddings, choose_n_clusters(...))``, but
+    Equal to ``sorterbot_cloud.embedding.cluster_embeddings(embeddings, choose_n_clusters(...))``, but
     the K-Means grouping that the silhouette check already made is reused instead of
     computed twice (the session trigger's clustering stage, about half its cost).
 
@@ -153,7 +153,7 @@ def group_items(
         return labels
     if k <= 1:
         return np.zeros(len(x), np.int64)
-    from vectorizer import cluster_embeddings
+    from sorterbot_cloud.embedding import cluster_embeddings
 
     return cluster_embeddings(x, k, random_state=random_state, n_init=n_init)
 
@@ -175,7 +175,7 @@ def _choose(n_items, n_containers, embeddings, random_state: int, n_init: int,
     from scipy.spatial.distance import pdist, squareform
     from sklearn.metrics import silhouette_score
 
-    from vectorizer import cluster_embeddings
+    from sorterbot_cloud.embedding import cluster_embeddings
 
     # half the squared Euclidean distance: the cosine distance of L2-normalised
     # embeddings, plus the shape terms of item_features where they are appended
@@ -230,7 +230,7 @@ def item_features(
 
     The embedder is trained on the training kinds and can miss a plain difference of
     colour between two unseen kinds (a white die and a black domino).
-    With ``colour_weight > 0`` each item's median CIELab colour (:func:`vectorizer.colour.colour_lab`,
+    With ``colour_weight > 0`` each item's median CIELab colour (:func:`sorterbot_cloud.embedding.colour.colour_lab`,
     averaged over the item's detections) is appended as ``colour_weight * (L*, a*, b*) / 100``:
     half the squared distance then gains ``colour_weight**2 * dE**2 / 2e4``, where ``dE``
     is the CIE76 colour difference (a just-noticeable difference is about 2.3).

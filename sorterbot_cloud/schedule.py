@@ -1,8 +1,8 @@
 """The learning-rate schedule of every trainer: linear warm-up, then cosine decay.
 
-The detector (:func:`locator.train.train`), its refine head
-(:func:`locator.refine_head.train_refine_head`) and the embedder
-(:func:`vectorizer.training.train_embedder`) all follow it. A run's progress is the
+The detector (:func:`sorterbot_cloud.detection.train.train`), its refine head
+(:func:`sorterbot_cloud.detection.refine_training.train_refine_head`) and the embedder
+(:func:`sorterbot_cloud.embedding.training.train_embedder`) all follow it. A run's progress is the
 larger of its share of steps done and its share of a time budget spent, so a run on a
 busy machine still ends on time, at the end of its schedule (the cosine schedule of
 Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm Restarts", ICLR 2017,

@@ -115,7 +115,7 @@ class Service:
         ValueError
             If the embedder answers a wrong shape or non-finite values.
         """
-        from vectorizer import crop_items
+        from sorterbot_cloud.embedding import crop_items
 
         item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
         if len(item_index) == 0:
@@ -130,7 +130,7 @@ class Service:
         return _aligned_to_detections(len(detections), item_index, embeddings)
 
     def item_colours(self, image: np.ndarray, detections: Detections) -> list[np.ndarray | None]:
-        """Measure the CIELab colour of the item boxes of one frame (:func:`vectorizer.colour.colour_lab`).
+        """Measure the CIELab colour of the item boxes of one frame (:func:`sorterbot_cloud.embedding.colour.colour_lab`).
 
         Parameters
         ----------
@@ -142,7 +142,7 @@ class Service:
         colours_lab : list of length N of (ndarray of shape (3,), float32, or None)
             Aligned with ``detections``: ``(L*, a*, b*)`` of the item, None for a container.
         """
-        from vectorizer.colour import colour_lab
+        from sorterbot_cloud.embedding.colour import colour_lab
 
         item_index = np.flatnonzero(detections.class_ids == ITEM_CLASS_ID)
         if len(item_index) == 0:

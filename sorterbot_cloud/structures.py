@@ -315,7 +315,7 @@ class StoredDetection:
     embedding : ndarray of shape (D,), float32, or None
         L2-normalised item embedding (None for containers).
     colour_lab : ndarray of shape (3,), float32, or None
-        Median CIELab colour of the box's middle (:func:`vectorizer.colour.colour_lab`);
+        Median CIELab colour of the box's middle (:func:`sorterbot_cloud.embedding.colour.colour_lab`);
         None for containers and for items stored before it was measured.
     """
 

@@ -53,9 +53,9 @@ def create_app(
     settings : Settings, optional
         Defaults to :meth:`Settings.load() <sorterbot_cloud.config.Settings.load>`.
     detector : object with ``detect(image) -> Detections``, optional
-        Defaults to :func:`locator.load_detector`.
+        Defaults to :func:`sorterbot_cloud.detection.load_detector`.
     embedder : object with ``embed(crops) -> ndarray (N, D)``, optional
-        Defaults to :func:`vectorizer.load_embedder`.
+        Defaults to :func:`sorterbot_cloud.embedding.load_embedder`.
     repository : sorterbot_cloud.db.Repository, optional
         Defaults to a repository on :meth:`Database.from_settings`.
     archive : object with ``put`` and ``get``, optional
@@ -101,11 +101,11 @@ def create_app(
             archive = _default_archive(settings)
         settings.apply_torch_threads()
         if detector is None:
-            from locator import load_detector
+            from sorterbot_cloud.detection import load_detector
 
             detector = load_detector(settings)
         if embedder is None:
-            from vectorizer import load_embedder
+            from sorterbot_cloud.embedding import load_embedder
 
             embedder = load_embedder(settings)
     except BaseException:

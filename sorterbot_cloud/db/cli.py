@@ -100,10 +100,10 @@ def reembed_command(config_file, arm_id, session_ids) -> None:
     items were re-embedded.
     """
     from sorterbot_cloud.db import Database, Repository
+    from sorterbot_cloud.embedding import load_embedder
     from sorterbot_cloud.errors import SorterBotError
     from sorterbot_cloud.service import Service
     from sorterbot_cloud.storage import DiskArchive
-    from vectorizer import load_embedder
 
     settings = _settings(config_file)
     settings.apply_torch_threads()  # as the app does

@@ -155,7 +155,7 @@ class Repository:
         image_uri : str or None
             Where the original image is archived.
         colours_lab : sequence of length N of (ndarray of shape (3,), float, or None), or None
-            CIELab colour of each item (:func:`vectorizer.colour.colour_lab`), aligned with
+            CIELab colour of each item (:func:`sorterbot_cloud.embedding.colour.colour_lab`), aligned with
             ``detections``; None for containers (or for every detection when None).
 
         Returns
@@ -354,7 +354,7 @@ class Repository:
             Detection id -> its new L2-normalised embedding. Only detections that already
             carry an embedding (items) are updated.
         colours_lab : dict of int to ndarray of shape (3,), float, optional
-            Detection id -> its CIELab colour (:func:`vectorizer.colour.colour_lab`), for
+            Detection id -> its CIELab colour (:func:`sorterbot_cloud.embedding.colour.colour_lab`), for
             the same ids as ``embeddings``; without it the stored colours are kept.
 
         Returns

@@ -29,20 +29,9 @@ import hashlib
 import hmac
 import secrets
 
-from flask import Blueprint, Flask, request
-from flask_wtf.csrf import CSRFProtect
+from flask import Flask, request
 
-#: Cookie holding the bearer token of a signed-in operator.
-TOKEN_COOKIE = "sorterbot_console_token"
-#: Flask's session cookie (Flask-WTF's CSRF secret, flash messages), console paths only.
-SESSION_COOKIE = "sorterbot_console_session"
-#: Path prefix of every console route (and of the console's cookies).
-URL_PREFIX = "/ui"
-#: Form field of the login form that holds the typed token.
-TOKEN_FIELD = "token"
-
-bp = Blueprint("ui", __name__, url_prefix=URL_PREFIX, template_folder="templates", static_folder="static")
-csrf = CSRFProtect()
+from .blueprint import SESSION_COOKIE, TOKEN_COOKIE, TOKEN_FIELD, URL_PREFIX, bp, csrf
 
 __all__ = ["bp", "csrf", "init_app", "TOKEN_COOKIE", "URL_PREFIX"]
 

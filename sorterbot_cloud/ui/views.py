@@ -47,7 +47,7 @@ from sorterbot_cloud.ids import check_body_arm_id, validate_id, validate_image_n
 from sorterbot_cloud.ops.auth import check_bearer
 from sorterbot_cloud.storage import DiskArchive
 
-from . import TOKEN_COOKIE, TOKEN_FIELD, URL_PREFIX, bp, csrf
+from .blueprint import TOKEN_COOKIE, TOKEN_FIELD, URL_PREFIX, bp, csrf
 from .plot import GROUP_COLOURS, container_groups, group_colour, table_svg
 
 #: Sessions per page of ``/ui/arms``.
@@ -442,7 +442,7 @@ def model_file(model: Any, configured: Path | str) -> Path:
     """The file a loaded model runs from.
 
     An ONNX Runtime model's ``graph_path``; else the weights named by its ``source``
-    (``"<how>:<path>"``, as :class:`vectorizer.embedder.Embedder` keeps it) when that file
+    (``"<how>:<path>"``, as :class:`sorterbot_cloud.embedding.embedder.Embedder` keeps it) when that file
     exists; else the configured weights file.
     """
     graph_path = getattr(model, "graph_path", None)

@@ -70,9 +70,9 @@ def _one_thread():
 
 @pytest.mark.slow
 def test_embedder_graph_matches_eager(data_dir):
+    from sorterbot_cloud.embedding.embedder import Embedder
+    from sorterbot_cloud.embedding.onnx_embedder import OnnxEmbedder
     from sorterbot_cloud.onnx_runtime import sha256_file
-    from vectorizer.embedder import Embedder
-    from vectorizer.onnx_embedder import OnnxEmbedder
 
     graph = data_dir / "onnx" / "embedder.onnx"
     side = json.loads((data_dir / "onnx" / "embedder.onnx.json").read_text())
@@ -108,8 +108,8 @@ def _frames() -> list[np.ndarray]:
 
 @pytest.mark.slow
 def test_detector_graph_matches_eager(data_dir):
-    from locator.onnx_detector import OnnxDetector
-    from locator.torchvision_detector import TorchvisionDetector
+    from sorterbot_cloud.detection.onnx_detector import OnnxDetector
+    from sorterbot_cloud.detection.torchvision_detector import TorchvisionDetector
 
     graph = data_dir / "onnx" / "detector.onnx"
     side = json.loads((data_dir / "onnx" / "detector.onnx.json").read_text())
@@ -142,9 +142,9 @@ class NoTorch:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, NoTorch())
 import cv2
-from locator import load_detector
+from sorterbot_cloud.detection import load_detector
 from sorterbot_cloud.config import Settings
-from vectorizer import crop_items, load_embedder
+from sorterbot_cloud.embedding import crop_items, load_embedder
 settings = Settings.load(environ={}, data_dir=sys.argv[1], inference_runtime="onnxruntime", torch_threads=1)
 settings.apply_torch_threads()
 detector, embedder = load_detector(settings), load_embedder(settings)
@@ -162,7 +162,7 @@ def test_service_runs_the_graphs_without_torch(data_dir):
     import subprocess
     import sys
 
-    from locator.torchvision_detector import TorchvisionDetector
+    from sorterbot_cloud.detection.torchvision_detector import TorchvisionDetector
 
     photo = _real_photos(1)[0]
     done = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH, str(data_dir), str(photo)], capture_output=True,
@@ -177,15 +177,16 @@ def test_service_runs_the_graphs_without_torch(data_dir):
 
 
 def test_inference_runtime_setting():
-    assert Settings.load(environ={}).inference_runtime == "torch"
+    assert Settings.load(environ={}).inference_runtime == "onnxruntime"
+    assert Settings.load(environ={"INFERENCE_RUNTIME": "torch"}).inference_runtime == "torch"
     assert Settings.load(environ={"INFERENCE_RUNTIME": "onnxruntime"}).inference_runtime == "onnxruntime"
     with pytest.raises(ValueError, match="INFERENCE_RUNTIME"):
         Settings.load(environ={"INFERENCE_RUNTIME": "tensorrt"})
 
 
 def test_embedder_weights_are_resolved_as_the_eager_service_does(tmp_path, monkeypatch):
-    from vectorizer import embedder as eager
-    from vectorizer import onnx_embedder
+    from sorterbot_cloud.embedding import embedder as eager
+    from sorterbot_cloud.embedding import onnx_embedder
 
     def both(configured, shipped):
         choice = eager.resolve_weights(configured, shipped=shipped)

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from sorterbot_cloud.db.cli import db as db_cli
+from sorterbot_cloud.embedding import crop_items
 from sorterbot_cloud.errors import ServiceUnavailable, UnknownSession
 from sorterbot_cloud.imaging import decode_image
 from sorterbot_cloud.overview import load_session_frames
@@ -23,7 +24,6 @@ from sorterbot_cloud.service import Service
 from sorterbot_cloud.storage import DiskArchive
 from sorterbot_cloud.structures import ITEM_CLASS_ID
 from tests.integration.conftest_service import FakeDetector, FakeEmbedder, Rect, frame_bytes
-from vectorizer import crop_items
 
 FRAMES = {
     "1200.png": [Rect("red", (10, 10, 40, 40)), Rect("blue", (60, 20, 90, 50)), Rect("green", (150, 100, 250, 200))],
@@ -114,7 +114,7 @@ def test_replace_embeddings_refuses_a_container_and_rolls_back(service, reposito
 
 
 def test_db_reembed_cli_writes_the_configured_embedders_vectors(service, repository, settings, monkeypatch):
-    from vectorizer import load_embedder
+    from sorterbot_cloud.embedding import load_embedder
 
     monkeypatch.setenv("PG_CONN", settings.pg_conn)
     monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
@@ -159,7 +159,7 @@ def test_db_reembed_cli_uses_the_configured_torch_threads(service, settings, mon
 
 def expected_colours(repository, arm="ARM001", session="s1"):
     """The CIELab colour of each stored item box, measured on the posted frames."""
-    from vectorizer.colour import colour_lab
+    from sorterbot_cloud.embedding.colour import colour_lab
 
     return {d.detection_id: colour_lab(decode_image(frame_bytes(FRAMES[d.image_name])), d.box_xyxy[None])[0]
             for d in repository.load_session(arm, session) if d.class_id == ITEM_CLASS_ID}

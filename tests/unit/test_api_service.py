@@ -72,7 +72,7 @@ def test_embeddings_are_aligned_with_detections(service):
 
 
 def test_item_colours_are_measured_for_items_only_and_stored_with_the_frame(service):
-    from vectorizer.colour import colour_lab
+    from sorterbot_cloud.embedding.colour import colour_lab
 
     rects = [Rect("green", (10, 10, 80, 80)), Rect("red", (100, 10, 130, 40)), Rect("blue", (150, 100, 180, 130))]
     image = draw_frame(rects)

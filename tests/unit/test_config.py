@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from locator.torchvision_detector import DetectorConfig
 from sorterbot_cloud import dedup
 from sorterbot_cloud.config import DEFAULT_CONFIG_FILE, PROJECT_ROOT, Settings
-from vectorizer.crops import DEFAULT_MARGIN
+from sorterbot_cloud.detection.torchvision_detector import DetectorConfig
+from sorterbot_cloud.embedding.crops import DEFAULT_MARGIN
 
 
 def test_environment_overrides_file(tmp_path):

@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from locator.adapt import AdaptConfig, adapt_detector, format_report, records_to_coco
-from locator.data import load_coco
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
-from locator.toydata import write_toy_coco
+from sorterbot_cloud.detection.adapt import AdaptConfig, adapt_detector, format_report, records_to_coco
+from sorterbot_cloud.detection.data import load_coco
+from sorterbot_cloud.detection.torchvision_detector import DetectorConfig, TorchvisionDetector
+from sorterbot_cloud.detection.toydata import write_toy_coco
 from sorterbot_cloud.evaluation import fold_indices
 
 torch.set_num_threads(1)
@@ -124,7 +124,7 @@ def _write_voc(toy_ann, out_dir):
 
 
 def test_adapt_detector_cli_with_voc(toy, tmp_path):
-    from locator.cli import adapt_detector_command
+    from sorterbot_cloud.detection.cli import adapt_detector_command
 
     ann, weights = toy
     voc = tmp_path / "voc"
@@ -140,7 +140,7 @@ def test_adapt_detector_cli_with_voc(toy, tmp_path):
 
 
 def test_adapt_detector_cli_needs_exactly_one_source(toy, tmp_path):
-    from locator.cli import adapt_detector_command
+    from sorterbot_cloud.detection.cli import adapt_detector_command
 
     _, weights = toy
     result = CliRunner().invoke(adapt_detector_command, ["--out", str(tmp_path / "o"), "--weights", str(weights)])

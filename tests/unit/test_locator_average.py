@@ -1,4 +1,4 @@
-"""Weight averages of detector files (locator.average, ``average-detectors``)."""
+"""Weight averages of detector files (sorterbot_cloud.detection.average, ``average-detectors``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from locator.average import average_detector_files
-from locator.cli import average_detectors_command
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
+from sorterbot_cloud.detection.average import average_detector_files
+from sorterbot_cloud.detection.cli import average_detectors_command
+from sorterbot_cloud.detection.torchvision_detector import DetectorConfig, TorchvisionDetector
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The locator's click commands on tiny inputs (no shipped weights needed)."""
+"""The detector's click commands on tiny inputs (no shipped weights needed)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import torch
 from click.testing import CliRunner
 
-from locator.cli import bench_detector, convert_voc, evaluate_detector, merge_coco_command
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector
-from locator.toydata import write_toy_coco
+from sorterbot_cloud.detection.cli import bench_detector, convert_voc, evaluate_detector, merge_coco_command
+from sorterbot_cloud.detection.torchvision_detector import DetectorConfig, TorchvisionDetector
+from sorterbot_cloud.detection.toydata import write_toy_coco
 
 torch.set_num_threads(1)
 

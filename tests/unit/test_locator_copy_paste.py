@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from locator import copy_paste as cp
-from locator.data import Record, load_coco
+from sorterbot_cloud.detection import copy_paste as cp
+from sorterbot_cloud.detection.data import Record, load_coco
 
 
 def _board_photo(tmp_path, name="board.png"):
@@ -120,7 +120,7 @@ def test_write_dataset_is_reproducible_and_loadable(tmp_path):
 
 
 def test_synth_frames_cli(tmp_path):
-    from locator.cli import synth_frames
+    from sorterbot_cloud.detection.cli import synth_frames
 
     image, rec = _board_photo(tmp_path)
     coco = {"images": [{"id": 1, "file_name": "board.png", "width": 320, "height": 240}],

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from locator.detectron2_backend import Detectron2Detector, find_config, instances_to_detections
+from sorterbot_cloud.detection.detectron2_backend import Detectron2Detector, find_config, instances_to_detections
 
 
 class FakeBoxes:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from locator.data import Record
-from locator.evaluate import (
+from sorterbot_cloud.detection.data import Record
+from sorterbot_cloud.detection.evaluate import (
     box_errors_by_texture,
     box_errors_by_type,
     box_side_errors,
@@ -148,7 +148,7 @@ def test_load_coco_reads_object_types_and_the_table_texture(tmp_path):
             "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10], "type": "die"},
                             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 2, 10, 10]}]}
     (tmp_path / "a.json").write_text(json.dumps(coco))
-    from locator.data import load_coco
+    from sorterbot_cloud.detection.data import load_coco
 
     (rec,) = load_coco(tmp_path / "a.json", tmp_path)
     assert rec.object_types == ("die", None) and rec.texture is None

@@ -8,10 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from locator import Detector, load_detector
-from locator.base import check_image
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector, build_model, model_summary
 from sorterbot_cloud.config import Settings
+from sorterbot_cloud.detection import Detector, load_detector
+from sorterbot_cloud.detection.base import check_image
+from sorterbot_cloud.detection.torchvision_detector import (
+    DetectorConfig,
+    TorchvisionDetector,
+    build_model,
+    model_summary,
+)
 from sorterbot_cloud.errors import InvalidImage
 from sorterbot_cloud.structures import Detections
 
@@ -157,7 +162,7 @@ def test_load_applies_overrides_and_rejects_other_files(tiny_detector, tmp_path)
 def test_load_detector_uses_the_settings(tiny_detector, tmp_path):
     path = tiny_detector.save(tmp_path / "det.pt")
     settings = Settings.load(environ={}, detector_weights=str(path), detector_score_threshold=0.25,
-                             detector_nms_iou=0.4, detector_min_size_px=128)
+                             detector_nms_iou=0.4, detector_min_size_px=128, inference_runtime="torch")
     detector = load_detector(settings)
     assert isinstance(detector, TorchvisionDetector)
     assert detector.config.score_threshold == 0.25 and detector.config.nms_iou == 0.4
@@ -197,10 +202,11 @@ def test_box_refinement_moves_boxes_by_the_heads_own_regression(tiny_detector):
 
 
 def test_box_refinement_comes_from_the_settings(tiny_detector, tmp_path):
-    """On by default (config.yaml); DETECTOR_BOX_REFINE_STEPS=0 turns it off; 2 is refused."""
+    """On by default (Settings); DETECTOR_BOX_REFINE_STEPS=0 turns it off; 2 is refused."""
     path = tiny_detector.save(tmp_path / "det.pt")
-    on = load_detector(Settings.load(environ={}, detector_weights=str(path)))
-    off = load_detector(Settings.load(environ={"DETECTOR_BOX_REFINE_STEPS": "0"}, detector_weights=str(path)))
+    on = load_detector(Settings.load(environ={}, detector_weights=str(path), inference_runtime="torch"))
+    off = load_detector(Settings.load(environ={"DETECTOR_BOX_REFINE_STEPS": "0"}, detector_weights=str(path),
+                                      inference_runtime="torch"))
     assert on.config.box_refine_steps == 1 and off.config.box_refine_steps == 0
     with pytest.raises(ValueError, match="detector_box_refine_steps"):
         Settings.load(environ={}, detector_box_refine_steps=2)
@@ -242,7 +248,7 @@ def test_channels_last_backbone_keeps_outputs_and_state_dict_keys():
     """:func:`backbone_channels_last` (the inference form, applied by ``fuse``): the backbone's
     convolutions hold NHWC weights and see NHWC input, detections agree with the plain model
     to float rounding, and the state dict keeps its keys."""
-    from locator.torchvision_detector import backbone_channels_last
+    from sorterbot_cloud.detection.torchvision_detector import backbone_channels_last
 
     torch.manual_seed(2)
     plain = TorchvisionDetector(build_model(TINY), TINY)
@@ -267,7 +273,7 @@ def test_channels_last_backbone_keeps_outputs_and_state_dict_keys():
 def test_fuse_conv_bn_folds_resnet_blocks_exactly():
     import torchvision
 
-    from locator.torchvision_detector import fuse_conv_bn
+    from sorterbot_cloud.detection.torchvision_detector import fuse_conv_bn
 
     net = torchvision.models.resnet18(weights=None)
     _randomise_batchnorm(net)

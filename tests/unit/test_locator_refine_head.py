@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from locator.data import DatasetSpec
-from locator.refine_head import train_refine_head, training_samples
-from locator.torchvision_detector import DetectorConfig, TorchvisionDetector, build_model
-from locator.toydata import write_toy_coco
+from sorterbot_cloud.detection.data import DatasetSpec
+from sorterbot_cloud.detection.refine_training import train_refine_head, training_samples
+from sorterbot_cloud.detection.torchvision_detector import DetectorConfig, TorchvisionDetector, build_model
+from sorterbot_cloud.detection.toydata import write_toy_coco
 
 torch.set_num_threads(1)
 
@@ -92,7 +92,7 @@ def test_training_moves_only_the_refine_head_and_writes_a_refining_detector(tmp_
 
 
 def test_background_samples_are_boxes_on_no_object_taught_to_stay():
-    from locator.refine_head import background_samples
+    from sorterbot_cloud.detection.refine_training import background_samples
 
     gt = torch.tensor([[0.0, 0.0, 100.0, 100.0]])
     boxes = torch.tensor([[0.0, 0.0, 100.0, 90.0], [150.0, 150.0, 200.0, 200.0], [80.0, 80.0, 180.0, 180.0]])

@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from locator.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
-from locator.torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector
-from locator.toydata import write_toy_coco
-from locator.train import DetectorTrainConfig, export_checkpoint, freeze_except, lr_factor, train, train_mode
+from sorterbot_cloud.detection.data import AugmentConfig, DatasetSpec, MixedSampler, augment, load_coco, parse_class_map
+from sorterbot_cloud.detection.torchvision_detector import FORMAT, DetectorConfig, TorchvisionDetector
+from sorterbot_cloud.detection.toydata import write_toy_coco
+from sorterbot_cloud.detection.train import (
+    DetectorTrainConfig,
+    export_checkpoint,
+    freeze_except,
+    lr_factor,
+    train,
+    train_mode,
+)
 
 torch.set_num_threads(1)
 
@@ -141,7 +148,7 @@ def test_resume_without_checkpoint_raises(toy, tmp_path):
 
 
 def test_merge_coco_renumbers_ids_and_keeps_files(tmp_path):
-    from locator.data import merge_coco
+    from sorterbot_cloud.detection.data import merge_coco
 
     a = write_toy_coco(tmp_path / "a", n_images=2, seed=1)
     b = write_toy_coco(tmp_path / "b", n_images=3, seed=2)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from locator.data import load_coco, voc_to_coco
 from sorterbot_cloud.config import PROJECT_ROOT
+from sorterbot_cloud.detection.data import load_coco, voc_to_coco
 
 REAL = PROJECT_ROOT.parent / "shared" / "realdata" / "microcontrollers" / "images"
 

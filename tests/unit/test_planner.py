@@ -204,7 +204,7 @@ def test_choose_n_clusters_with_as_many_containers_as_items(counts, expected):
 )
 def test_group_items_equals_k_means_on_the_chosen_number_of_groups(counts, n_containers, spread):
     """One K-Means run in the trigger gives the grouping the two-step recipe gave."""
-    from vectorizer import cluster_embeddings
+    from sorterbot_cloud.embedding import cluster_embeddings
 
     x = _typed_embeddings(np.random.default_rng(len(counts) + n_containers), counts, spread=spread)
     k = planner.choose_n_clusters(len(x), n_containers, x, random_state=3, n_init=5)
@@ -339,7 +339,7 @@ def test_grouping_distance_of_unit_rows_is_the_cosine_distance():
 def test_group_items_with_a_forced_number_of_groups(n_groups, n_containers, expected):
     """``n_groups`` (the diagnostic) replaces the chosen number: K-Means into that many
     groups, clipped to the containers; the distance rule alone finds the 3 kinds here."""
-    from vectorizer import cluster_embeddings
+    from sorterbot_cloud.embedding import cluster_embeddings
 
     x = _typed_embeddings(np.random.default_rng(5), (2, 2, 2), spread=0.02)
     assert planner.choose_n_clusters(len(x), 4, x, group_distance=0.15) == 3

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
+from sorterbot_cloud.embedding.clustering import canonical_labels, cluster_embeddings
+from sorterbot_cloud.embedding.evaluation import all_crops_ari, grouping_aris
 from sorterbot_cloud.errors import BadRequest
-from vectorizer.clustering import canonical_labels, cluster_embeddings
-from vectorizer.evaluation import all_crops_ari, grouping_aris
 
 
 def _blobs(n_types=4, per_type=6, dim=16, spread=0.05, seed=0):
@@ -125,13 +125,13 @@ def test_grouping_aris_rejects_bad_input(type_ids, kwargs, match):
     ids=["exact", "split", "merged-with-room", "fewer-containers", "one-container"],
 )
 def test_sorted_correctly_follows_design_rule(clusters, types, n_containers, expected):
-    from vectorizer.evaluation import sorted_correctly
+    from sorterbot_cloud.embedding.evaluation import sorted_correctly
 
     assert sorted_correctly(np.array(clusters), np.array(types), n_containers) is expected
 
 
 def test_grouping_choice_shares_rank_the_rules():
-    from vectorizer.evaluation import grouping_choice_shares
+    from sorterbot_cloud.embedding.evaluation import grouping_choice_shares
 
     x, type_ids = _blobs(n_types=5, per_type=10, spread=0.05, seed=3)
     x = x / np.linalg.norm(x, axis=1, keepdims=True)

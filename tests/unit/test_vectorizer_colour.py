@@ -1,10 +1,10 @@
-"""vectorizer.colour: the median CIELab colour of the middle of item boxes."""
+"""sorterbot_cloud.embedding.colour: the median CIELab colour of the middle of item boxes."""
 
 import numpy as np
 import pytest
 
+from sorterbot_cloud.embedding.colour import COLOUR_DIM, DEFAULT_INNER_MARGIN, colour_lab
 from sorterbot_cloud.errors import BadRequest, InvalidImage
-from vectorizer.colour import COLOUR_DIM, DEFAULT_INNER_MARGIN, colour_lab
 
 
 def _table_with_die(table_rgb=(40, 120, 60)) -> np.ndarray:

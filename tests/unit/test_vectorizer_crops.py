@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from sorterbot_cloud.embedding.crops import PAD_RGB, crop_items, letterbox
 from sorterbot_cloud.errors import BadRequest, InvalidImage
-from vectorizer.crops import PAD_RGB, crop_items, letterbox
 
 
 def _image(h=100, w=120, seed=0):

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from sorterbot_cloud.config import Settings
-from sorterbot_cloud.errors import BadRequest, InvalidImage
-from vectorizer import load_embedder
-from vectorizer.embedder import (
+from sorterbot_cloud.embedding import load_embedder
+from sorterbot_cloud.embedding.embedder import (
     EMBEDDING_DIM,
     IMAGENET_INPUT_SIZE_PX,
     IMAGENET_RESNET18_FILE,
@@ -19,7 +18,8 @@ from vectorizer.embedder import (
     build_resnet18,
     resolve_weights,
 )
-from vectorizer.training import export_weights
+from sorterbot_cloud.embedding.training import export_weights
+from sorterbot_cloud.errors import BadRequest, InvalidImage
 
 torch.set_num_threads(1)
 
@@ -152,8 +152,8 @@ def test_from_weights_rejects_other_state_dicts(tmp_path):
 
 
 def test_load_embedder_uses_configured_path_and_logs_it(weight_files, caplog):
-    settings = Settings(embedder_weights=weight_files["configured"])
-    with caplog.at_level(logging.INFO, logger="vectorizer.embedder"):
+    settings = Settings(embedder_weights=weight_files["configured"], inference_runtime="torch")
+    with caplog.at_level(logging.INFO, logger="sorterbot_cloud.embedding.embedder"):
         emb = load_embedder(settings)
     assert emb.source.startswith("configured:") and emb.input_size_px == 48
     assert "configured" in caplog.text and str(weight_files["configured"]) in caplog.text
@@ -180,7 +180,7 @@ def test_test_time_views_must_be_a_symmetry_count():
 
 
 def test_focus_mask_profile():
-    from vectorizer.embedder import focus_mask
+    from sorterbot_cloud.embedding.embedder import focus_mask
 
     mask = focus_mask(64, (0.3, 0.5))
     assert mask.shape == (1, 1, 64, 64)

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from vectorizer.data import export_crops_from_voc, load_crop_folder, voc_photo_fold, voc_photos
-from vectorizer.evaluation import photo_grouping
+from sorterbot_cloud.embedding.data import export_crops_from_voc, load_crop_folder, voc_photo_fold, voc_photos
+from sorterbot_cloud.embedding.evaluation import photo_grouping
 
 
 def _unit(v):
@@ -95,7 +95,7 @@ def test_export_crops_from_voc_writes_one_folder_per_kind_with_the_prefix(tmp_pa
 def test_crops_from_voc_cli_leaves_the_scored_fold_out(tmp_path):
     from click.testing import CliRunner
 
-    from vectorizer.cli import crops_from_voc
+    from sorterbot_cloud.embedding.cli import crops_from_voc
 
     _voc_folder(tmp_path / "voc", 6)
     result = CliRunner().invoke(crops_from_voc, ["--voc", str(tmp_path / "voc"), "--out", str(tmp_path / "crops"),
@@ -116,7 +116,7 @@ def test_crops_from_voc_cli_leaves_the_scored_fold_out(tmp_path):
 def test_evaluate_real_grouping_scores_only_the_left_out_fold(tmp_path):
     from click.testing import CliRunner
 
-    from vectorizer.cli import evaluate_real_grouping
+    from sorterbot_cloud.embedding.cli import evaluate_real_grouping
 
     _voc_folder(tmp_path / "voc", 6)
     out = tmp_path / "scores.json"

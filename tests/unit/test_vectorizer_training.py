@@ -8,11 +8,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from vectorizer.cli import evaluate_embedder, train_embedder
-from vectorizer.crops import letterbox
-from vectorizer.data import CropSet, load_crop_folder, load_voc_crops
-from vectorizer.embedder import Embedder, build_resnet18
-from vectorizer.training import (
+from sorterbot_cloud.embedding.cli import evaluate_embedder, train_embedder
+from sorterbot_cloud.embedding.crops import letterbox
+from sorterbot_cloud.embedding.data import CropSet, load_crop_folder, load_voc_crops
+from sorterbot_cloud.embedding.embedder import Embedder, build_resnet18
+from sorterbot_cloud.embedding.training import (
     CHANNEL_PERMUTATIONS,
     GREY,
     Augmenter,
@@ -27,7 +27,7 @@ from vectorizer.training import (
     supcon_loss,
     swap_background,
 )
-from vectorizer.training import train_embedder as run_training
+from sorterbot_cloud.embedding.training import train_embedder as run_training
 
 torch.set_num_threads(1)
 
@@ -252,7 +252,7 @@ def test_time_budget_stops_training_and_checkpoints(tmp_path):
 
 def test_the_embedder_follows_the_shared_schedule():
     from sorterbot_cloud import schedule
-    from vectorizer.training import lr_factor
+    from sorterbot_cloud.embedding.training import lr_factor
 
     cfg = EmbedderTrainConfig(steps=6, warmup_steps=2, time_budget_s=100.0)
     assert lr_factor(0, 0.0, cfg) == pytest.approx(schedule.FLOOR)
@@ -307,7 +307,7 @@ def _typed_coco(root, name, boxes):
 
 
 def test_crops_from_coco_cuts_typed_items_and_skips_the_rest(tmp_path):
-    from vectorizer.data import export_crops_from_coco
+    from sorterbot_cloud.embedding.data import export_crops_from_coco
 
     path = _typed_coco(tmp_path, "a", [
         (10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0),
@@ -334,7 +334,7 @@ def test_crops_from_coco_cuts_typed_items_and_skips_the_rest(tmp_path):
 
 
 def test_crops_from_coco_cli_numbers_across_datasets_and_caps_per_type(tmp_path):
-    from vectorizer.cli import crops_from_coco
+    from sorterbot_cloud.embedding.cli import crops_from_coco
 
     a = _typed_coco(tmp_path, "a", [(10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0), (60, 10, 20, 30, (0, 0, 255), "ball", 1, 1.0)])
     b = _typed_coco(tmp_path, "b", [(10, 10, 30, 20, (255, 0, 0), "ball", 1, 1.0), (60, 10, 20, 30, (0, 0, 255), "cork", 1, 1.0)])
@@ -352,7 +352,7 @@ def test_crops_from_coco_cli_numbers_across_datasets_and_caps_per_type(tmp_path)
 
 
 def test_cli_calibrate_grouping_writes_the_best_distance(tmp_path):
-    from vectorizer.cli import calibrate_grouping
+    from sorterbot_cloud.embedding.cli import calibrate_grouping
 
     write_folder(tmp_path / "a", synthetic_set(4, seed=5, names=("green_disc", "blue_square", "yellow_bar")))
     torch.manual_seed(0)

@@ -1,11 +1,11 @@
 """The item embedder exported to ONNX and run by ONNX Runtime.
 
-:func:`export_embedder` writes a ResNet18 weights file (:mod:`vectorizer.embedder`) as an
+:func:`export_embedder` writes a ResNet18 weights file (:mod:`sorterbot_cloud.embedding.embedder`) as an
 ONNX graph whose input is the letterboxed uint8 batch and whose output is the
 penultimate-layer feature before L2 normalisation; the normalisation by the sidecar's
-mean and standard deviation and the centre focus weight (:func:`vectorizer.embedder.focus_mask`)
+mean and standard deviation and the centre focus weight (:func:`sorterbot_cloud.embedding.embedder.focus_mask`)
 are inside the graph. :class:`OnnxEmbedder` has the interface of
-:class:`vectorizer.embedder.Embedder` (``embed(crops) -> (N, 512)``) and needs numpy,
+:class:`sorterbot_cloud.embedding.embedder.Embedder` (``embed(crops) -> (N, 512)``) and needs numpy,
 OpenCV and onnxruntime only: importing this module does not import torch.
 """
 
@@ -27,17 +27,17 @@ from .crops import check_image, letterbox
 
 log = logging.getLogger(__name__)
 
-#: The shipped weights and torchvision's ImageNet file name (:mod:`vectorizer.embedder`).
+#: The shipped weights and torchvision's ImageNet file name (:mod:`sorterbot_cloud.embedding.embedder`).
 SHIPPED_WEIGHTS = PROJECT_ROOT / "weights" / "embedder.pt"
 IMAGENET_RESNET18_FILE = "resnet18-f37072fd.pth"
-#: Width of an embedding (:data:`vectorizer.embedder.EMBEDDING_DIM`).
+#: Width of an embedding (:data:`sorterbot_cloud.embedding.embedder.EMBEDDING_DIM`).
 EMBEDDING_DIM = 512
 #: Name of the graph's input: (B, 3, S, S) uint8, RGB, letterboxed crops.
 INPUT_NAME = "crops"
 #: Name of the graph's output: (B, 512) float32 features before L2 normalisation.
 OUTPUT_NAME = "features"
 #: The eight symmetries of the square as (transpose, flip_h, flip_v), in the order of
-#: :attr:`vectorizer.embedder.Embedder.VIEWS`.
+#: :attr:`sorterbot_cloud.embedding.embedder.Embedder.VIEWS`.
 VIEWS = ((False, False, False), (False, True, False), (False, False, True), (False, True, True),
          (True, True, False), (True, False, True), (True, False, False), (True, True, True))
 
@@ -58,7 +58,7 @@ def export_embedder(weights: str | Path, out_path: str | Path, *, source: str = 
     Parameters
     ----------
     weights : path
-        A ResNet18 weights file read by :meth:`vectorizer.embedder.Embedder.from_weights`
+        A ResNet18 weights file read by :meth:`sorterbot_cloud.embedding.embedder.Embedder.from_weights`
         (its ``.json`` sidecar gives the preprocessing).
     out_path : path
         ``.onnx`` file to write; the sidecar goes to ``<out_path>.json``
@@ -128,7 +128,7 @@ def torch_hub_dir() -> Path:
 
 
 def resolve_weights(configured: str | Path | None, *, shipped: str | Path = SHIPPED_WEIGHTS) -> tuple[Path, str]:
-    """The embedder weights the eager service would pick (:func:`vectorizer.embedder.resolve_weights`,
+    """The embedder weights the eager service would pick (:func:`sorterbot_cloud.embedding.embedder.resolve_weights`,
     same order: configured, shipped, torchvision's ImageNet file in the torch cache), without importing torch.
 
     Returns
@@ -155,7 +155,7 @@ def resolve_weights(configured: str | Path | None, *, shipped: str | Path = SHIP
 
 
 class OnnxEmbedder:
-    """Batched item embedder on an exported graph (interface of :class:`vectorizer.embedder.Embedder`).
+    """Batched item embedder on an exported graph (interface of :class:`sorterbot_cloud.embedding.embedder.Embedder`).
 
     Parameters
     ----------

@@ -1,7 +1,7 @@
 """Evaluate an embedder: grouping quality (adjusted Rand index) and speed.
 
 Grouping protocol: draw a random set of 2 to 4 item types, a few crops of
-each, embed them, group them with :func:`~vectorizer.clustering.cluster_embeddings`
+each, embed them, group them with :func:`~sorterbot_cloud.embedding.clustering.cluster_embeddings`
 (k = number of types drawn) and score the grouping against the true types with the
 adjusted Rand index (Hubert & Arabie 1985; ``sklearn.metrics.adjusted_rand_score``:
 1 = perfect, about 0 = chance). The figure is the mean over many such draws.

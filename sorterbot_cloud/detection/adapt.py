@@ -7,9 +7,9 @@ A user labels a handful of their own frames (labelImg, Pascal VOC; or COCO) and 
    20 or fewer (every frame is scored once, by a model that never saw it), one split
    otherwise;
 2. fine-tunes the given detector (all layers, a short cosine schedule at a low learning
-   rate, :func:`locator.train.train`) on the labelled frames plus cut-paste frames made
+   rate, :func:`sorterbot_cloud.detection.train.train`) on the labelled frames plus cut-paste frames made
    from their own items: each labelled item is cut out (GrabCut) and pasted onto other
-   backgrounds, their own frames' empty regions among them (:mod:`locator.copy_paste`),
+   backgrounds, their own frames' empty regions among them (:mod:`sorterbot_cloud.detection.copy_paste`),
    so that a few frames give many layouts, scales and lights;
 3. reports AP50 before and after on the held-out frames, and writes the detector trained
    on the frames it may use (all of them after k-fold; the training part after one split).
@@ -175,8 +175,8 @@ def adapt_detector(records: Sequence[Record], base_weights: str | Path, out_dir:
     Parameters
     ----------
     records : sequence of Record
-        The user's labelled frames (:func:`locator.data.load_coco` or
-        :func:`locator.data.voc_to_coco`); at least 2 (at least 3 to hold some out).
+        The user's labelled frames (:func:`sorterbot_cloud.detection.data.load_coco` or
+        :func:`sorterbot_cloud.detection.data.voc_to_coco`); at least 2 (at least 3 to hold some out).
     base_weights : path
         Detector file to start from (the shipped ``weights/detector.pt``).
     out_dir : path

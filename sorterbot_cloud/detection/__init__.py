@@ -2,8 +2,8 @@
 
 Public API: the :class:`Detector` protocol, :func:`load_detector` (the default
 torchvision Faster R-CNN from ``settings.detector_weights``), and, imported lazily so
-that importing :mod:`locator` stays light, :class:`TorchvisionDetector` and the optional
-Detectron2 backend (:mod:`locator.detectron2_backend`).
+that importing :mod:`sorterbot_cloud.detection` stays light, :class:`TorchvisionDetector` and the optional
+Detectron2 backend (:mod:`sorterbot_cloud.detection.detectron2_backend`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ def load_detector(settings, device: str = "cpu") -> Detector:
     Parameters
     ----------
     settings : sorterbot_cloud.config.Settings
-        Uses ``detector_weights`` (a ``.pt`` file of :class:`~locator.torchvision_detector.TorchvisionDetector`,
+        Uses ``detector_weights`` (a ``.pt`` file of :class:`~sorterbot_cloud.detection.torchvision_detector.TorchvisionDetector`,
         or a Detectron2 ``.pth``/``.pkl`` with a ``.yaml`` config beside it for the optional
         Detectron2 backend), ``detector_score_threshold``, ``detector_nms_iou`` and
         ``detector_min_size_px``; with ``inference_runtime`` ``onnxruntime`` the exported
-        graph of the torchvision detector (:class:`~locator.onnx_detector.OnnxDetector`).
+        graph of the torchvision detector (:class:`~sorterbot_cloud.detection.onnx_detector.OnnxDetector`).
     device : str
 
     Returns

@@ -2,11 +2,11 @@
 # The embedder fine-tuned on real item crops next to simulated ones, with its real-crop
 # figures measured on photos it never trained on. Run from anywhere; one torch thread.
 #
-#   vectorizer/recipes/real_crops.sh [INIT] [BUDGET_S] [NAME]
+#   recipes/embedding/real_crops.sh [INIT] [BUDGET_S] [NAME]
 #
 # INIT (default weights/embedder.pt) is fine-tuned for BUDGET_S seconds (default 900) on
 #   - the ten simulated training kinds, cut from the detector's rendered frames
-#     (data/det/sim_train_a, data/det/sim_crowded: locator/recipes/render_detector_data.sh),
+#     (data/det/sim_train_a, data/det/sim_crowded: recipes/detection/render_detector_data.sh),
 #   - the boards of shared/realdata/microcontrollers (train split, kind = board type) and the
 #     cards of shared/realdata/playing_cards (train split, kind = rank), drawn more often
 #     (--type-share) so that the boards, and the ranks, meet in one batch as negatives;
@@ -55,7 +55,7 @@ $SC crops-from-voc --voc $MC/train --out $E/real/mc_all --prefix mc_
 $SC crops-from-voc --voc $CARDS/train --out $E/real/cards_all --prefix card_
 train $NAME $E/real/mc_all $E/real/cards_all
 # the distance between kinds, cross-validated over the fold models (writes the final sidecar)
-vectorizer/recipes/choose_group_distance.sh runs/$NAME/embedder.pt $NAME
+recipes/embedding/choose_group_distance.sh runs/$NAME/embedder.pt $NAME
 $SC evaluate-real-grouping --weights runs/$NAME/embedder.pt --threads 1 \
     --voc $MC/test --voc $CARDS/test --out out/real_grouping/${NAME}_test.json
 # held-out simulated kinds (the reported embedder figure; real crops are scored above)

@@ -85,7 +85,7 @@ class EmbedderTrainConfig:
         first) and the cosine schedule follows the elapsed fraction of the budget: the
         run ends on time on a busy machine. The steps actually done are recorded.
     focus_radii : (float, float) or None
-        Centre weighting of the input (:func:`~vectorizer.embedder.focus_mask`), the same
+        Centre weighting of the input (:func:`~sorterbot_cloud.embedding.embedder.focus_mask`), the same
         at inference (written to the sidecar).
     background_swap : float
         Probability of putting a crop's item (GrabCut mask, :func:`foreground_masks`) onto
@@ -309,7 +309,7 @@ def foreground_masks(crops: list[np.ndarray], size_px: int, margin: float = 0.1,
     ----------
     crops : list of ndarray of shape (h_i, w_i, 3), uint8, RGB
     size_px : int
-        Side of the letterboxed square (as :func:`~vectorizer.crops.letterbox`).
+        Side of the letterboxed square (as :func:`~sorterbot_cloud.embedding.crops.letterbox`).
     margin : float
         The context margin the crops were cut with.
     iterations : int

@@ -1,4 +1,4 @@
-"""Click commands of the locator: ``train-detector``, ``train-refine-head``, ``evaluate-detector``, ``bench-detector``,
+"""Click commands of the detector: ``train-detector``, ``train-refine-head``, ``evaluate-detector``, ``bench-detector``,
 ``export-detector``, ``convert-voc``, ``merge-coco``, ``average-detectors``, ``synth-frames`` and ``adapt-detector`` (attached lazily by ``sorterbot_cloud/cli.py``)."""
 
 from __future__ import annotations
@@ -105,9 +105,9 @@ def train_detector(datasets, class_map, out_dir, iterations, batch_size, lr, wei
               help="Also teach up to this many boxes on background per image to stay (zero deltas).")
 def train_refine_head_command(weights, datasets, out_dir, fg_iou, iterations, batch_size, lr, crop_px, time_budget_min,
                               seed, threads, background_per_image):
-    """Train a second box-regression stage on a frozen detector; writes OUT/detector.pt + .json (locator.refine_head)."""
+    """Train a second box-regression stage on a frozen detector; writes OUT/detector.pt + .json (sorterbot_cloud.detection.refine_head)."""
     from .data import DatasetSpec
-    from .refine_head import train_refine_head
+    from .refine_training import train_refine_head
 
     try:
         specs = [DatasetSpec.parse(d) for d in datasets]

@@ -11,15 +11,15 @@
 # Stage 2 (rest of the budget): whole frames, so that the box head also sees frame-sized
 # proposals as negatives (with 384 px crops only, it had never seen a region larger than
 # the crop and called whole table regions "container" at inference):
-#   BUDGET_MIN=76 locator/recipes/train_default_detector.sh --resume --crop-px 704
+#   BUDGET_MIN=76 recipes/detection/train_default_detector.sh --resume --crop-px 704
 # (the run was stopped after the iteration-3700 checkpoint and resumed with that command).
 # Stage 3 (data/det/run2): the stage-2 checkpoint continued on twice the simulated
 # frames (sim_train_a plus data/det/sim_train_c, rendered with
-#   locator/recipes/render_detector_data.sh train data/det/sim_train_c 4 100 5000),
+#   recipes/detection/render_detector_data.sh train data/det/sim_train_c 4 100 5000),
 # whole frames, a warm restart at half the learning rate, total budget 180 min (the
 # cosine schedule resumes at progress 76/160, then was extended to 180 at iteration 6400):
 #   mkdir -p data/det/run2 && cp data/det/run1/checkpoint_last.pt data/det/run2/
-#   OUT=data/det/run2 BUDGET_MIN=180 locator/recipes/train_default_detector.sh --resume --crop-px 704 \
+#   OUT=data/det/run2 BUDGET_MIN=180 recipes/detection/train_default_detector.sh --resume --crop-px 704 \
 #     --lr 5e-4 --warmup 0 --seed 1 \
 #     --dataset data/det/sim_train_c/annotations.json:data/det/sim_train_c:1.0
 # Stages 4 and 5 (data/det/run3 and run4): warm restarts (--init-from) on

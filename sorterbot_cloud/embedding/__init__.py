@@ -20,13 +20,13 @@ __all__ = ["Embedder", "canonical_labels", "cluster_embeddings", "crop_items", "
 
 
 def load_embedder(settings):
-    """Return the :class:`~vectorizer.embedder.Embedder` that ``settings`` asks for.
+    """Return the :class:`~sorterbot_cloud.embedding.embedder.Embedder` that ``settings`` asks for.
 
     Weights order: a configured ``settings.embedder_weights``; torchvision's ImageNet
     ResNet18 in the torch cache; the shipped ``weights/embedder.pt`` (see
-    :mod:`vectorizer.embedder`). The choice is logged. With ``settings.inference_runtime``
+    :mod:`sorterbot_cloud.embedding.embedder`). The choice is logged. With ``settings.inference_runtime``
     ``onnxruntime``: the exported graph of those weights
-    (:class:`~vectorizer.onnx_embedder.OnnxEmbedder`).
+    (:class:`~sorterbot_cloud.embedding.onnx_embedder.OnnxEmbedder`).
 
     Raises
     ------
@@ -47,4 +47,4 @@ def __getattr__(name):
         from .embedder import Embedder
 
         return Embedder
-    raise AttributeError(f"module 'vectorizer' has no attribute {name!r}")
+    raise AttributeError(f"module 'sorterbot_cloud.embedding' has no attribute {name!r}")

@@ -20,7 +20,7 @@ from sorterbot_cloud.imaging import check_image
 DEFAULT_MARGIN = Settings.crop_margin
 
 #: Grey that fills the letterbox bands (the ImageNet mean colour, RGB uint8, so the bands
-#: are zero after :data:`vectorizer.embedder.IMAGENET_MEAN` / ``STD`` normalisation).
+#: are zero after :data:`sorterbot_cloud.embedding.embedder.IMAGENET_MEAN` / ``STD`` normalisation).
 PAD_RGB = (124, 116, 104)
 
 

@@ -43,6 +43,7 @@ from sorterbot_cloud.config import Settings
 from sorterbot_cloud.structures import CLASS_NAMES, Detections
 
 from .base import check_image
+from .refine_head import RefineHead, refine_boxes
 
 FORMAT = "sorterbot-detector/1"
 
@@ -98,7 +99,7 @@ class DetectorConfig:
         classes and NMS are those of the first pass.
     refine_head : bool
         The model carries a second box-regression head trained on its own final boxes
-        (:mod:`locator.refine_head`, a Cascade R-CNN stage).
+        (:mod:`sorterbot_cloud.detection.refine_head`, a Cascade R-CNN stage).
     """
 
     backbone: str = "mobilenet_v3_large"
@@ -157,7 +158,7 @@ class FrameTransform(GeneralizedRCNNTransform):
     """torchvision's detection transform that can skip resizing while training.
 
     Training crops are prepared at the model's input scale by the data pipeline
-    (:mod:`locator.data`), so they must not be resized again; at inference the frame is
+    (:mod:`sorterbot_cloud.detection.data`), so they must not be resized again; at inference the frame is
     resized to ``min_size``/``max_size`` as usual and the boxes are mapped back to the
     frame's pixels by :meth:`postprocess`.
     """
@@ -294,7 +295,6 @@ def build_model(config: DetectorConfig) -> FasterRCNN:
         box_batch_size_per_image=config.box_batch_size_per_image,
     )
     if config.refine_head:
-        from .refine_head import RefineHead
 
         model.refine_head = RefineHead(config.fpn_channels * 7 * 7, config.box_head_units, len(config.class_names) + 1)
     old = model.transform
@@ -335,7 +335,7 @@ def load_detector_file(path: str | Path) -> dict:
 
 
 class TorchvisionDetector:
-    """A trained :func:`build_model` network behind the :class:`~locator.base.Detector` interface.
+    """A trained :func:`build_model` network behind the :class:`~sorterbot_cloud.detection.base.Detector` interface.
 
     Parameters
     ----------
@@ -463,7 +463,7 @@ class TorchvisionDetector:
 
         The model's own resize is bilinear without anti-aliasing; frames much larger than
         the input (1640x1232 -> 682x512) would alias, unlike the area-resampled training
-        crops (:func:`locator.data.augment`). After this step the model's resize is a
+        crops (:func:`sorterbot_cloud.detection.data.augment`). After this step the model's resize is a
         near no-op; its ``postprocess`` maps boxes to the shrunk frame, and
         :meth:`detect_batch` scales them back to the original pixels.
         """
@@ -516,12 +516,11 @@ class TorchvisionDetector:
 
         Each final box is pooled again (RoIAlign on the same features) and moved by the
         refine head's regression for its own class, or the box head's where the model has
-        no refine head (:func:`locator.refine_head.refine_boxes`); scores and classes stay
+        no refine head (:func:`sorterbot_cloud.detection.refine_head.refine_boxes`); scores and classes stay
         those of the first pass. Re-applying the shipped box head tightened container sides
         on the 160 held-out frames from 6.0 to 5.2 px mean absolute error (items 3.10 ->
         3.06 px); a second extra step was worse (5.4 px), hence at most one.
         """
-        from .refine_head import refine_boxes
 
         model = self.model
         original_sizes = [tuple(t.shape[-2:]) for t in tensors]

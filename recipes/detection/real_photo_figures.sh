@@ -3,9 +3,9 @@
 # its own resolution, the detector's own input size), for one detector file.
 #   - shared/realdata/microcontrollers, test split (7 photos, 800x600)
 #   - shared/realdata/playing_cards, test split (67 photos, 378x504 .. 960x540)
-#   - shared/realdata/gripper_camera, all 98 labelled frames (1280x720; locator/recipes/label_gripper_camera.py)
-#   - the held-out simulated frames (data/det/heldout, rendered by locator/recipes/render_detector_data.sh)
-# Usage: locator/recipes/real_photo_figures.sh [WEIGHTS] [OUT]; prints one JSON line per set and writes OUT/summary.json.
+#   - shared/realdata/gripper_camera, all 98 labelled frames (1280x720; recipes/detection/label_gripper_camera.py)
+#   - the held-out simulated frames (data/det/heldout, rendered by recipes/detection/render_detector_data.sh)
+# Usage: recipes/detection/real_photo_figures.sh [WEIGHTS] [OUT]; prints one JSON line per set and writes OUT/summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WEIGHTS=${1:-weights/detector.pt}; OUT=${2:-out/real_photo_figures}
@@ -16,7 +16,7 @@ mkdir -p data/real "$OUT"
 [ -f data/real/cards_test.json ] || $SC convert-voc --xml-dir $REAL/playing_cards/images/test --out data/real/cards_test.json
 if [ ! -f data/real/gripper.json ]; then
   mkdir -p data/real/gripper
-  for x in locator/recipes/gripper_camera_voc/*.xml; do
+  for x in recipes/detection/gripper_camera_voc/*.xml; do
     n=$(basename "$x" .xml); cp "$x" data/real/gripper/
     ln -sf "$(realpath $REAL/gripper_camera/Dataset/${n%%_*}/${n#*_}.jpg)" "data/real/gripper/$n.jpg"
   done

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedder's group_cosine_distance (the distance between kinds when no shapes are appended),
-# chosen by cross-validation over the fold models of vectorizer/recipes/real_crops.sh:
+# chosen by cross-validation over the fold models of recipes/embedding/real_crops.sh:
 # for each distance, the mean over the three folds of
 #   - the share of simulated sessions sorted correctly on held-out simulated kinds
 #     (calibrate-grouping on data/embedder/select_heldout_coco), and
@@ -8,7 +8,7 @@
 #     microcontroller and playing-card train splits (evaluate-real-grouping --folds 3 --fold F),
 # averaged with equal weight; ties go to the larger distance. Writes it into WEIGHTS' sidecar.
 # Fold results already in out/real_grouping/ are reused (delete them after retraining a fold).
-#   vectorizer/recipes/choose_group_distance.sh WEIGHTS [NAME]
+#   recipes/embedding/choose_group_distance.sh WEIGHTS [NAME]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SC=.venv/bin/sorterbot-cloud
@@ -42,7 +42,7 @@ best = max(grid, key=lambda d: (round(table[f"{d:g}"], 6), d))
 sidecar = Path(weights).with_suffix(".json")
 meta = json.loads(sidecar.read_text())
 meta["group_cosine_distance"] = best
-meta["group_calibration"] = {"rule": "vectorizer/recipes/choose_group_distance.sh", "scores": table,
+meta["group_calibration"] = {"rule": "recipes/embedding/choose_group_distance.sh", "scores": table,
                              "folds": f"runs/{name}_f0..2"}
 sidecar.write_text(json.dumps(meta, indent=2) + "\n")
 print(f"best distance {best:g}; wrote {sidecar}")

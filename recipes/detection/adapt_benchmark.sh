@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # adapt-detector on 6 labelled frames of a real table, scored on frames it never saw.
-#   SET=gripper: shared/realdata/gripper_camera (labelled by locator/recipes/label_gripper_camera.py):
+#   SET=gripper: shared/realdata/gripper_camera (labelled by recipes/detection/label_gripper_camera.py):
 #                6 of its 98 frames (every 16th of the sorted list from the 6th on), scored on the other 92.
 #   SET=cards:   shared/realdata/playing_cards: 6 frames of the train split (every 49th from the 1st),
 #                scored on the whole test split (67 photos).
-# Usage: locator/recipes/adapt_benchmark.sh SET [WEIGHTS] [OUT] [extra adapt-detector options]
+# Usage: recipes/detection/adapt_benchmark.sh SET [WEIGHTS] [OUT] [extra adapt-detector options]
 # Prints AP50 / recall / precision before and after and writes OUT/summary.json.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,7 +21,7 @@ pick() {  # pick FIRST STEP: the listed files at FIRST, FIRST+STEP, ... (6 of th
 }
 case $SET in
   gripper)
-    for xml in $(ls locator/recipes/gripper_camera_voc/*.xml | sort); do
+    for xml in $(ls recipes/detection/gripper_camera_voc/*.xml | sort); do
       name=$(basename "$xml" .xml); echo "$xml $REAL/gripper_camera/Dataset/${name%%_*}/${name#*_}.jpg $name"
     done | pick 5 16 ;;
   cards)

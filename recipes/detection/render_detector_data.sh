@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Render the simulated detection data used by locator/recipes/train_default_detector.sh.
+# Render the simulated detection data used by recipes/detection/train_default_detector.sh.
 # Each chunk is a separate `simulate dataset` call; a chunk whose scene placement fails
 # (sorterbot_cloud.errors.BadRequest "could not place ... without overlap") is retried
 # with the next seed. Chunks are merged with `sorterbot-cloud detector merge-coco`.
-# Usage: locator/recipes/render_detector_data.sh SPLIT OUT_DIR CHUNKS IMAGES_PER_CHUNK FIRST_SEED
+# Usage: recipes/detection/render_detector_data.sh SPLIT OUT_DIR CHUNKS IMAGES_PER_CHUNK FIRST_SEED
 set -u
 split=$1; out=$2; chunks=$3; per=$4; seed=$5
 cd "$(dirname "$0")/../.."

@@ -1,19 +1,19 @@
 """The detector exported to ONNX and run by ONNX Runtime.
 
 :func:`export_detector` writes the whole inference forward of a
-:class:`~locator.torchvision_detector.TorchvisionDetector` as one ONNX graph with torch's
+:class:`~sorterbot_cloud.detection.torchvision_detector.TorchvisionDetector` as one ONNX graph with torch's
 TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset
 :data:`sorterbot_cloud.onnx_runtime.OPSET`): the model's own transform (normalisation by
 its mean and standard deviation, resize to the operating point's short side, padding to
 a multiple of 32), backbone and FPN, RPN (anchors, top-k, NMS), RoIAlign box head with its
 score threshold and per-class NMS, and, when the weights carry one and
 ``box_refine_steps`` is 1, the refine head's second regression of the final boxes
-(:func:`locator.refine_head.refine_boxes`). Only the area-averaging shrink of the frame
+(:func:`sorterbot_cloud.detection.refine_head.refine_boxes`). Only the area-averaging shrink of the frame
 (:meth:`TorchvisionDetector._shrink`, OpenCV) and the scaling of the boxes back to the
 frame's pixels stay outside the graph, in :class:`OnnxDetector`, exactly as in the eager
 detector. The image height and width are dynamic.
 
-:class:`OnnxDetector` has the :class:`~locator.base.Detector` interface and needs numpy,
+:class:`OnnxDetector` has the :class:`~sorterbot_cloud.detection.base.Detector` interface and needs numpy,
 OpenCV and onnxruntime only: importing this module does not import torch.
 """
 
@@ -103,7 +103,7 @@ def _graph_module(detector):
             proposals, _ = m.rpn(images, features)
             detections, _ = m.roi_heads(features, proposals, images.image_sizes)
             boxes, labels, scores = detections[0]["boxes"], detections[0]["labels"], detections[0]["scores"]
-            if refine:  # locator.refine_head.refine_boxes for one image, without Python-side lengths
+            if refine:  # sorterbot_cloud.detection.refine_head.refine_boxes for one image, without Python-side lengths
                 heads = m.roi_heads
                 pooled = heads.box_roi_pool(features, [boxes], images.image_sizes)
                 head = getattr(m, "refine_head", None)
@@ -128,7 +128,7 @@ def export_detector(weights: str | Path, out_path: str | Path, settings) -> Path
     Parameters
     ----------
     weights : path
-        A :class:`~locator.torchvision_detector.TorchvisionDetector` file (``.pt``).
+        A :class:`~sorterbot_cloud.detection.torchvision_detector.TorchvisionDetector` file (``.pt``).
     out_path : path
         ``.onnx`` file to write; the sidecar goes to ``<out_path>.json``.
     settings : sorterbot_cloud.config.Settings
@@ -162,12 +162,12 @@ def export_detector(weights: str | Path, out_path: str | Path, settings) -> Path
 
 
 def export_loaded_detector(detector, weights: str | Path, out_path: str | Path, operating_point: dict) -> Path:
-    """Export a loaded :class:`~locator.torchvision_detector.TorchvisionDetector` at its own configuration.
+    """Export a loaded :class:`~sorterbot_cloud.detection.torchvision_detector.TorchvisionDetector` at its own configuration.
 
     Parameters
     ----------
     detector : TorchvisionDetector
-        Not fused (:meth:`~locator.torchvision_detector.TorchvisionDetector.fuse`); its
+        Not fused (:meth:`~sorterbot_cloud.detection.torchvision_detector.TorchvisionDetector.fuse`); its
         config's threshold, NMS IoU, input sizes and ``box_refine_steps`` are baked in.
     weights : path
         The file it was loaded from (its SHA-256 goes to the sidecar).
@@ -210,7 +210,7 @@ def export_loaded_detector(detector, weights: str | Path, out_path: str | Path, 
 
 
 class OnnxDetector:
-    """An exported detector graph behind the :class:`~locator.base.Detector` interface.
+    """An exported detector graph behind the :class:`~sorterbot_cloud.detection.base.Detector` interface.
 
     Parameters
     ----------

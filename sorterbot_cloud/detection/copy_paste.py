@@ -33,7 +33,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from locator.data import Record
+from sorterbot_cloud.detection.data import Record
 from sorterbot_cloud.imaging import read_image_file
 
 #: Procedural background families drawn by :func:`random_background`.
@@ -132,7 +132,7 @@ def cutouts_from_records(records: Sequence[Record], class_id: int = 0, max_cutou
     Parameters
     ----------
     records : sequence of Record
-        Labelled frames (:func:`locator.data.load_coco`); use training splits only.
+        Labelled frames (:func:`sorterbot_cloud.detection.data.load_coco`); use training splits only.
     class_id : int
         0 = item.
     max_cutouts : int, optional

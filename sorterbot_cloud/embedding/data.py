@@ -161,7 +161,7 @@ def export_crops_from_voc(photos, out_dir: str | Path, prefix: str = "", margin:
 
     Writes ``<out_dir>/<prefix><name>/<i>.png`` (the layout of :func:`load_crop_folder`
     and ``train-embedder --train-dir``), cut like the service cuts them
-    (:func:`~vectorizer.crops.crop_items`), and ``index.json`` naming the photo of each crop.
+    (:func:`~sorterbot_cloud.embedding.crops.crop_items`), and ``index.json`` naming the photo of each crop.
 
     Parameters
     ----------
@@ -208,7 +208,7 @@ def export_crops_from_voc(photos, out_dir: str | Path, prefix: str = "", margin:
 def load_voc_crops(root: str | Path, margin: float = DEFAULT_MARGIN) -> CropSet:
     """Crop every ground-truth box of a Pascal VOC photo folder (:func:`voc_photos`).
 
-    Each ``object``'s box is cropped with :func:`~vectorizer.crops.crop_items`.
+    Each ``object``'s box is cropped with :func:`~sorterbot_cloud.embedding.crops.crop_items`.
 
     Parameters
     ----------
@@ -248,7 +248,7 @@ def export_crops_from_coco(
     every annotation with its object ``type`` and ``visible_fraction``; this turns those
     frames into embedder training crops (``<out_dir>/<type>/<i>.png``, the layout of
     :func:`load_crop_folder`) at the cost of reading JPEGs instead of rendering scenes.
-    Crops are cut like the service cuts them (:func:`~vectorizer.crops.crop_items`).
+    Crops are cut like the service cuts them (:func:`~sorterbot_cloud.embedding.crops.crop_items`).
 
     Parameters
     ----------

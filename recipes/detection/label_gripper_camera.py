@@ -6,7 +6,7 @@ MIN_AREA_FRAC of the frame. The boxes were then checked by eye on contact sheets
 (``--sheet``): every block was boxed, once; the two frames where the operator's hand
 was in view (its dark parts boxed as blocks) are left out (EXCLUDE). Writes one .xml per frame into OUT (default: beside this script).
 
-Usage: .venv/bin/python locator/recipes/label_gripper_camera.py [--sheet DIR]
+Usage: .venv/bin/python recipes/detection/label_gripper_camera.py [--sheet DIR]
 """
 
 from __future__ import annotations

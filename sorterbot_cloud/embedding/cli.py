@@ -16,7 +16,7 @@ from sorterbot_cloud.config import PROJECT_ROOT
 DEFAULT_REAL_DIR = PROJECT_ROOT.parent / "shared" / "realdata" / "microcontrollers"
 DEFAULT_WEIGHTS = PROJECT_ROOT / "weights" / "embedder.pt"
 
-log = logging.getLogger("vectorizer.cli")
+log = logging.getLogger("sorterbot_cloud.embedding.cli")
 
 
 def _setup_logging(log_file: Path | None = None) -> None:

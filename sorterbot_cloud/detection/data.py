@@ -5,7 +5,7 @@ looks as it would after the model's own resize at inference (short side
 ``min_size_px``, or an explicit per-dataset scale), jittered in scale, and cut into a
 random crop at that scale, so small items keep the size in pixels they have at inference
 while a step costs only the crop's pixels. The model then skips its resize in training
-(:class:`locator.torchvision_detector.FrameTransform`).
+(:class:`sorterbot_cloud.detection.torchvision_detector.FrameTransform`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Optional Detectron2 backend behind the :class:`~locator.base.Detector` interface.
+"""Optional Detectron2 backend behind the :class:`~sorterbot_cloud.detection.base.Detector` interface.
 
 For users who install Detectron2 themselves (it is not on the package registries
 reachable here) and have a trained Detectron2 model, such as the original SorterBot
@@ -6,7 +6,7 @@ reachable here) and have a trained Detectron2 model, such as the original Sorter
 
 Enable it by pointing ``detector_weights`` (config file or ``DETECTOR_WEIGHTS``) at the
 ``.pth`` file with the config beside it (same stem + ``.yaml``, or ``config.yaml`` in the
-same folder); :func:`locator.load_detector` then builds :class:`Detectron2Detector`.
+same folder); :func:`sorterbot_cloud.detection.load_detector` then builds :class:`Detectron2Detector`.
 Detectron2 is imported only when that happens.
 
 Detectron2's ``DefaultPredictor`` takes a BGR uint8 image (``cfg.INPUT.FORMAT``) and
@@ -89,7 +89,7 @@ def find_config(weights: str | Path) -> Path:
 
 
 class Detectron2Detector:
-    """A Detectron2 model as a :class:`~locator.base.Detector`.
+    """A Detectron2 model as a :class:`~sorterbot_cloud.detection.base.Detector`.
 
     Parameters
     ----------
