@@ -245,8 +245,9 @@ def test_torch_threads_setting_is_applied_when_the_app_loads(settings, repositor
     before = torch.get_num_threads()
     wanted = 1 if before != 1 else 2
     try:
-        create_app(dataclasses.replace(settings, torch_threads=wanted), detector=FakeDetector(), embedder=FakeEmbedder(),
-                   repository=repository, archive=archive)
+        # with the torch runtime; on ONNX Runtime (the default) the threads go to its sessions
+        create_app(dataclasses.replace(settings, torch_threads=wanted, inference_runtime="torch"), detector=FakeDetector(),
+                   embedder=FakeEmbedder(), repository=repository, archive=archive)
         assert torch.get_num_threads() == wanted
     finally:
         torch.set_num_threads(before)
