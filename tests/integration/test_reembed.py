@@ -147,6 +147,7 @@ def test_db_reembed_cli_uses_the_configured_torch_threads(service, settings, mon
     monkeypatch.setenv("PG_CONN", settings.pg_conn)
     monkeypatch.setenv("DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("TORCH_THREADS", "1")
+    monkeypatch.setenv("INFERENCE_RUNTIME", "torch")  # on ONNX Runtime the threads go to its sessions
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
