@@ -137,3 +137,26 @@ def letterbox(crop: np.ndarray, size_px: int) -> np.ndarray:
     top, left = (size_px - new_h) // 2, (size_px - new_w) // 2
     out[top : top + new_h, left : left + new_w] = resized
     return out
+
+
+def letterbox_batch(crops, size_px: int) -> np.ndarray:
+    """Check, :func:`letterbox` and stack crops into the embedders' input batch.
+
+    Parameters
+    ----------
+    crops : sequence of ndarray of shape (h_i, w_i, 3), uint8, RGB
+    size_px : int
+        Side ``S`` of the square input.
+
+    Returns
+    -------
+    ndarray of shape (N, 3, S, S), uint8, C-contiguous (N = 0 for no crops)
+
+    Raises
+    ------
+    InvalidImage
+        If a crop is not an (h, w, 3) uint8 array.
+    """
+    if len(crops) == 0:
+        return np.zeros((0, 3, size_px, size_px), np.uint8)
+    return np.ascontiguousarray(np.stack([letterbox(check_image(c), size_px) for c in crops]).transpose(0, 3, 1, 2))

@@ -33,7 +33,7 @@ import torchvision
 from sorterbot_cloud.config import PROJECT_ROOT
 from sorterbot_cloud.errors import BadRequest
 
-from .crops import check_image, letterbox
+from .crops import letterbox_batch
 
 log = logging.getLogger(__name__)
 
@@ -316,11 +316,7 @@ class Embedder:
         InvalidImage
             If a crop is not an (h, w, 3) uint8 array.
         """
-        size = self.input_size_px
-        if len(crops) == 0:
-            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
-        batch = np.stack([letterbox(check_image(c), size) for c in crops])
-        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(letterbox_batch(crops, self.input_size_px))
 
     def forward_uint8(self, batch: torch.Tensor) -> torch.Tensor:
         """Normalise a uint8 batch (B, 3, S, S) and return L2-normalised features (B, 512).

@@ -23,7 +23,7 @@ from sorterbot_cloud import onnx_runtime
 from sorterbot_cloud.config import PROJECT_ROOT
 from sorterbot_cloud.errors import BadRequest
 
-from .crops import check_image, letterbox
+from .crops import letterbox_batch
 
 log = logging.getLogger(__name__)
 
@@ -228,10 +228,7 @@ class OnnxEmbedder:
         InvalidImage
             If a crop is not an (h, w, 3) uint8 array.
         """
-        size = self.input_size_px
-        if len(crops) == 0:
-            return np.zeros((0, 3, size, size), np.uint8)
-        return np.ascontiguousarray(np.stack([letterbox(check_image(c), size) for c in crops]).transpose(0, 3, 1, 2))
+        return letterbox_batch(crops, self.input_size_px)
 
     def forward_uint8(self, batch: np.ndarray) -> np.ndarray:
         """L2-normalised features (B, 512) of a uint8 batch (B, 3, S, S), views averaged first.
